@@ -1,0 +1,127 @@
+"""The policy loss: PPO clipped surrogate with asymmetric clip and dual clip, no KL by default.
+
+Works on response-aligned token tensors of shape [B, T] with a 0/1 `mask` over real response
+tokens. Micro-batching and data parallelism split a mini-batch, so the caller passes
+`normalizer`, the token (or sequence) count of the whole mini-batch: each micro-batch's loss is
+then its share of the mini-batch mean, and summing the shares gives exactly that mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+AGGREGATIONS = ("token_mean", "seq_mean")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    eps_low: float = 0.20
+    eps_high: float = 0.28
+    dual_clip_c: float | None = 10.0  # lower bound c*A on the objective for A < 0; None = off
+    aggregation: str = "token_mean"
+    kl_coef: float = 0.0  # the paper uses no KL term
+    kl_estimator: str = "k3"
+    tis_cap: float | None = None  # truncated importance weight trainer/rollout-engine; None = off
+    check_finite: bool = True
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"loss.aggregation {self.aggregation!r} unknown; expected one of {AGGREGATIONS}")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"loss.kl_estimator {self.kl_estimator!r} unknown; expected one of {KL_ESTIMATORS}")
+        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
+            raise ValueError(f"loss.eps_low/eps_high must satisfy 0 <= eps_low < 1, eps_high >= 0; got "
+                             f"{self.eps_low!r}/{self.eps_high!r}")
+        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
+            raise ValueError(f"loss.dual_clip_c must be > 1 (or null), got {self.dual_clip_c!r}")
+        if self.tis_cap is not None and self.tis_cap <= 0:
+            raise ValueError(f"loss.tis_cap must be > 0 (or null), got {self.tis_cap!r}")
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from sampled tokens (Schulman's k1/k2/k3)."""
+    log_r = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_r
+    if estimator == "k2":
+        return 0.5 * log_r**2
+    return torch.exp(log_r) - log_r - 1
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, normalizer: float | None) -> torch.Tensor:
+    if how == "token_mean":
+        denom = mask.sum() if normalizer is None else normalizer
+        return (per_token * mask).sum() / denom
+    seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    denom = mask.shape[0] if normalizer is None else normalizer
+    return seq.sum() / denom
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: LossConfig,
+    *,
+    rollout_logprobs: torch.Tensor | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    normalizer: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Returns (loss, stats). `advantages` is [B] (one per sequence) or [B, T]."""
+    if cfg.check_finite:
+        _check_finite(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages,
+                      rollout_logprobs=rollout_logprobs, ref_logprobs=ref_logprobs)
+    mask = mask.to(logprobs.dtype)
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
+    per_token = torch.maximum(unclipped, clipped)
+    was_clipped = clipped > unclipped
+    dual = torch.zeros_like(was_clipped)
+    if cfg.dual_clip_c is not None:
+        bound = -adv * cfg.dual_clip_c
+        dual = (adv < 0) & (per_token > bound)
+        per_token = torch.where(dual, bound, per_token)
+    stats = {}
+    if cfg.tis_cap is not None:
+        if rollout_logprobs is None:
+            raise ValueError("loss.tis_cap is set but no rollout_logprobs were given")
+        weight = torch.exp(old_logprobs - rollout_logprobs).clamp(max=cfg.tis_cap).detach()
+        per_token = per_token * weight
+        stats["tis_weight_mean"] = _masked_mean(weight, mask)
+    if cfg.kl_coef:
+        if ref_logprobs is None:
+            raise ValueError("loss.kl_coef is non-zero but no ref_logprobs were given")
+        kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator)
+        per_token = per_token + cfg.kl_coef * kl
+        stats["kl"] = _masked_mean(kl.detach(), mask)
+    loss = aggregate(per_token, mask, cfg.aggregation, normalizer)
+    with torch.no_grad():
+        stats["clip_frac"] = _masked_mean(was_clipped.to(mask.dtype), mask)
+        stats["dual_clip_frac"] = _masked_mean(dual.to(mask.dtype), mask)
+        stats["approx_kl"] = _masked_mean(0.5 * log_ratio.detach() ** 2, mask)
+        real = mask > 0
+        r = ratio.detach()
+        stats["ratio_max"] = torch.where(real, r, torch.full_like(r, -torch.inf)).max()
+        stats["ratio_min"] = torch.where(real, r, torch.full_like(r, torch.inf)).min()
+        if entropy is not None:
+            stats["entropy"] = _masked_mean(entropy.detach(), mask)
+    return loss, stats
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _check_finite(**tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and not torch.isfinite(t).all():
+            idx = (~torch.isfinite(t)).nonzero()[0].tolist()
+            raise ValueError(f"policy_loss: {name} has non-finite value {t[tuple(idx)].item()!r} at index {idx}")

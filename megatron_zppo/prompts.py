@@ -1,0 +1,99 @@
+"""Prompt text for every prompt kind, from editable template files.
+
+Templates are plain text with `{name}` placeholders. The defaults in `templates/` are this
+project's own wording; point `PromptTemplates.load(directory)` at a folder with the same four
+files to use other wording (for example the paper's). Placeholders are filled in one pass, so a
+question or candidate that happens to contain `{candidates}` is never expanded a second time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_zppo.answers import last_boxed
+
+DEFAULT_DIR = Path(__file__).parent / "templates"
+
+# Placeholders each template must contain, and the only ones it may contain.
+REQUIRED = {
+    "closer": set(),
+    "bcq": {"question", "candidates"},
+    "ncq": {"question", "candidates", "wrong_answers"},
+    "compress": {"response"},
+}
+_PLACEHOLDER = re.compile(r"\{(question|candidates|wrong_answers|response)\}")
+NO_WRONG_ANSWER = "(none stated)"
+
+
+@dataclass(frozen=True)
+class PromptTemplates:
+    closer: str
+    bcq: str
+    ncq: str
+    compress: str
+
+    @classmethod
+    def load(cls, directory: str | Path = DEFAULT_DIR) -> PromptTemplates:
+        directory = Path(directory)
+        texts = {}
+        for name, needed in REQUIRED.items():
+            path = directory / f"{name}.txt"
+            if not path.is_file():
+                raise FileNotFoundError(f"prompt template {path} is missing (need {sorted(REQUIRED)} .txt files)")
+            text = path.read_text(encoding="utf-8").strip()
+            found = set(_PLACEHOLDER.findall(text))
+            if found != needed:
+                raise ValueError(
+                    f"prompt template {path}: placeholders {sorted(found)} found, expected exactly "
+                    f"{sorted(needed)} (written as {{name}})"
+                )
+            texts[name] = text
+        return cls(**texts)
+
+    def plain(self, question: str) -> str:
+        return f"{question}\n\n{self.closer}"
+
+    def bcq_prompt(self, question: str, candidates: list[str]) -> str:
+        """`candidates` are already in their shown order; the caller shuffles them."""
+        if len(candidates) != 2:
+            raise ValueError(f"a BCQ prompt takes exactly 2 candidates, got {len(candidates)}")
+        body = _fill(self.bcq, question=question, candidates=_candidate_block(candidates))
+        return f"{body}\n\n{self.closer}"
+
+    def ncq_prompt(self, question: str, candidates: list[str], wrong_answers: list[str]) -> str:
+        if not candidates:
+            raise ValueError("an NCQ prompt needs at least one wrong candidate")
+        listed = ", ".join(f"\\boxed{{{a}}}" for a in wrong_answers) or NO_WRONG_ANSWER
+        body = _fill(self.ncq, question=question, candidates=_candidate_block(candidates), wrong_answers=listed)
+        return f"{body}\n\n{self.closer}"
+
+    def compress_prompt(self, response: str) -> str:
+        return _fill(self.compress, response=response)
+
+
+def _fill(template: str, **values: str) -> str:
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def _candidate_block(candidates: list[str]) -> str:
+    return "\n\n".join(f"<candidate>\n{c.strip()}\n</candidate>" for c in candidates)
+
+
+_SUMMARY = re.compile(r"<summary>(.*?)</summary>", re.DOTALL)
+
+
+def parse_summary(output: str, original: str) -> tuple[str, bool]:
+    """The teacher's summary of `original`, or `original` itself if the summary is unusable.
+
+    Unusable means no `<summary>` tags, an empty summary, or a final answer that differs from
+    the original's: a compressed candidate must keep the answer verbatim, otherwise a wrong
+    candidate could turn right (or a right one wrong) on the way into the prompt.
+    Returns (text, used_summary).
+    """
+    m = _SUMMARY.search(output)
+    summary = m.group(1).strip() if m else ""
+    if not summary or last_boxed(summary) != last_boxed(original):
+        return original, False
+    return summary, True

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create .venv with Python 3.12 and install the pinned dependency set and this package.
+# Idempotent: a re-run with unchanged requirement files only checks a stamp.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+  local c
+  for c in "${PYTHON:-}" python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python /usr/bin/python3.12 \
+           /usr/local/bin/python3.12; do
+    [ -n "$c" ] || continue
+    if "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+      echo "$c"; return 0
+    fi
+  done
+  return 1
+}
+
+stamp_of() { cat requirements*.txt setup.py | sha256sum | cut -d' ' -f1; }
+
+if [ ! -x .venv/bin/python ]; then
+  py=$(find_python) || {
+    echo "install.sh: Python 3.12 is required (megatron-core >= 0.17 and megatron-bridge >= 0.4 need it)." >&2
+    echo "  Set PYTHON=/path/to/python3.12, or install it (e.g. 'pyenv install 3.12')." >&2
+    exit 1
+  }
+  echo "install.sh: creating .venv with $py"
+  "$py" -m venv .venv
+fi
+
+if [ -f .venv/.installed ] && [ "$(cat .venv/.installed)" = "$(stamp_of)" ]; then
+  exit 0
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements.txt
+if [ -f requirements-nodeps.txt ]; then
+  # megatron-bridge's declared deps include CUDA-only source builds; its pure-Python needs are
+  # pinned in requirements.txt instead.
+  .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+fi
+.venv/bin/python -m pip install --quiet --no-deps -e .
+stamp_of > .venv/.installed
+echo "install.sh: .venv ready"
