@@ -97,3 +97,12 @@ def parse_summary(output: str, original: str) -> tuple[str, bool]:
     if not summary or last_boxed(summary) != last_boxed(original):
         return original, False
     return summary, True
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a user prompt ready for generation: the chat template when the tokenizer has one."""
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return tokenizer(text)["input_ids"]

@@ -28,6 +28,7 @@ class ZppoConfig:
     rho_aug: float = 0.25  # cap on hard questions and on BCQ+NCQ prompts, as a fraction of N_new
     bcq: bool = True
     ncq: bool = True
+    compression: bool = True  # the teacher summarises candidates before they enter a prompt
 
     def __post_init__(self):
         if not 0.0 < self.tau <= 1.0:

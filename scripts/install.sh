@@ -32,7 +32,7 @@ if [ -f .venv/.installed ] && [ "$(cat .venv/.installed)" = "$(stamp_of)" ]; the
   exit 0
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements.txt
+.venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-train.txt
 if [ -f requirements-nodeps.txt ]; then
   # megatron-bridge's declared deps include CUDA-only source builds; its pure-Python needs are
   # pinned in requirements.txt instead.

@@ -1,0 +1,66 @@
+"""Build a run's components from its config: engines, teacher, graders, data, buffer.
+
+Kept apart from the loop so that pretrain_zppo.py reads as the algorithm, and so that tests and
+tools (evaluation, the toy-model builder) build the same pieces the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from megatron_zppo.config import Config, EngineConfig
+from megatron_zppo.data import QuestionStream, load_questions
+from megatron_zppo.prompts import DEFAULT_DIR, PromptTemplates, encode_prompt
+from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.rewards import GraderPool
+from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
+from megatron_zppo.teacher import Teacher
+
+
+def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
+    if cfg.engine == "sglang":
+        from megatron_zppo.rollout.sglang_engine import SGLangEngine
+
+        return SGLangEngine(cfg.url, name=name, api_key=cfg.api_key or None)
+    from megatron_zppo.rollout.hf_engine import HFEngine
+
+    return HFEngine(cfg.hf_path, name=name, seed=seed)
+
+
+def make_encoder(hf_path: str) -> Callable[[str], list[int]]:
+    """Prompt text -> token ids with the model's own tokenizer and chat template."""
+    from transformers import AutoTokenizer
+
+    return partial(encode_prompt, AutoTokenizer.from_pretrained(hf_path))
+
+
+def templates(cfg: Config) -> PromptTemplates:
+    return PromptTemplates.load(cfg.templates or DEFAULT_DIR)
+
+
+def make_teacher(cfg: Config, tmpl: PromptTemplates) -> Teacher | None:
+    if not (cfg.teacher.hf_path or cfg.teacher.engine == "sglang"):
+        return None
+    engine = make_engine(cfg.teacher, "teacher", cfg.run.seed + 1)
+    sampling = SamplingParams(cfg.teacher.temperature, cfg.teacher.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
+    return Teacher(engine, make_encoder(cfg.teacher.hf_path), tmpl, sampling)
+
+
+def make_data(cfg: Config) -> tuple[QuestionStream, dict]:
+    questions = load_questions(cfg.data.train)
+    return QuestionStream(questions, cfg.run.seed), {q.id: q for q in questions}
+
+
+def make_buffer(cfg: Config) -> ReplayBuffer:
+    return ReplayBuffer(cfg.buffer.capacity, cfg.zppo.tau, cfg.run.seed)
+
+
+def make_graders(cfg: Config) -> GraderPool:
+    return GraderPool(cfg.reward.grader, cfg.reward.workers, cfg.reward.timeout_s)
+
+
+def eval_sampling(cfg: Config) -> SamplingParams:
+    e = cfg.eval
+    return SamplingParams(e.temperature, e.top_p, e.top_k, e.max_new_tokens, e.presence_penalty,
+                          seed=cfg.run.seed + 7)

@@ -1,0 +1,168 @@
+"""The run's configuration: one dataclass per component, assembled from YAML + overrides.
+
+`algorithm` picks a preset for the four ablation switches (buffer, BCQ, NCQ, compression);
+values written explicitly in the YAML or on the command line win over the preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from megatron_zppo.config_io import ConfigError, from_dict, load_tree
+from megatron_zppo.data import SourceConfig
+from megatron_zppo.loss import LossConfig
+from megatron_zppo.reformulate import ZppoConfig
+from megatron_zppo.replay_buffer import BufferConfig
+
+# algorithm -> (buffer.enabled, zppo.bcq, zppo.ncq, zppo.compression)
+PRESETS = {
+    "grpo": (False, False, False, False),
+    "grpo_buffer": (True, False, False, False),
+    "zppo": (True, True, True, True),
+    "zppo_no_buffer": (False, True, True, True),
+    "zppo_no_bcq": (True, False, True, True),
+    "zppo_no_ncq": (True, True, False, True),
+    "zppo_no_compression": (True, True, True, False),
+}
+MODES = ("train", "rollout_only", "train_only")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dir: str = "runs/zppo"
+    seed: int = 0
+    steps: int = 200
+    updates_per_step: int = 4  # I: mini-batches (optimizer steps) per rollout step
+    save_every: int = 50
+    eval_every: int = 0  # 0: evaluate before and after training only
+    algorithm: str = "zppo"
+    load: str = ""  # a checkpoint directory, or "auto" for the latest one under dir/checkpoints
+    # rollout_only: generate and write rollouts to dir/rollouts, no training.
+    # train_only: train on rollouts read back from `rollouts_from` (for debugging the trainer).
+    mode: str = "train"
+    rollouts_from: str = ""
+    dump_rollouts: bool = False
+
+    def __post_init__(self):
+        if self.algorithm not in PRESETS:
+            raise ValueError(f"run.algorithm {self.algorithm!r} unknown; expected one of {sorted(PRESETS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"run.mode {self.mode!r} unknown; expected one of {MODES}")
+        if self.updates_per_step < 1 or self.steps < 0:
+            raise ValueError(f"run.updates_per_step must be >= 1 and run.steps >= 0, got "
+                             f"{self.updates_per_step!r}/{self.steps!r}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    hf_path: str = ""
+    engine: str = "embedded"  # embedded (in-process transformers) | sglang
+    url: str = ""  # SGLang server or router, for engine=sglang
+    api_key: str = ""
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.engine not in ("embedded", "sglang"):
+            raise ValueError(f"engine {self.engine!r} unknown; expected embedded or sglang")
+        if self.engine == "sglang" and not self.url:
+            raise ValueError("engine is sglang but no url is given")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n_new: int = 384  # new questions per rollout step
+    group_size: int = 8  # G_S: student rollouts per prompt
+    teacher_group_size: int = 4  # G_T
+    max_new_tokens: int = 12288
+    max_prompt_tokens: int = 4096  # plain prompts; longer questions are skipped and counted
+    max_reformulated_prompt_tokens: int = 16384  # BCQ/NCQ carry candidates, so they may be longer
+
+    def __post_init__(self):
+        if min(self.n_new, self.group_size, self.teacher_group_size, self.max_new_tokens) < 1:
+            raise ValueError(f"rollout sizes must be >= 1: {self}")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    grader: str = "auto"  # auto: each question's metadata["grader"], else "math" (mathruler)
+    workers: int = 2
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: list[SourceConfig] = field(default_factory=list)
+    # name -> sources; names listed in `held_out` are task families never used in training.
+    eval: dict[str, list[SourceConfig]] = field(default_factory=dict)
+    held_out: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Decoding for evaluation; defaults are the paper's (SPEC.md "Sampling")."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    presence_penalty: float = 1.5
+    max_new_tokens: int = 12288
+    samples_per_question: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the Megatron trainer (passed to megatron_zppo.train)."""
+
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    micro_batch_size: int = 8
+    dtype: str = "float32"  # bfloat16 on GPU
+    layer_spec: str = "auto"
+    lr: float = 1e-6
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    logprob_chunk_size: int = 512
+    use_distributed_optimizer: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    student: EngineConfig = field(default_factory=EngineConfig)
+    teacher: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    zppo: ZppoConfig = field(default_factory=ZppoConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    advantage: str = "reinforce_pp"
+    loss: LossConfig = field(default_factory=LossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    templates: str = ""  # directory of prompt templates; empty: the package defaults
+
+    def __post_init__(self):
+        if not self.student.hf_path:
+            raise ValueError("student.hf_path is required")
+        needs_teacher = self.zppo.bcq or self.zppo.compression
+        if needs_teacher and not self.teacher.hf_path and self.teacher.engine == "embedded":
+            raise ValueError(f"algorithm {self.run.algorithm!r} uses the teacher (BCQ or compression) but "
+                             "teacher.hf_path is empty")
+
+
+def load_config(path: str | None, overrides: list[str]) -> Config:
+    tree = load_tree(path, overrides)
+    algorithm = (tree.get("run") or {}).get("algorithm", RunConfig.algorithm)
+    if algorithm not in PRESETS:
+        raise ConfigError(f"run.algorithm {algorithm!r} unknown; expected one of {sorted(PRESETS)}")
+    buffer, bcq, ncq, compression = PRESETS[algorithm]
+    tree.setdefault("buffer", {}).setdefault("enabled", buffer)
+    z = tree.setdefault("zppo", {})
+    z.setdefault("bcq", bcq)
+    z.setdefault("ncq", ncq)
+    z.setdefault("compression", compression)
+    return from_dict(Config, tree)

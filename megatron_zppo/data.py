@@ -1,0 +1,176 @@
+"""Question sources: local JSONL/Parquet files, HF `datasets`, and reasoning-gym generators.
+
+Every source yields `Question`s. A malformed record is reported with its file and line (or row)
+and skipped; a source with no usable record stops the run before it starts.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from megatron_zppo.records import Question
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One question source. `kind`: jsonl | parquet | hf | reasoning_gym."""
+
+    kind: str
+    path: str = ""  # file for jsonl/parquet, dataset name or directory for hf
+    split: str = "train"
+    question_field: str = "question"
+    answer_field: str = "answer"
+    images_field: str = "images"
+    id_field: str = "id"
+    grader: str = ""  # stored in metadata["grader"]; empty: the reward's default
+    task: str = ""  # reasoning_gym task name
+    size: int = 0  # reasoning_gym: number of questions
+    seed: int = 0
+    task_config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in ("jsonl", "parquet", "hf", "reasoning_gym"):
+            raise ValueError(f"data source kind {self.kind!r} unknown; expected jsonl, parquet, hf or reasoning_gym")
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
+    """(questions, problems): problems name each skipped record and why."""
+    if cfg.kind == "reasoning_gym":
+        return _reasoning_gym(cfg), []
+    if cfg.kind == "jsonl":
+        rows = _jsonl_rows(cfg.path)
+    elif cfg.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = [(f"{cfg.path} row {i}", r, None) for i, r in enumerate(pq.read_table(cfg.path).to_pylist())]
+    else:
+        rows = _hf_rows(cfg)
+    questions, problems = [], []
+    for where, row, err in rows:
+        try:
+            if err:
+                raise DataError(err)
+            questions.append(_question(row, cfg, where))
+        except (DataError, ValueError) as e:
+            problems.append(f"{where}: {e}")
+    return questions, problems
+
+
+def _hf_rows(cfg: SourceConfig):
+    """A directory written by `save_to_disk`, or anything `datasets.load_dataset` takes."""
+    import datasets
+
+    if (Path(cfg.path) / "state.json").exists() or (Path(cfg.path) / "dataset_dict.json").exists():
+        ds = datasets.load_from_disk(cfg.path)
+        ds = ds[cfg.split] if isinstance(ds, datasets.DatasetDict) else ds
+    else:
+        ds = datasets.load_dataset(cfg.path, split=cfg.split)
+    return [(f"{cfg.path}[{cfg.split}] row {i}", r, None) for i, r in enumerate(ds)]
+
+
+def _jsonl_rows(path: str):
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            yield f"{path} line {n}", row, None if isinstance(row, dict) else "record is not a JSON object"
+        except json.JSONDecodeError as e:
+            yield f"{path} line {n}", None, f"invalid JSON ({e.msg})"
+
+
+def _question(row: dict, cfg: SourceConfig, where: str) -> Question:
+    for f in (cfg.question_field, cfg.answer_field):
+        if f not in row:
+            raise DataError(f"missing field {f!r} (fields present: {sorted(row)})")
+    text, answer = row[cfg.question_field], row[cfg.answer_field]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"field {cfg.question_field!r} must be a non-empty string, got {text!r:.60}")
+    if isinstance(answer, (int, float)):
+        answer = str(answer)
+    if not isinstance(answer, str) or not answer.strip():
+        raise DataError(f"field {cfg.answer_field!r} must be a non-empty string, got {answer!r:.60}")
+    images = row.get(cfg.images_field) or ()
+    images = (images,) if isinstance(images, (str, bytes)) else tuple(images)
+    qid = str(row.get(cfg.id_field, "")) or f"{Path(cfg.path).stem}:{where.rsplit(' ', 1)[-1]}"
+    meta = {"grader": cfg.grader} if cfg.grader else {}
+    return Question(qid, text, answer, images, source=cfg.path, metadata=meta)
+
+
+def _reasoning_gym(cfg: SourceConfig) -> list[Question]:
+    import reasoning_gym
+
+    if cfg.size < 1:
+        raise ValueError(f"reasoning_gym source {cfg.task!r}: size must be >= 1, got {cfg.size!r}")
+    ds = reasoning_gym.create_dataset(cfg.task, seed=cfg.seed, size=cfg.size, **cfg.task_config)
+    out = []
+    for i in range(cfg.size):
+        e = ds[i]
+        entry = {"question": e["question"], "answer": e["answer"], "metadata": e["metadata"]}
+        out.append(Question(f"{cfg.task}/{cfg.seed}/{i}", e["question"], str(e["answer"]), source=cfg.task,
+                            metadata={"grader": cfg.grader or "task", "entry": entry, "task": cfg.task}))
+    return out
+
+
+def load_questions(sources: list[SourceConfig], log=print) -> list[Question]:
+    questions: list[Question] = []
+    for cfg in sources:
+        qs, problems = load_source(cfg)
+        for p in problems[:20]:
+            log(f"data: skipped {p}")
+        if len(problems) > 20:
+            log(f"data: ... and {len(problems) - 20} more skipped records in {cfg.path or cfg.task}")
+        questions += qs
+    if not questions:
+        names = [c.path or c.task for c in sources]
+        raise DataError(f"no usable question in data sources {names}; refusing to start")
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DataError(f"question id {dup!r} appears more than once across data sources {[c.path or c.task for c in sources]}")
+    return questions
+
+
+class QuestionStream:
+    """Endless, epoch-shuffled stream of questions whose position is part of the checkpoint."""
+
+    def __init__(self, questions: list[Question], seed: int = 0):
+        self.questions, self.seed = questions, seed
+        self.epoch, self.pos = 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(len(self.questions)))
+        random.Random(self.seed * 7919 + self.epoch).shuffle(order)
+        return order
+
+    def next(self, n: int) -> list[Question]:
+        out = []
+        while len(out) < n:
+            if self.pos == len(self._order):
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self.questions[self._order[self.pos]])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos, "n": len(self.questions), "seed": self.seed}
+
+    def load_state_dict(self, s: dict[str, int]) -> None:
+        if s["n"] != len(self.questions):
+            raise ValueError(f"data position was saved for {s['n']} questions, the data now has "
+                             f"{len(self.questions)}; resuming would replay different questions")
+        self.epoch, self.pos, self.seed = s["epoch"], s["pos"], s["seed"]
+        self._order = self._shuffle()

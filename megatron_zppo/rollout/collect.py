@@ -1,0 +1,58 @@
+"""Turn prompts into scored groups through an engine: the rollout phase of the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from megatron_zppo.answers import last_boxed
+from megatron_zppo.records import Group, PromptKind, Question, Sample
+from megatron_zppo.rewards import GraderPool
+from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    question: Question
+    kind: PromptKind
+    group_id: str
+    text: str
+
+
+def generate_groups(engine: RolloutEngine, encode: Callable[[str], list[int]], specs: Sequence[PromptSpec],
+                    n: int, params: SamplingParams, max_prompt_tokens: int) -> tuple[list[Group], list[PromptSpec]]:
+    """`n` student rollouts per prompt. Prompts longer than `max_prompt_tokens` are not sent;
+    they come back as the second value so the caller can count them."""
+    kept, too_long, reqs = [], [], []
+    for s in specs:
+        ids = encode(s.text)
+        if len(ids) > max_prompt_tokens:
+            too_long.append(s)
+            continue
+        kept.append(s)
+        reqs.append(GenerateRequest(ids, n, s.question.images, s.group_id))
+    gens = engine.generate(reqs, params) if reqs else []
+    groups = []
+    for s, req, gs in zip(kept, reqs, gens, strict=True):
+        if len(gs) != n:  # an engine must never hand back a half-filled group
+            raise RuntimeError(f"engine returned {len(gs)} of {n} rollouts for prompt {s.group_id!r}")
+        samples = [Sample(s.question.id, s.group_id, s.kind, list(req.prompt_ids), g.response_ids, g.text,
+                          g.logprobs, finish_reason=g.finish_reason, weight_version=g.weight_version) for g in gs]
+        groups.append(Group(s.group_id, s.question, s.kind, s.text, samples))
+    return groups, too_long
+
+
+def score_samples(samples: Sequence[Sample], questions: dict[str, Question], graders: GraderPool,
+                  judge: Callable[[list[Question], list[str | None]], list[float]] | None = None) -> None:
+    """Set `reward` on every sample: its own final answer against its question's gold answer,
+    whatever prompt it was sampled from. Questions whose grader is "judge" go to the LLM judge."""
+    by_judge = [s for s in samples if graders.wants_judge(questions[s.question_id])]
+    rest = [s for s in samples if not graders.wants_judge(questions[s.question_id])]
+    for s, r in zip(rest, graders.grade([s.response_text for s in rest], [questions[s.question_id] for s in rest])):
+        s.reward = r
+    if by_judge:
+        if judge is None:
+            raise ValueError("questions ask for the LLM judge but no teacher engine is configured")
+        qs = [questions[s.question_id] for s in by_judge]
+        for s, r in zip(by_judge, judge(qs, [last_boxed(s.response_text) for s in by_judge])):
+            s.reward = r

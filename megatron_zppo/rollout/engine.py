@@ -1,0 +1,82 @@
+"""The interface every rollout engine implements, and the records it returns.
+
+The training loop talks to the student and to the teacher only through `RolloutEngine`, so the
+in-process engine (CPU demo, tests) and SGLang servers (production) are interchangeable.
+Prompts travel as token ids, never as text, so an engine never re-tokenises differently from the
+trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: off
+    max_new_tokens: int = 512
+    presence_penalty: float = 0.0
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+
+
+# The paper's evaluation decoding (SPEC.md "Sampling").
+EVAL_SAMPLING = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, presence_penalty=1.5)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt_ids: Sequence[int]
+    n: int = 1
+    images: tuple[str | bytes, ...] = ()
+    request_id: str = ""
+
+
+@dataclass
+class Generation:
+    response_ids: list[int]
+    logprobs: list[float]  # log-prob of each response token under the sampling policy
+    text: str
+    finish_reason: str  # "stop" | "length" | "abort"
+    weight_version: str = ""
+
+
+@dataclass
+class EngineStats:
+    tokens_generated: int = 0
+    seconds_generating: float = 0.0
+    seconds_syncing: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    weight_version: str
+    stats: EngineStats
+
+    def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
+        """`n` generations per request, in request order. Raises rather than return partial groups."""
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Per-token log-probs of each given response after its prompt."""
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        """Load HF-named tensors (all of them, streamed) and take `version` as the new weight version."""
+
+    def health(self) -> bool: ...
+
+    def shutdown(self) -> None: ...

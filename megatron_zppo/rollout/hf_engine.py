@@ -1,0 +1,137 @@
+"""The in-process rollout engine: a HuggingFace `transformers` model in this process.
+
+It is the default where no SGLang server is configured, what the CPU demo and the tests run,
+and a reference for what an engine must return. Log-probs are those of the raw model
+distribution (before temperature/top-p), as SGLang returns them, so they compare directly with
+the trainer's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, SamplingParams
+
+
+class _PresencePenalty(LogitsProcessor):
+    """Subtract `penalty` from every token already present in the generated part (as SGLang)."""
+
+    def __init__(self, penalty: float, prompt_len: int):
+        self.penalty, self.prompt_len = penalty, prompt_len
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids[:, self.prompt_len:]
+        if generated.shape[1]:
+            seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, generated, True)
+            scores = scores - self.penalty * seen.to(scores.dtype)
+        return scores
+
+
+class HFEngine:
+    def __init__(self, model_dir: str, *, dtype: torch.dtype = torch.float32, max_batch: int = 64,
+                 seed: int = 0, name: str = "student"):
+        self.name = name
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+        self.max_batch, self.seed = max_batch, seed
+        self.weight_version = "init"
+        self.stats = EngineStats()
+        self._calls = 0
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"tokenizer in {model_dir} has no pad token; set one before serving it")
+
+    def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
+        for r in requests:
+            if r.images:
+                raise ValueError(f"{self.name} engine: request {r.request_id!r} has images but this engine "
+                                 "serves a text-only model")
+        flat = [list(r.prompt_ids) for r in requests for _ in range(r.n)]
+        t0 = time.perf_counter()
+        gens = []
+        for i in range(0, len(flat), self.max_batch):
+            gens += self._generate_batch(flat[i:i + self.max_batch], params)
+        self.stats.seconds_generating += time.perf_counter() - t0
+        self.stats.tokens_generated += sum(len(g.response_ids) for g in gens)
+        out, k = [], 0
+        for r in requests:
+            out.append(gens[k:k + r.n])
+            k += r.n
+        return out
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        processors = LogitsProcessorList()
+        if params.presence_penalty:
+            processors.append(_PresencePenalty(params.presence_penalty, width))
+        sample = params.temperature > 0
+        seed = params.seed if params.seed is not None else self.seed * 1_000_003 + self._calls
+        self._calls += 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=sample, max_new_tokens=params.max_new_tokens,
+                temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
+                top_k=(params.top_k if params.top_k > 0 else None) if sample else None,
+                logits_processor=processors, output_logits=True, return_dict_in_generate=True,
+                pad_token_id=pad, eos_token_id=list({eos, *params.stop_token_ids}),
+            )
+        new = out.sequences[:, width:]
+        logp = torch.stack(out.logits, dim=1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]
+        stops = {eos, *params.stop_token_ids}
+        return [self._finish(new[b], logp[b], stops) for b in range(len(prompts))]
+
+    def _finish(self, tokens: torch.Tensor, logp: torch.Tensor, stops: set[int]) -> Generation:
+        toks = tokens.tolist()
+        end = next((i + 1 for i, t in enumerate(toks) if t in stops), None)
+        reason = "stop" if end is not None else "length"
+        end = end or len(toks)
+        resp = toks[:end]
+        return Generation(resp, logp[:end].tolist(), self.tokenizer.decode(resp, skip_special_tokens=True),
+                          reason, self.weight_version)
+
+    @torch.no_grad()
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        out = []
+        for p, r in zip(prompt_ids, response_ids):
+            ids = torch.tensor([list(p) + list(r)])
+            logits = self.model(input_ids=ids).logits[0, len(p) - 1:-1].float()
+            out.append(logits.log_softmax(-1).gather(-1, torch.tensor(list(r))[:, None])[:, 0].tolist())
+        return out
+
+    @torch.no_grad()
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        """Copy HF-named tensors into the model in memory; every parameter must be covered."""
+        t0 = time.perf_counter()
+        params = dict(self.model.named_parameters())
+        staged: dict[str, torch.Tensor] = {}
+        for name, tensor in named_tensors:
+            if name not in params:
+                raise KeyError(f"{self.name} engine: weight {name!r} is not a parameter of the served model")
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ValueError(f"{self.name} engine: weight {name!r} has shape {tuple(tensor.shape)}, "
+                                 f"model expects {tuple(params[name].shape)}")
+            staged[name] = tensor
+        # Tied parameters appear once under either name.
+        missing = {n for n, p in params.items() if n not in staged
+                   and not any(p is params[m] for m in staged)}
+        if missing:
+            raise ValueError(f"{self.name} engine: weight update at {version!r} lacks {sorted(missing)}; "
+                             f"engine stays at {self.weight_version!r}")
+        for name, tensor in staged.items():  # all checks passed: now apply, so a bad update changes nothing
+            params[name].copy_(tensor)
+        self.weight_version = version
+        self.stats.seconds_syncing += time.perf_counter() - t0
+
+    def health(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass

@@ -1,0 +1,420 @@
+"""`RolloutEngine` over one SGLang 0.5.23 server's HTTP API (shapes: shared/notes/sglang.md).
+
+The loop calls plain synchronous methods; underneath, requests run concurrently on a private
+asyncio loop (one httpx client, at most `max_concurrency` in flight). A batch is all-or-nothing:
+every request retries on connection errors and 5xx (a server restarting or still starting), and if
+one finally fails the whole call raises, so the loop never sees a half-filled group.
+
+Weight updates run on the caller's thread (tensor gathering and the broadcast are the trainer's
+torch work) while the matching HTTP calls run on the loop. A sync that breaks part-way marks the
+engine unusable until a later sync succeeds: the server may hold a mix of old and new weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Coroutine, Iterable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from megatron_zppo.rollout import weight_sync
+from megatron_zppo.rollout.engine import EngineStats, Generation, GenerateRequest, SamplingParams
+from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+
+
+class SGLangError(RuntimeError):
+    """The server could not be reached, refused a request, or answered outside the protocol."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status of a refusal, when there was one
+
+
+class MalformedResponse(SGLangError):
+    pass
+
+
+class WeightSyncError(SGLangError):
+    pass
+
+
+_FINISH_TYPES = {"stop": "stop", "length": "length", "abort": "abort"}
+# Sync phases that tell, after a failure, whether the server's weights can have changed.
+_NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group", "begin_weight_update",
+                 "write safetensors"}
+_AFTER_LOAD = {"verify weight_version", "continue_generation"}
+
+
+def _with_server_answer(err: Exception, http: Future, timeout_s: float) -> SGLangError:
+    """A failed collective says little ("connection reset"); the server's HTTP answer says why."""
+    try:
+        answer = http.exception(timeout=timeout_s)
+    except TimeoutError:
+        answer = None
+    return SGLangError(f"{type(err).__name__}: {err}" + (f"; server answered: {answer}" if answer else ""))
+
+
+class _LoopThread:
+    """A private event loop so the synchronous facade works even when the caller has its own loop."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=f"sglang-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine) -> Any:
+        return self.submit(coro).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def sampling_payload(params: SamplingParams, n: int) -> dict[str, Any]:
+    payload: dict[str, Any] = {"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
+                               "top_p": params.top_p, "presence_penalty": params.presence_penalty, "n": n}
+    if params.top_k > 0:  # SGLang's own default (-1) already means "off"
+        payload["top_k"] = params.top_k
+    if params.stop_token_ids:
+        payload["stop_token_ids"] = list(params.stop_token_ids)
+    if params.seed is not None:
+        payload["sampling_seed"] = params.seed
+    return payload
+
+
+def image_payload(images: Sequence[str | bytes]) -> str | list[str]:
+    """Paths/URLs/data-URIs pass through; raw bytes become a base64 data URI (SGLang decodes those)."""
+    encoded = [img if isinstance(img, str) else "data:image;base64," + base64.b64encode(img).decode("ascii")
+               for img in images]
+    return encoded[0] if len(encoded) == 1 else encoded  # a list on a single request = several images
+
+
+def parse_generation(item: dict, max_new_tokens: int, where: str) -> Generation:
+    try:
+        meta = item["meta_info"]
+        ids = [int(t) for t in item["output_ids"]]
+        entries = meta.get("output_token_logprobs") or []
+        finish = meta["finish_reason"]
+    except (KeyError, TypeError, ValueError) as err:
+        raise MalformedResponse(f"{where}: missing or bad field in generation ({err!r})") from err
+    if len(entries) != len(ids):
+        raise MalformedResponse(f"{where}: {len(ids)} output tokens but {len(entries)} logprobs")
+    if len(ids) > max_new_tokens:
+        raise MalformedResponse(f"{where}: {len(ids)} output tokens exceed max_new_tokens={max_new_tokens}")
+    logprobs = _checked_logprobs(entries, ids, where)
+    finish_type = finish.get("type") if isinstance(finish, dict) else None
+    if finish_type not in _FINISH_TYPES:
+        raise MalformedResponse(f"{where}: unknown finish_reason {finish!r}")
+    return Generation(response_ids=ids, logprobs=logprobs, text=item.get("text") or "",
+                      finish_reason=_FINISH_TYPES[finish_type], weight_version=str(meta.get("weight_version") or ""))
+
+
+def _checked_logprobs(entries: list, ids: list[int], where: str) -> list[float]:
+    """Each entry is [logprob, token_id, text|null]; a token-id mismatch means misaligned logprobs."""
+    logprobs = []
+    for pos, (entry, token) in enumerate(zip(entries, ids)):
+        if entry[0] is None or int(entry[1]) != token:
+            raise MalformedResponse(f"{where}: logprob entry {pos} is {entry!r} for token {token}")
+        logprobs.append(float(entry[0]))
+    return logprobs
+
+
+class SGLangEngine:
+    """One SGLang server (or a router in front of several, for generation only)."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, admin_api_key: str | None = None,
+                 max_concurrency: int = 64, timeout_s: float = 600.0, retries: int = 4, backoff_s: float = 0.5,
+                 name: str = "student", weight_sync: WeightSyncConfig | None = None, weight_version: str = ""):
+        """`admin_api_key` (SGLang's --admin-api-key) guards weight/cache/abort endpoints; else `api_key`."""
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.sync_config = weight_sync or WeightSyncConfig()
+        self.weight_version = weight_version
+        self.stats = EngineStats(extra={"http_retries": 0.0})
+        self._api_key = api_key
+        self._admin_key = admin_api_key or api_key
+        self._broken_sync: str | None = None  # set while the server may hold mixed weights
+        self._group = None
+        self._phase = ""
+        self._disk_current: Path | None = None
+        self._loop = _LoopThread(name)
+        self._sem, self._client = self._loop.run(self._make_client(max_concurrency))
+
+    async def _make_client(self, max_concurrency: int):
+        limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
+        return asyncio.Semaphore(max_concurrency), httpx.AsyncClient(limits=limits, timeout=self.timeout_s)
+
+    def _headers(self, admin: bool) -> dict[str, str]:
+        key = self._admin_key if admin else self._api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    async def _request(self, method: str, path: str, payload: dict | None = None, *, rid: str = "",
+                       admin: bool = False, retry: bool = True, timeout: float | None = None) -> httpx.Response:
+        """Retry transport errors and 5xx with exponential back-off; 4xx is the caller's fault."""
+        url = self.base_url + path
+        attempts = self.retries + 1 if retry else 1
+        last = ""
+        for attempt in range(attempts):
+            if attempt:
+                self.stats.extra["http_retries"] += 1
+                await asyncio.sleep(min(self.backoff_s * 2 ** (attempt - 1), 30.0))
+            try:
+                resp = await self._client.request(method, url, json=payload, headers=self._headers(admin),
+                                                  timeout=timeout or self.timeout_s)
+            except httpx.TransportError as err:
+                last = f"{type(err).__name__}: {err}"
+                continue
+            if resp.status_code >= 500:  # 503 while starting, or a crashed worker behind a router
+                last = f"HTTP {resp.status_code}: {resp.text[:300]}"
+                continue
+            if resp.status_code >= 400:
+                raise SGLangError(f"{self.name} server {url} rejected request {rid!r}: "
+                                  f"HTTP {resp.status_code}: {resp.text[:500]}", resp.status_code)
+            return resp
+        raise SGLangError(f"{self.name} server {url} failed request {rid!r} after {attempts} attempt(s); "
+                          f"last error: {last}")
+
+    async def _admin(self, path: str, payload: dict | None = None, *, retry: bool = True) -> dict:
+        """Admin endpoints answer {"success", "message"}; success=false is a failure even on 200."""
+        resp = await self._request("POST", path, payload if payload is not None else {}, rid=path,
+                                   admin=True, retry=retry)
+        is_json = resp.headers.get("content-type", "").startswith("application/json")
+        body = resp.json() if is_json and resp.content else {}  # some admin endpoints answer plain text
+        if isinstance(body, dict) and body.get("success") is False:
+            raise SGLangError(f"{self.name} server {self.base_url}{path} failed: {body.get('message')}")
+        return body
+
+    def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
+        self._check_usable()
+        start = time.perf_counter()
+        groups = self._loop.run(self._gather_all([self._generate_one(r, params) for r in requests]))
+        self.stats.seconds_generating += time.perf_counter() - start
+        self.stats.tokens_generated += sum(len(g.response_ids) for group in groups for g in group)
+        return groups
+
+    async def _gather_all(self, coros: list[Coroutine]) -> list:
+        """All results or an exception: the first failure cancels the rest of the batch."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(c) for c in coros]
+        except* Exception as group:
+            raise group.exceptions[0] from None
+        return [t.result() for t in tasks]
+
+    async def _generate_one(self, req: GenerateRequest, params: SamplingParams) -> list[Generation]:
+        rid = req.request_id or f"{self.name}-{uuid.uuid4().hex}"
+        payload: dict[str, Any] = {"input_ids": [int(t) for t in req.prompt_ids], "rid": rid,
+                                   "sampling_params": sampling_payload(params, req.n),
+                                   "return_logprob": True, "logprob_start_len": -1}  # -1: output tokens only
+        if req.images:
+            payload["image_data"] = image_payload(req.images)
+        async with self._sem:
+            resp = await self._request("POST", "/generate", payload, rid=rid)
+        where = f"{self.name} server {self.base_url}, request {rid!r}"
+        items = resp.json()
+        items = [items] if isinstance(items, dict) else items  # n > 1 answers with a list
+        if not isinstance(items, list) or len(items) != req.n:
+            raise MalformedResponse(f"{where}: expected {req.n} generation(s), got {type(items).__name__} "
+                                    f"of length {len(items) if isinstance(items, list) else '?'}")
+        return [parse_generation(item, params.max_new_tokens, where) for item in items]
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        self._check_usable()
+        pairs = list(zip(prompt_ids, response_ids, strict=True))
+        return self._loop.run(self._gather_all([self._score_one(list(p), list(r)) for p, r in pairs]))
+
+    async def _score_one(self, prompt: list[int], response: list[int]) -> list[float]:
+        if not prompt:
+            raise ValueError("score() needs a non-empty prompt: the first position has no logprob")
+        if not response:
+            return []
+        rid = f"{self.name}-score-{uuid.uuid4().hex}"
+        # Start one position early: SGLang's first returned entry is always null, so it is dropped.
+        payload = {"input_ids": [int(t) for t in prompt + response], "rid": rid, "return_logprob": True,
+                   "sampling_params": {"max_new_tokens": 0}, "logprob_start_len": len(prompt) - 1}
+        async with self._sem:
+            resp = await self._request("POST", "/generate", payload, rid=rid)
+        where = f"{self.name} server {self.base_url}, scoring request {rid!r}"
+        try:
+            entries = resp.json()["meta_info"]["input_token_logprobs"][1:]
+        except (KeyError, TypeError, IndexError) as err:
+            raise MalformedResponse(f"{where}: no input_token_logprobs ({err!r})") from err
+        if len(entries) != len(response):
+            raise MalformedResponse(f"{where}: {len(response)} response tokens but {len(entries)} logprobs")
+        return _checked_logprobs(entries, [int(t) for t in response], where)
+
+    def health(self) -> bool:
+        try:
+            resp = self._loop.run(self._client.get(
+                self.base_url + "/health_generate", headers=self._headers(False), timeout=min(self.timeout_s, 30.0)))
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
+    def abort(self, rid: str) -> None:
+        """SGLang aborts every request whose id starts with `rid`, so this covers all `n` samples."""
+        self._loop.run(self._admin("/abort_request", {"rid": rid}))
+
+    def flush_cache(self, *, attempts: int = 20) -> None:
+        """The server answers 400 while requests are running; wait for them, then fail loudly."""
+        for attempt in range(attempts):
+            try:
+                self._loop.run(self._admin("/flush_cache"))
+                return
+            except SGLangError as err:
+                if err.status != 400 or attempt == attempts - 1:
+                    raise
+            time.sleep(min(self.backoff_s * 2**attempt, 5.0))
+
+    def pause(self, mode: str = "abort") -> None:
+        self._loop.run(self._admin("/pause_generation", {"mode": mode}))
+
+    def resume(self) -> None:
+        self._loop.run(self._admin("/continue_generation"))
+
+    def server_weight_version(self) -> str:
+        resp = self._loop.run(self._request("GET", "/model_info", rid="model_info"))
+        return str(resp.json().get("weight_version", ""))
+
+    def _check_usable(self) -> None:
+        if self._broken_sync:
+            raise WeightSyncError(self._broken_sync)
+
+    def shutdown(self) -> None:
+        """Closes this client (the servers belong to the launcher). Safe to call twice."""
+        if self._loop.loop.is_closed():
+            return
+        self._drop_group()
+        self._loop.run(self._client.aclose())
+        self._loop.close()
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        """pause -> flush -> send -> verify -> resume; any failure leaves a precise error behind."""
+        start = time.perf_counter()
+        old = self.weight_version
+        self._phase = "pause_generation"
+        try:
+            self.pause()
+            self._phase = "flush_cache"
+            self.flush_cache()
+            if self.sync_config.strategy == "disk":
+                self._sync_disk(named_tensors, version)
+            else:
+                self._sync_distributed(named_tensors, version)
+            self._phase = "verify weight_version"
+            served = self.server_weight_version()
+            if served != version:
+                raise WeightSyncError(f"server reports weight_version {served!r} after the update")
+            self._phase = "continue_generation"
+            self.resume()
+        except Exception as err:
+            self._drop_group()
+            self._broken_sync = self._sync_failure(old, version, err)
+            raise WeightSyncError(self._broken_sync) from err
+        self.weight_version = version
+        self._broken_sync = None
+        self.stats.seconds_syncing += time.perf_counter() - start
+
+    def _sync_failure(self, old: str, version: str, err: Exception) -> str:
+        if self._phase in _NOTHING_SENT:
+            state = "no weights were sent"
+        elif self._phase in _AFTER_LOAD:
+            state = f"the server finished loading but {self._phase} failed; it may serve {version!r}"
+        else:
+            closed = "end_weight_update never ran; " if self.sync_config.strategy == "distributed" else ""
+            state = f"{closed}the server may hold a mix of old and new weights and is left paused"
+        return (f"weight sync of {self.name} server {self.base_url} to version {version!r} failed during "
+                f"{self._phase}: {err}. This engine stays on weight version {old!r} ({state}); "
+                f"generate() and score() refuse until update_weights succeeds.")
+
+    def _sync_distributed(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        cfg = self.sync_config
+        device = torch.device("cuda" if cfg.backend == "nccl" else "cpu")
+        if self._group is None:  # joined once, reused by every later sync
+            self._phase = "init_weights_update_group"
+            self._group = self._join_group(cfg)
+        buckets = weight_sync.bucket_named_tensors(named_tensors, cfg.bucket_bytes)
+        bucket, index = next(buckets, None), 0
+        if bucket is None:
+            raise ValueError("update_weights got no tensors")
+        self._phase = "begin_weight_update"
+        self._loop.run(self._admin("/begin_weight_update", retry=False))
+        while bucket is not None:
+            following = next(buckets, None)  # look ahead: only the last bucket carries the version
+            self._phase = f"update_weights_from_distributed (bucket {index})"
+            payload = {**weight_sync.bucket_payload(bucket), "group_name": cfg.group_name,
+                       "weight_version": version if following is None else None, "load_format": None}
+            self._send_bucket(payload, bucket, device)
+            bucket, index = following, index + 1
+        self._phase = "end_weight_update"
+        self._loop.run(self._admin("/end_weight_update", retry=False))
+
+    def _join_group(self, cfg: WeightSyncConfig):
+        """The server's ranks only join while we do: issue the HTTP call, then rendezvous ourselves."""
+        port = cfg.master_port or weight_sync.pick_free_port(cfg.master_addr)
+        world_size = 1 + cfg.server_world_size
+        http = self._loop.submit(self._admin("/init_weights_update_group", {
+            "master_address": cfg.master_addr, "master_port": port, "rank_offset": 1,
+            "world_size": world_size, "group_name": cfg.group_name, "backend": cfg.backend,
+        }, retry=False))
+        try:
+            group = weight_sync.init_custom_process_group(
+                backend=cfg.backend, init_method=f"tcp://{cfg.master_addr}:{port}", world_size=world_size,
+                rank=0, group_name=cfg.group_name, timeout_s=cfg.timeout_s)
+        except Exception as err:
+            raise _with_server_answer(err, http, cfg.timeout_s) from err
+        try:
+            http.result(timeout=cfg.timeout_s)
+        except BaseException:
+            weight_sync.destroy_custom_process_group(group)
+            raise
+        return group
+
+    def _send_bucket(self, payload: dict, bucket: list, device: torch.device) -> None:
+        """The server receives while handling this POST, so the broadcast runs concurrently with it."""
+        http = self._loop.submit(self._admin("/update_weights_from_distributed", payload, retry=False))
+        try:
+            weight_sync.broadcast_bucket(self._group, bucket, device)
+        except Exception as err:
+            raise _with_server_answer(err, http, self.sync_config.timeout_s) from err
+        http.result(timeout=self.sync_config.timeout_s)
+
+    def _drop_group(self) -> None:
+        if self._group is None:
+            return
+        group, self._group = self._group, None
+        try:  # best effort: the server may be the reason we are here
+            self._loop.run(self._admin("/destroy_weights_update_group",
+                                       {"group_name": self.sync_config.group_name}, retry=False))
+        except SGLangError:
+            pass
+        weight_sync.destroy_custom_process_group(group)
+
+    def _sync_disk(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        cfg = self.sync_config
+        self._phase = "write safetensors"
+        path = weight_sync.write_safetensors_dir(
+            named_tensors, cfg.disk_dir, version, shard_bytes=cfg.bucket_bytes, support_dir=cfg.disk_support_dir)
+        self._phase = "update_weights_from_disk"
+        self._loop.run(self._admin("/update_weights_from_disk",
+                                   {"model_path": str(path), "weight_version": version, "flush_cache": True},
+                                   retry=False))
+        previous, self._disk_current = self._disk_current, path
+        if previous is not None and previous != path:
+            shutil.rmtree(previous, ignore_errors=True)  # keep one copy on disk, not one per step

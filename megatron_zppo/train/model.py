@@ -1,0 +1,119 @@
+"""Build the policy as a Megatron GPTModel from a Hugging Face checkpoint, and export it back.
+
+Megatron-Bridge's ``AutoBridge`` owns the architecture mapping (HF Qwen3 -> GPTModel and back);
+we only choose what the bridge cannot know: the layer spec (Transformer Engine or local torch
+layers), the parameter dtype, and whether to wrap the chunks in Megatron's DDP. Parallel sizes
+come from ``ParallelConfig`` and the already-initialised ``parallel_state``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from megatron_zppo.train import cpu_compat
+from megatron_zppo.train.parallel import ParallelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hf_path: str
+    dtype: str = "float32"  # "bfloat16" on GPU; CPU tests compare against HF in float32
+    # "auto": Transformer Engine layers when TE and a GPU are present, otherwise local torch layers.
+    layer_spec: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}; expected one of {sorted(_DTYPES)}")
+        if self.layer_spec not in ("auto", "local", "transformer_engine"):
+            raise ValueError(f"layer_spec={self.layer_spec!r}; expected auto, local or transformer_engine")
+
+
+@dataclass
+class Policy:
+    """The model chunks of this rank plus what is needed to export them.
+
+    ``chunks`` is Megatron's list of model chunks (one per virtual pipeline stage; possibly
+    DDP-wrapped). ``vocab_size`` is the tokenizer's vocabulary: Megatron pads the output layer to a
+    multiple of the TP size, and those padded logits must never receive probability mass.
+    """
+
+    bridge: Any
+    chunks: list[torch.nn.Module]
+    vocab_size: int
+
+
+def _use_local_spec(layer_spec: str) -> bool:
+    if layer_spec != "auto":
+        return layer_spec == "local"
+    has_te = importlib.util.find_spec("transformer_engine") is not None
+    return not (has_te and torch.cuda.is_available())
+
+
+def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
+    from megatron.bridge.models.gpt_provider import local_layer_spec
+
+    provider = bridge.to_megatron_provider(load_weights=True)
+    if _use_local_spec(cfg.layer_spec):
+        provider.transformer_layer_spec = local_layer_spec
+    provider.tensor_model_parallel_size = parallel.tensor_parallel
+    provider.pipeline_model_parallel_size = parallel.pipeline_parallel
+    provider.params_dtype = _DTYPES[cfg.dtype]
+    provider.bf16 = cfg.dtype == "bfloat16"
+    provider.fp16 = False
+    # Our losses arrive already divided by the whole mini-batch's token count (see trainer.py), so
+    # Megatron must neither divide by the micro-batch count nor average gradients over DP ranks.
+    # DDP reads this flag when it wraps the model, so it is set here and not in the trainer.
+    provider.calculate_per_token_loss = True
+    provider.finalize()
+    return provider
+
+
+def build_policy(cfg: ModelConfig, parallel: ParallelConfig, ddp_config=None) -> Policy:
+    """Load ``cfg.hf_path`` into Megatron model chunks for this rank.
+
+    ``parallel.initialize`` must have run. ``ddp_config`` (a Megatron
+    ``DistributedDataParallelConfig``) wraps the chunks in Megatron's DDP for training;
+    leave it None for a forward-only model (reference policy, tests).
+    """
+    cpu_compat.enable()  # the bridge package cannot be imported on CPU before this
+    from megatron.bridge import AutoBridge
+
+    bridge = AutoBridge.from_hf_pretrained(cfg.hf_path, dtype=_DTYPES[cfg.dtype])
+    provider = _provider(cfg, parallel, bridge)
+    chunks = provider.provide_distributed_model(
+        ddp_config=ddp_config,
+        wrap_with_ddp=ddp_config is not None,
+        bf16=provider.bf16,
+        fp16=False,
+        # Without a GPU the model must be created on CPU; on GPU Megatron moves it to the device.
+        use_cpu_initialization=not torch.cuda.is_available(),
+    )
+    return Policy(bridge=bridge, chunks=chunks, vocab_size=int(bridge.hf_pretrained.config.vocab_size))
+
+
+def export_hf_weights(
+    policy: Policy, bucket_bytes: int = 256 << 20
+) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Yield the weights in HF naming, grouped into buckets of about ``bucket_bytes``.
+
+    The bridge gathers TP/PP shards with collectives, so every rank of the model-parallel group
+    must drain this generator, even if only one of them sends the weights on.
+    Tensors are on CPU (what a weight sync to the rollout engine or to disk needs).
+    """
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in policy.bridge.export_hf_weights(policy.chunks, cpu=True, show_progress=False):
+        bucket.append((name, tensor))
+        size += tensor.numel() * tensor.element_size()
+        if size >= bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+    if bucket:
+        yield bucket

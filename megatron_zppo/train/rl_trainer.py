@@ -1,0 +1,147 @@
+"""The trainer as the loop sees it: samples in, one optimizer update per mini-batch, weights out.
+
+Turns `Sample` records into Megatron micro-batches (this data-parallel rank's share), computes the
+old log-probs of the whole rollout step before the first update (PPO's behaviour policy), runs
+`updates_per_step` PPO updates, and reports the statistics users watch, gathered on rank 0
+whichever pipeline stage produced them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from megatron_zppo.config import Config
+from megatron_zppo.records import PromptKind, Sample
+from megatron_zppo.train import parallel
+from megatron_zppo.train.logprobs import SequenceBatch
+from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
+from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
+
+
+def _pad(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
+    out = torch.zeros(len(rows), width, dtype=torch.float32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
+    return out
+
+
+class RLTrainer:
+    def __init__(self, cfg: Config, hf_path: str | None = None):
+        from megatron.core import parallel_state
+
+        t = cfg.train
+        pcfg = parallel.ParallelConfig(t.tensor_parallel, t.pipeline_parallel, seed=cfg.run.seed)
+        self.dp_size = parallel.initialize(pcfg)
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.last_stage = parallel_state.is_pipeline_last_stage()
+        ocfg = OptimizerConfig(t.lr, t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, t.clip_grad,
+                               t.use_distributed_optimizer)
+        model_cfg = ModelConfig(hf_path or cfg.student.hf_path, t.dtype, t.layer_spec)
+        self.policy = build_policy(model_cfg, pcfg, ddp_config(ocfg))
+        self.optimizer, self.scheduler = build_optimizer(self.policy, ocfg)
+        self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size)
+        self.loss_cfg, self.micro = cfg.loss, t.micro_batch_size
+        self.pad_id = int(getattr(self.policy.bridge.hf_pretrained.config, "pad_token_id", None) or 0)
+
+    @property
+    def is_main(self) -> bool:
+        return dist.get_rank() == 0
+
+    # -- batches ---------------------------------------------------------------------------
+    def _micro_batches(self, samples: Sequence[Sample]) -> list[tuple[SequenceBatch, list[Sample | None]]]:
+        """This rank's share cut into equal-size micro-batches; short ones are filled with empty
+        rows (no response tokens), which the loss masks out entirely."""
+        mine = list(samples[self.dp_rank :: self.dp_size])
+        n_micro = max(1, math.ceil(len(mine) / self.micro))
+        rows: list[Sample | None] = mine + [None] * (n_micro * self.micro - len(mine))
+        out = []
+        for i in range(0, len(rows), self.micro):
+            chunk = rows[i : i + self.micro]
+            prompts = [list(s.prompt_ids) if s else [self.pad_id] for s in chunk]
+            responses = [list(s.response_ids) if s else [] for s in chunk]
+            width = max(1, max(len(r) for r in responses))
+            out.append((SequenceBatch.from_lists(prompts, responses, self.pad_id, width), chunk))
+        return out
+
+    def _old_logprobs(self, batches) -> list[torch.Tensor]:
+        outputs = self.core.compute_logprobs([b for b, _ in batches])
+        if not self.last_stage:  # only the last stage computes the loss, so only it needs them
+            return [torch.zeros(b.tokens.shape[0], b.response_width) for b, _ in batches]
+        return [lp.detach().float().cpu() for lp, _ in outputs]
+
+    # -- the update ------------------------------------------------------------------------
+    def train(self, minibatches: list[list[Sample]]) -> dict[str, float]:
+        """Old log-probs for every sample first (all under the same, pre-update weights), then one
+        optimizer update per mini-batch. Returns the mean of each statistic over the updates."""
+        cut = [self._micro_batches(mb) for mb in minibatches]
+        olds = [self._old_logprobs(batches) for batches in cut]
+        diffs, per_update = [], []
+        for batches, old in zip(cut, olds):
+            mbs = []
+            for (seq, rows), old_lp in zip(batches, old):
+                rollout = _pad([s.logprobs if s else [] for s in rows], seq.response_width)
+                adv = torch.tensor([s.advantage if s else 0.0 for s in rows], dtype=torch.float32)
+                mbs.append(PPOMicroBatch(seq, old_lp, adv, rollout_logprobs=rollout))
+                mask = seq.response_mask()
+                if self.last_stage and mask.any():
+                    diffs.append((old_lp - rollout).abs()[mask])
+            per_update.append(self.core.ppo_step(mbs, self.loss_cfg))
+        local = _mean_stats(per_update)
+        if diffs:
+            d = torch.cat(diffs)
+            local.update(logprob_diff_mean=float(d.mean()), logprob_diff_max=float(d.max()))
+        return self._gather(local)
+
+    def _gather(self, local: dict[str, float]) -> dict[str, float]:
+        """Statistics of the ranks that have them (last pipeline stage), averaged; losses summed
+        over data-parallel ranks, since each holds its share of the mini-batch mean."""
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, local if self.last_stage else None)
+        have = [s for s in everyone if s]
+        # Ranks of one tensor-parallel group hold identical copies: count each DP replica once.
+        tp = len(have) // max(self.dp_size, 1) or 1
+        replicas = have[::tp]
+        keys = {k for s in replicas for k in s}
+        out = {}
+        for k in keys:
+            vals = [s[k] for s in replicas if k in s]
+            out[k] = sum(vals) if k == "loss" else (max(vals) if k.endswith("_max") else
+                                                    min(vals) if k.endswith("_min") else sum(vals) / len(vals))
+        return out
+
+    def sft_step(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
+        """One supervised update on (prompt ids, response ids) pairs; returns the mean token loss."""
+        fake = [Sample("sft", "sft", PromptKind.PLAIN, p, r, "", [0.0] * len(r)) for p, r in pairs]
+        stats = self.core.sft_step([b for b, _ in self._micro_batches(fake)])
+        return self._gather(stats).get("loss", float("nan"))
+
+    # -- weights and checkpoints -------------------------------------------------------------
+    def export_hf(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for bucket in export_hf_weights(self.policy):
+            yield from bucket
+
+    def save(self, directory: str) -> None:
+        from megatron_zppo.train import checkpointing
+
+        checkpointing.save_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
+
+    def load(self, directory: str) -> None:
+        from megatron_zppo.train import checkpointing
+
+        checkpointing.load_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
+
+    def close(self) -> None:
+        parallel.destroy()
+
+
+def _mean_stats(per_update: list[dict]) -> dict[str, float]:
+    keys = {k for s in per_update for k in s}
+    out = {}
+    for k in keys:
+        vals = [s[k] for s in per_update if k in s]
+        out[k] = max(vals) if k.endswith("_max") else min(vals) if k.endswith("_min") else sum(vals) / len(vals)
+    return out

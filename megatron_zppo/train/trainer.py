@@ -1,0 +1,267 @@
+"""One optimiser step of the policy on Megatron: PPO (the ZPPO policy update) or supervised CE.
+
+A step takes a mini-batch already split into equal-shape micro-batches, runs Megatron's
+forward/backward schedule over them (pipeline-parallel or not), and applies one AdamW update
+through Megatron's (distributed) optimizer.
+
+Loss normalisation: every micro-batch loss is divided by the token (or sequence) count of the
+*whole* mini-batch across data-parallel ranks, so summing the micro-batch losses over all ranks
+gives the mini-batch mean. Megatron is therefore told not to average anything itself
+(``calculate_per_token_loss``, set in model.py, makes DDP sum gradients across DP ranks and stops
+the schedule dividing by the number of micro-batches), and the model-grad finaliser below is
+called without a token count so it does not rescale the gradients a second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.distributed as dist
+
+from megatron_zppo.loss import LossConfig, policy_loss
+from megatron_zppo.train.logprobs import LogprobRequest, SequenceBatch, forward_response_logprobs
+from megatron_zppo.train.model import Policy
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    lr: float = 1e-6  # constant (the scheduler in build_optimizer holds it there)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW); Megatron skips biases and norm weights
+    clip_grad: float = 1.0
+    use_distributed_optimizer: bool = True
+
+
+@dataclass
+class PPOMicroBatch:
+    """One micro-batch of the policy update; all [B, T] tensors are response-aligned."""
+
+    sequences: SequenceBatch
+    old_logprobs: torch.Tensor  # [B, T] under the policy that produced the rollouts (trainer side)
+    advantages: torch.Tensor  # [B]
+    rollout_logprobs: torch.Tensor | None = None  # [B, T] from the rollout engine, for TIS
+    ref_logprobs: torch.Tensor | None = None  # [B, T] under the reference policy, for a KL term
+
+    def to(self, device) -> "PPOMicroBatch":
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return PPOMicroBatch(
+            self.sequences.to(device), move(self.old_logprobs), move(self.advantages),
+            move(self.rollout_logprobs), move(self.ref_logprobs),
+        )  # fmt: skip
+
+
+def ddp_config(cfg: OptimizerConfig):
+    """Megatron DDP settings matching ``cfg``; pass to ``build_policy`` for a trainable policy."""
+    from megatron.core.distributed import DistributedDataParallelConfig
+
+    return DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.use_distributed_optimizer,
+    )
+
+
+def build_optimizer(policy: Policy, cfg: OptimizerConfig):
+    """Megatron's optimizer plus its param scheduler, returned as (optimizer, scheduler).
+
+    The scheduler is not optional even at a constant lr: Megatron puts norm weights and biases in
+    a group with ``wd_mult=0`` but leaves that group's ``weight_decay`` at the full value, and
+    only ``OptimizerParamScheduler.step`` multiplies the two. Without it norms get decayed.
+    """
+    from megatron.core import optimizer as megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+    from megatron.core.utils import get_model_config
+
+    model_config = get_model_config(policy.chunks[0])
+    optimizer = megatron_optimizer.get_megatron_optimizer(
+        megatron_optimizer.OptimizerConfig(
+            optimizer="adam",
+            lr=cfg.lr,
+            min_lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.beta1,
+            adam_beta2=cfg.beta2,
+            adam_eps=cfg.eps,
+            clip_grad=cfg.clip_grad,
+            bf16=model_config.bf16,
+            params_dtype=model_config.params_dtype,
+            use_distributed_optimizer=cfg.use_distributed_optimizer,
+        ),
+        policy.chunks,
+    )
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=cfg.lr,
+        max_lr=cfg.lr,
+        min_lr=cfg.lr,
+        lr_warmup_steps=0,
+        lr_decay_steps=1,
+        lr_decay_style="constant",
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=1,
+        wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False,
+    )
+    return optimizer, scheduler
+
+
+def _finalize_grads_without_token_scaling(model, num_tokens, **kwargs):
+    """DP reduction plus the TP all-reduce of replicated q/k-norm grads, but no 1/num_tokens."""
+    from megatron.core.distributed import finalize_model_grads
+
+    finalize_model_grads(model, None, **kwargs)
+
+
+def _device() -> torch.device:
+    """Batches are built on CPU; the model lives on the current GPU when there is one."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _pad_to_length(batch: SequenceBatch, length: int) -> SequenceBatch:
+    pad = length - batch.tokens.shape[1]
+    if pad == 0:
+        return batch
+    tokens = torch.nn.functional.pad(batch.tokens, (0, pad))  # right padding is never attended to
+    return SequenceBatch(tokens, batch.prompt_lens, batch.response_lens, batch.response_width)
+
+
+class PolicyTrainer:
+    """Owns the optimiser step for one policy; the loss itself is a pure function passed in.
+
+    All ranks of a tensor/pipeline-parallel group must pass the same micro-batches; each
+    data-parallel rank passes its own share of the mini-batch.
+    """
+
+    def __init__(
+        self, policy: Policy, optimizer, scheduler, *, chunk_size: int = 512, with_entropy: bool = True
+    ):
+        from megatron.core import parallel_state
+        from megatron.core.utils import get_model_config
+
+        self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
+        self.chunk_size, self.with_entropy = chunk_size, with_entropy
+        self.dp_group = parallel_state.get_data_parallel_group()
+        config = get_model_config(policy.chunks[0])
+        config.finalize_model_grads_func = _finalize_grads_without_token_scaling
+        config.grad_scale_func = optimizer.scale_loss
+
+    def ppo_step(
+        self, micro_batches: Sequence[PPOMicroBatch], loss_cfg: LossConfig, loss_fn: Callable = policy_loss
+    ) -> dict:
+        """One policy update over this rank's micro-batches of the mini-batch."""
+        per_sequence = loss_cfg.aggregation == "seq_mean"
+        normalizer = self._global_count([mb.sequences for mb in micro_batches], per_sequence)
+
+        def loss_func(mb: PPOMicroBatch, output):
+            logprobs, entropy = output
+            mask = mb.sequences.response_mask()
+            loss, stats = loss_fn(
+                logprobs, mb.old_logprobs, mb.advantages, mask, loss_cfg,
+                rollout_logprobs=mb.rollout_logprobs, ref_logprobs=mb.ref_logprobs,
+                entropy=entropy, normalizer=normalizer,
+            )  # fmt: skip
+            return loss, mask.sum().int(), {"loss": loss.detach(), **stats}
+
+        return self._step([mb.sequences for mb in micro_batches], micro_batches, loss_func, self.with_entropy)
+
+    def sft_step(self, micro_batches: Sequence[SequenceBatch]) -> dict:
+        """One supervised update: mean next-token cross-entropy over all response tokens."""
+        normalizer = self._global_count(micro_batches, per_sequence=False)
+
+        def loss_func(batch: SequenceBatch, output):
+            logprobs, _ = output
+            mask = batch.response_mask()
+            loss = -(logprobs * mask).sum() / normalizer
+            return loss, mask.sum().int(), {"loss": loss.detach()}
+
+        return self._step(micro_batches, micro_batches, loss_func, with_entropy=False)
+
+    def _global_count(self, batches: Sequence[SequenceBatch], per_sequence: bool) -> float:
+        """Response tokens (or sequences) in the whole mini-batch, summed over DP ranks."""
+        # Rows without response tokens (filler for equal micro-batch sizes) are not sequences.
+        local = sum(int((b.response_lens > 0).sum() if per_sequence else b.response_lens.sum()) for b in batches)
+        # NCCL only reduces GPU tensors; gloo takes CPU ones.
+        count = torch.tensor([local], dtype=torch.float64, device=_device())
+        dist.all_reduce(count, group=self.dp_group)
+        return max(float(count.item()), 1.0)
+
+    def compute_logprobs(self, micro_batches: Sequence[SequenceBatch]) -> list[tuple]:
+        """Forward only: (logprobs, entropy) [B, T] per micro-batch on the last pipeline stage.
+
+        Other pipeline stages get an empty list. Used for the old/reference log-probs of a batch.
+        """
+
+        def keep_output(batch: SequenceBatch, output):
+            logprobs, entropy = output
+            return logprobs.new_zeros(()), batch.response_mask().sum().int(), {"out": (logprobs, entropy)}
+
+        with torch.no_grad():
+            per_micro = self._run(
+                micro_batches, micro_batches, keep_output, self.with_entropy, forward_only=True
+            )
+        return [m["out"] for m in per_micro]
+
+    def _step(self, batches: Sequence[SequenceBatch], items: Sequence, loss_func, with_entropy: bool) -> dict:
+        for chunk in self.policy.chunks:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        per_micro = self._run(batches, items, loss_func, with_entropy, forward_only=False)
+        _, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(1)
+        return _summarise(per_micro, grad_norm)
+
+    def _run(self, batches, items, loss_func, with_entropy: bool, forward_only: bool) -> list[dict]:
+        """Megatron's forward(/backward) schedule over ``items``; returns the last stage's stats."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        sizes = {b.tokens.shape[0] for b in batches}
+        if len(sizes) != 1:
+            raise ValueError(f"micro-batches must share one batch size for the pipeline; got {sorted(sizes)}")
+        # Pipeline stages exchange [S, B, H] activations of one fixed shape, so pad every row to S.
+        seq_len = max(b.tokens.shape[1] for b in batches)
+
+        device = _device()
+
+        def forward_step(data_iterator, model):
+            item = next(data_iterator).to(device)
+            batch = _pad_to_length(item if isinstance(item, SequenceBatch) else item.sequences, seq_len)
+            request = LogprobRequest(batch, self.policy.vocab_size, self.chunk_size, with_entropy)
+            return forward_response_logprobs(model, request), partial(loss_func, item)
+
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(items),
+            model=self.policy.chunks,
+            num_microbatches=len(items),
+            seq_length=seq_len,
+            micro_batch_size=sizes.pop(),
+            forward_only=forward_only,
+        )
+
+
+def _summarise(per_micro: list[dict], grad_norm) -> dict:
+    """Mean of each stat over this rank's micro-batches (max/min for ``*_max``/``*_min``).
+
+    "loss" is summed instead: the shares add up to this rank's part of the mini-batch mean (sum it
+    over data-parallel ranks for the whole mean). Only the last pipeline stage has these stats.
+    """
+    stats = {"grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
+    for key in per_micro[0] if per_micro else ():
+        values = torch.stack([torch.as_tensor(m[key]).float() for m in per_micro])
+        if key == "loss":
+            stats[key] = float(values.sum())
+        elif key.endswith(("_max", "_min")):
+            stats[key] = float(values.amax() if key.endswith("_max") else values.amin())
+        else:
+            stats[key] = float(values.mean())
+    return stats

@@ -1,0 +1,162 @@
+"""ZPPO post-training on Megatron-Core: the main job.
+
+    python pretrain_zppo.py --config examples/cpu_toy/zppo.yaml [key=value ...]
+    torchrun --nproc_per_node 2 pretrain_zppo.py --config ... train.tensor_parallel=2
+
+Rank 0 holds the rollout engines (in-process, or clients of SGLang servers), the replay buffer and
+the data stream; every rank trains. One rollout step (SPEC.md) reads top to bottom in `main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's compiled kernels only pay off on GPU
+
+import torch
+
+from megatron_zppo import build, checkpoint
+from megatron_zppo.config import Config, load_config
+from megatron_zppo.config_io import ConfigError, dump_yaml
+from megatron_zppo.evaluate import evaluate
+from megatron_zppo.loop import StepContext, rollout_metrics, rollout_phase, timed, train_phase
+from megatron_zppo.metrics import MetricsLogger, plot, read_metrics, summary_table
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", help="YAML config file")
+    ap.add_argument("--load", help="resume from this checkpoint directory ('auto': latest in run.dir)")
+    ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. run.steps=10")
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after --config
+    if args.load:
+        args.overrides.append(f"run.load={args.load}")
+    return args
+
+
+def broadcast(obj, is_main: bool):
+    """Rank 0's object on every rank (the rollouts, which only rank 0 produced)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    box = [obj if is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_weights(trainer, engine, version: str, is_main: bool) -> None:
+    """Every rank drains the export (it gathers shards collectively); rank 0 feeds the engine."""
+    tensors = trainer.export_hf()
+    if is_main:
+        engine.update_weights(tensors, version)
+    else:
+        for _ in tensors:
+            pass
+
+
+def run_evals(cfg: Config, ctx: StepContext) -> dict[str, dict]:
+    from megatron_zppo.data import load_questions
+
+    out = {}
+    for name, sources in cfg.data.eval.items():
+        qs = load_questions(sources, log=lambda *_: None)
+        r = evaluate(ctx.student, ctx.encode, ctx.templates, qs, ctx.graders, build.eval_sampling(cfg),
+                     cfg.eval.samples_per_question)
+        out[name] = {"accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high],
+                     "family": "held_out" if name in cfg.data.held_out else "in_corpus"}
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, ValueError) as e:
+        print(f"pretrain_zppo: bad configuration: {e}", file=sys.stderr)
+        return 2
+    from megatron_zppo.train.rl_trainer import RLTrainer
+
+    trainer = RLTrainer(cfg)  # initialises torch.distributed and Megatron's parallel groups
+    is_main = trainer.is_main
+    run_dir = Path(cfg.run.dir)
+    ctx = logger = None
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+        tmpl = build.templates(cfg)
+        stream, questions = build.make_data(cfg)
+        ctx = StepContext(cfg, build.make_engine(cfg.student, "student", cfg.run.seed), build.make_teacher(cfg, tmpl),
+                          build.make_encoder(cfg.student.hf_path), build.make_graders(cfg), stream,
+                          build.make_buffer(cfg), tmpl, questions)
+    start, summary = 0, {"eval": {}}
+    ckpt = checkpoint.resolve(cfg.run.load, run_dir)
+    if ckpt is not None:
+        state = checkpoint.load(ckpt, trainer)
+        start, summary = state["step"], state["summary"]
+        if is_main:
+            ctx.buffer.load_state_dict(state["buffer"])
+            ctx.stream.load_state_dict(state["stream"])
+            print(f"resumed from {ckpt} at step {start}")
+    version = f"step-{start}"
+    sync_weights(trainer, ctx.student if is_main else None, version, is_main)
+    if is_main:
+        logger = MetricsLogger(run_dir, cfg.run.steps, start)
+        if start == 0:
+            summary["eval"] = {k: {"family": v["family"], "n": v["n"], "before": v["accuracy"], "ci95_before": v["ci95"]}
+                               for k, v in run_evals(cfg, ctx).items()}
+
+    for step in range(start, cfg.run.steps):
+        t_step = time.perf_counter()
+        rollouts = broadcast(rollout_phase(ctx, step) if is_main else None, is_main)
+        times = dict(rollouts.times)
+        with timed(times, "train"):
+            stats = train_phase(cfg, trainer, rollouts, version)
+        with timed(times, "sync"):
+            version = f"step-{step + 1}"
+            sync_weights(trainer, ctx.student if is_main else None, version, is_main)
+        if is_main:
+            ctx.buffer.update(rollouts.plain)
+            m = {**rollout_metrics(rollouts, ctx.buffer), **stats}
+            m.update({f"t_{k}": times.get(k, 0.0) for k in ("rollout", "reward", "teacher", "zppo", "train", "sync")})
+            m["t_step"] = time.perf_counter() - t_step
+            m["tokens_per_s"] = m["tokens_generated"] / max(m["t_rollout"], 1e-9)
+            logger.log(m)
+        if (step + 1) % cfg.run.save_every == 0 or step + 1 == cfg.run.steps:
+            state = {"step": step + 1, "summary": summary}  # rank 0 writes it, with the buffer and data position
+            if is_main:
+                state.update(buffer=ctx.buffer.state_dict(), stream=ctx.stream.state_dict())
+            checkpoint.save(run_dir, step + 1, trainer, state)
+
+    if is_main:
+        for name, r in run_evals(cfg, ctx).items():
+            entry = summary["eval"].setdefault(name, {"family": r["family"], "n": r["n"], "before": None})
+            entry.update(after=r["accuracy"], ci95_after=r["ci95"])
+        summary["steps"] = cfg.run.steps
+        (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
+        if (run_dir / "metrics.jsonl").exists():
+            plot(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png")
+        print(summary_table(summary))
+        print(f"run directory: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  plot: {run_dir / 'curves.png'}\n"
+              f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
+        logger.close()
+        ctx.graders.close()
+    trainer.close()
+    return 0
+
+
+def _finite(x):
+    """JSON has no NaN: an undefined figure (an empty eval set) is written as null."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+if __name__ == "__main__":
+    sys.exit(main())

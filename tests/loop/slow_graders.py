@@ -1,0 +1,22 @@
+"""Graders that misbehave, importable by the grader worker processes (module:function)."""
+
+import os
+import time
+
+
+def hang(response, question):
+    if "HANG" in response:
+        time.sleep(3600)
+    return 1.0
+
+
+def crash(response, question):
+    if "CRASH" in response:
+        raise RuntimeError("grader blew up")
+    return 1.0
+
+
+def die(response, question):
+    if "DIE" in response:
+        os._exit(1)  # the worker process vanishes
+    return 1.0

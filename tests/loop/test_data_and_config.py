@@ -1,0 +1,112 @@
+import json
+
+import pytest
+
+from megatron_zppo.config import PRESETS, load_config
+from megatron_zppo.config_io import ConfigError
+from megatron_zppo.data import DataError, QuestionStream, SourceConfig, load_questions, load_source
+
+BASE = ["student.hf_path=s", "teacher.hf_path=t"]
+
+
+def test_jsonl_reports_each_bad_record_with_file_and_line(tmp_path):
+    f = tmp_path / "qs.jsonl"
+    f.write_text("\n".join([
+        json.dumps({"id": "a", "question": "1+1?", "answer": "2"}),
+        "{not json",
+        json.dumps({"question": "no answer"}),
+        json.dumps({"id": "b", "problem": "2+2?", "answer": 4}),
+        json.dumps(["a list"]),
+        "",
+        json.dumps({"id": "c", "question": "  ", "answer": "1"}),
+    ]))
+    qs, problems = load_source(SourceConfig(kind="jsonl", path=str(f)))
+    assert [q.id for q in qs] == ["a"]
+    assert problems[0].startswith(f"{f} line 2: invalid JSON")
+    assert "line 3: missing field 'answer'" in problems[1]
+    assert "line 4: missing field 'question'" in problems[2]
+    assert "line 5: record is not a JSON object" in problems[3]
+    assert "line 7: field 'question' must be a non-empty string" in problems[4]
+    renamed, _ = load_source(SourceConfig(kind="jsonl", path=str(f), question_field="problem"))
+    assert [(q.id, q.answer) for q in renamed] == [("b", "4")]  # numeric answers become strings
+
+
+def test_no_usable_record_refuses_to_start(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"x": 1}\n')
+    with pytest.raises(DataError, match="no usable question.*refusing to start"):
+        load_questions([SourceConfig(kind="jsonl", path=str(f))], log=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+        load_questions([SourceConfig(kind="jsonl", path=str(tmp_path / "missing.jsonl"))])
+
+
+def test_parquet_source_and_duplicate_ids(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "qs.parquet"
+    pq.write_table(pa.table({"id": ["x", "x"], "question": ["q1", "q2"], "answer": ["1", "2"]}), path)
+    with pytest.raises(DataError, match="question id 'x' appears more than once"):
+        load_questions([SourceConfig(kind="parquet", path=str(path))])
+
+
+def test_hf_datasets_source_from_a_local_dataset_directory(tmp_path):
+    import datasets
+
+    datasets.Dataset.from_dict({"question": ["1+1?", "2+2?"], "answer": ["2", "4"]}).save_to_disk(tmp_path / "ds")
+    qs, problems = load_source(SourceConfig(kind="hf", path=str(tmp_path / "ds")))
+    assert [q.answer for q in qs] == ["2", "4"] and not problems
+
+
+def test_reasoning_gym_source_is_seeded_and_carries_its_scorer_entry():
+    cfg = SourceConfig(kind="reasoning_gym", task="chain_sum", seed=5, size=4, task_config={"max_digits": 1})
+    a, _ = load_source(cfg)
+    b, _ = load_source(cfg)
+    assert [q.text for q in a] == [q.text for q in b] and len(a) == 4
+    assert a[0].metadata["grader"] == "task" and a[0].metadata["entry"]["answer"] == a[0].answer
+
+
+def test_question_stream_resumes_at_the_same_position_across_epochs():
+    qs, _ = load_source(SourceConfig(kind="reasoning_gym", task="chain_sum", seed=0, size=5))
+    s = QuestionStream(qs, seed=3)
+    first = [q.id for q in s.next(7)]  # crosses an epoch boundary
+    assert len(set(first[:5])) == 5
+    twin = QuestionStream(qs, seed=3)
+    twin.load_state_dict(s.state_dict())
+    assert [q.id for q in twin.next(6)] == [q.id for q in s.next(6)]
+    with pytest.raises(ValueError, match="saved for 5 questions, the data now has 4"):
+        QuestionStream(qs[:4]).load_state_dict(s.state_dict())
+
+
+def test_presets_set_the_ablation_switches_and_explicit_values_win():
+    for name, (buf, bcq, ncq, comp) in PRESETS.items():
+        c = load_config(None, BASE + [f"run.algorithm={name}"])
+        assert (c.buffer.enabled, c.zppo.bcq, c.zppo.ncq, c.zppo.compression) == (buf, bcq, ncq, comp)
+    c = load_config(None, BASE + ["run.algorithm=grpo", "buffer.enabled=true"])
+    assert c.buffer.enabled and not c.zppo.bcq
+
+
+def test_config_errors_name_the_key_and_value(tmp_path):
+    with pytest.raises(ConfigError, match=r"run: unknown key\(s\) \['stepz'\]"):
+        load_config(None, BASE + ["run.stepz=3"])
+    with pytest.raises(ConfigError, match="rollout.n_new: expected int, got 'many'"):
+        load_config(None, BASE + ["rollout.n_new=many"])
+    with pytest.raises(ConfigError, match="run.algorithm 'ppo' unknown"):
+        load_config(None, BASE + ["run.algorithm=ppo"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(None, BASE + ["run.steps"])
+    with pytest.raises(ConfigError, match="loss: loss.aggregation 'sum' unknown"):
+        load_config(None, BASE + ["loss.aggregation=sum"])
+    with pytest.raises(ConfigError, match="teacher.hf_path is empty"):
+        load_config(None, ["student.hf_path=s"])
+    bad = tmp_path / "c.yaml"
+    bad.write_text("run: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad), [])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "none.yaml"), [])
+
+
+def test_the_demo_config_loads():
+    c = load_config("examples/cpu_toy/zppo.yaml", [])
+    assert c.run.algorithm == "zppo" and c.zppo.bcq and c.buffer.enabled and len(c.data.train) == 1

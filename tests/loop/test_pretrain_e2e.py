@@ -1,0 +1,97 @@
+"""The main job end to end, as a user runs it: `python pretrain_zppo.py` and `torchrun`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_zppo.metrics import REQUIRED, read_metrics
+from megatron_zppo.reformulate import fraction_count
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMING = {"t_rollout", "t_reward", "t_teacher", "t_zppo", "t_train", "t_sync", "t_step", "tokens_per_s"}
+
+
+def _overrides(toy, run_dir, steps, extra=()):
+    chain = "{kind: reasoning_gym, task: chain_sum, seed: %d, size: %d, task_config: {max_digits: 1, max_terms: 2}}"
+    return [
+        f"run.dir={run_dir}", f"run.steps={steps}", "run.save_every=2", "run.updates_per_step=2",
+        f"student.hf_path={toy['student']}", f"teacher.hf_path={toy['teacher']}",
+        "rollout.n_new=4", "rollout.group_size=4", "rollout.teacher_group_size=2", "rollout.max_new_tokens=12",
+        "rollout.max_prompt_tokens=200", "rollout.max_reformulated_prompt_tokens=600",
+        "zppo.rho_aug=0.5", "buffer.rho_replay=0.5", "train.micro_batch_size=8", "train.lr=1e-3",
+        "templates=examples/cpu_toy/templates", "reward.grader=task", "reward.workers=1",
+        "eval.temperature=0", "eval.max_new_tokens=12", "eval.presence_penalty=0",
+        f"data.train=[{chain % (0, 40)}]", f"data.eval={{chain_sum: [{chain % (1, 6)}]}}", *extra,
+    ]
+
+
+def _run(args, torchrun=0, timeout=600):
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "pretrain_zppo.py"] if not torchrun else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun),
+        "pretrain_zppo.py"]
+    proc = subprocess.run(cmd + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _check_contract(metrics, n_new=4, rho_replay=0.5, rho_aug=0.5, capacity=10_000):
+    prev_buffer = 0
+    for m in metrics:
+        assert set(REQUIRED) <= set(m), set(REQUIRED) - set(m)
+        assert m["n_bcq"] + m["n_ncq"] <= fraction_count(rho_aug, n_new)
+        assert m["buffer_size"] <= capacity
+        assert m["n_replay"] == min(fraction_count(rho_replay, n_new), prev_buffer)
+        assert 0 <= m["acc_plain"] <= 1 and m["tokens_generated"] > 0
+        assert m["logprob_diff_mean"] < 1e-3  # engine and trainer agree on the sampled tokens
+        prev_buffer = m["buffer_size"]
+
+
+@pytest.mark.timeout(900)
+def test_single_process_run_writes_the_whole_contract(toy_world, tmp_path):
+    run = tmp_path / "run"
+    proc = _run(["--config", "examples/cpu_toy/zppo.yaml"] + _overrides(toy_world, run, 3))
+    metrics = read_metrics(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+    _check_contract(metrics)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval"]["chain_sum"]["n"] == 6 and {"before", "after"} <= set(summary["eval"]["chain_sum"])
+    assert (run / "curves.png").stat().st_size > 1000 and (run / "config.yaml").exists()
+    assert any((run / "tensorboard").iterdir())
+    assert (run / "checkpoints" / "latest").read_text() == "step_000003"
+    assert "eval set" in proc.stdout and "tensorboard --logdir" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_resumed_run_reproduces_the_uninterrupted_metrics(toy_world, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _run(_overrides(toy_world, straight, 4, ["--config", "examples/cpu_toy/zppo.yaml"]))
+    _run(_overrides(toy_world, split, 2, ["--config", "examples/cpu_toy/zppo.yaml"]))
+    _run(_overrides(toy_world, split, 4, ["--config", "examples/cpu_toy/zppo.yaml", "--load", "auto"]))
+    a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(split / "metrics.jsonl")
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_torchrun_two_processes_tensor_parallel(toy_world, tmp_path):
+    run = tmp_path / "tp2"
+    _run(_overrides(toy_world, run, 2, ["--config", "examples/cpu_toy/zppo.yaml", "train.tensor_parallel=2"]),
+         torchrun=2)
+    metrics = read_metrics(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1]
+    _check_contract(metrics)
+
+
+def test_bad_config_is_refused_before_anything_starts(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "pretrain_zppo.py", "--config", "examples/cpu_toy/zppo.yaml",
+                           "run.stepz=3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown key(s) ['stepz']" in proc.stderr

@@ -1,0 +1,67 @@
+import pytest
+
+from megatron_zppo.records import Question
+from megatron_zppo.rewards import GraderPool, grade_choice, grade_exact, grade_math, grade_math_verify, grade_task
+
+Q = Question("q", "What is half of one?", "\\frac{1}{2}")
+
+
+def test_math_grader_uses_the_last_box_and_strips_degree_and_percent_on_retry():
+    assert grade_math("first \\boxed{3} then \\boxed{0.5}", Q) == 1.0
+    assert grade_math("\\boxed{0.4}", Q) == 0.0
+    assert grade_math("no box, 0.5", Q) == 0.0
+    assert grade_math("\\boxed{30^\\circ}", Question("a", "angle?", "30")) == 1.0
+    assert grade_math("\\boxed{45\\%}", Question("p", "share?", "45")) == 1.0
+    assert grade_math_verify("\\boxed{0.5}", Q) == 1.0 and grade_math_verify("\\boxed{2}", Q) == 0.0
+
+
+def test_exact_and_choice_graders():
+    q = Question("c", "Pick", "B")
+    assert grade_choice("\\boxed{(B)}", q) == 1.0 and grade_choice("\\boxed{b.}", q) == 1.0
+    assert grade_choice("\\boxed{C}", q) == 0.0 and grade_choice("B", q) == 0.0
+    assert grade_exact("\\boxed{ ssilb }", Question("s", "?", "ssilb")) == 1.0
+    assert grade_exact("\\boxed{ssil}", Question("s", "?", "ssilb")) == 0.0
+
+
+def test_task_grader_uses_reasoning_gyms_scorer():
+    from megatron_zppo.data import SourceConfig, load_source
+
+    (q,), _ = load_source(SourceConfig(kind="reasoning_gym", task="chain_sum", size=1, seed=3))
+    assert grade_task(f"\\boxed{{{q.answer}}}", q) == 1.0
+    assert grade_task(f"\\boxed{{{int(q.answer) + 1}}}", q) == 0.0
+    with pytest.raises(ValueError, match="metadata\\['entry'\\]"):
+        grade_task("\\boxed{1}", Q)
+
+
+@pytest.mark.timeout(60)
+def test_a_hanging_grader_scores_zero_within_its_limit_and_the_rest_still_grade():
+    pool = GraderPool("tests.loop.slow_graders:hang", workers=2, timeout_s=1.0)
+    try:
+        scores = pool.grade(["ok", "HANG", "ok", "ok", "ok"], [Q] * 5)
+        assert scores == [1.0, 0.0, 1.0, 1.0, 1.0] and pool.stats.timeouts == 1
+        assert pool.grade(["ok"], [Q]) == [1.0]  # the pool was replaced and works
+    finally:
+        pool.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_crashing_or_dying_grader_scores_zero_and_is_counted():
+    pool = GraderPool("tests.loop.slow_graders:crash", workers=1, timeout_s=5.0)
+    try:
+        assert pool.grade(["CRASH", "ok"], [Q, Q]) == [0.0, 1.0] and pool.stats.errors == 1
+    finally:
+        pool.close()
+    pool = GraderPool("tests.loop.slow_graders:die", workers=1, timeout_s=2.0)
+    try:
+        assert pool.grade(["ok", "DIE", "ok"], [Q] * 3) == [1.0, 0.0, 1.0]
+        assert pool.stats.timeouts + pool.stats.errors >= 1
+    finally:
+        pool.close()
+
+
+def test_unknown_grader_is_rejected_at_start_up():
+    with pytest.raises(ValueError, match="grader 'mathz' unknown"):
+        GraderPool("mathz")
+    pool = GraderPool("auto")
+    with pytest.raises(ValueError, match="question 'x': grader 'nope' unknown"):
+        pool.grade(["a"], [Question("x", "t", "1", metadata={"grader": "nope"})])

@@ -1,0 +1,338 @@
+"""A stand-in SGLang 0.5.23 server speaking the same JSON, for tests without SGLang or a GPU.
+
+It runs in its own spawned process, like the real server, so a test can kill it mid-batch and so
+its gloo process group for weight updates is a real second rank, not a mock. Generations are
+deterministic functions of the request (see `fake_token`/`fake_logprob`), so tests can predict
+them exactly. Faults are scripted at run time through `POST /_fake/faults`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+VOCAB = 1000
+DEFAULT_LEN = 6  # tokens generated when max_new_tokens does not cut earlier
+EOS = 999
+
+
+def fake_token(prompt: list[int], sample: int, pos: int) -> int:
+    return (sum(prompt) + 7 * pos + 13 * sample) % (VOCAB - 1)  # never EOS by accident
+
+
+def fake_logprob(position: int, token: int) -> float:
+    """Log-prob the fake gives `token` at absolute `position` (prompt or output alike)."""
+    return -((token * 31 + position) % 97) / 10.0 - 0.01
+
+
+class _State:
+    def __init__(self, api_key, admin_api_key, starting_s):
+        self.api_key, self.admin_api_key = api_key, admin_api_key
+        self.ready_at = time.monotonic() + starting_s
+        self.faults: dict = {}
+        self.log: list[str] = []
+        self.generate_count = 0
+        self.last_generate: dict = {}
+        self.update_count = 0
+        self.in_flight = 0
+        self.aborted: set[str] = set()
+        self.weight_version = "default"
+        self.weights: dict = {}  # name -> torch tensor
+        self.group = None
+        self.lock = threading.Lock()
+
+    def fault_budget(self, key: str) -> bool:
+        """Consume one use of a counted fault ("<key>": n)."""
+        with self.lock:
+            if self.faults.get(key, 0) > 0:
+                self.faults[key] -= 1
+                return True
+        return False
+
+
+ADMIN = {"/flush_cache", "/abort_request", "/pause_generation", "/continue_generation", "/init_weights_update_group",
+         "/begin_weight_update", "/end_weight_update", "/update_weights_from_distributed",
+         "/update_weights_from_disk", "/destroy_weights_update_group"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: _State
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def _send(self, code: int, body) -> None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorised(self, path: str) -> bool:
+        st = self.state
+        key = (st.admin_api_key or st.api_key) if path in ADMIN else st.api_key
+        return key is None or self.headers.get("Authorization") == f"Bearer {key}"
+
+    def do_GET(self):
+        self._dispatch(None)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        self._dispatch(json.loads(self.rfile.read(length) or b"{}"))
+
+    def _dispatch(self, body):
+        st, path = self.state, self.path.split("?")[0]
+        if not path.startswith("/_fake/"):
+            st.log.append(path)
+            if not self._authorised(path):
+                return self._send(401, {"error": "Unauthorized"})
+            if time.monotonic() < st.ready_at:
+                return self._send(503, {"error": "server is starting"})
+        handler = getattr(self, "h_" + path.strip("/").replace("/", "_"), None)
+        if handler is None:
+            return self._send(404, {"detail": "Not Found"})
+        handler(body)
+
+    # ---- test control ----
+    def h__fake_faults(self, body):
+        with self.state.lock:
+            self.state.faults.update(body)
+        self._send(200, {"faults": self.state.faults})
+
+    def h__fake_log(self, body):
+        self._send(200, {"log": self.state.log, "last_generate": self.state.last_generate})
+
+    def h__fake_version(self, body):
+        self._send(200, {"weight_version": self.state.weight_version})
+
+    def h__fake_weights(self, body):
+        self._send(200, {name: tensor_digest(t) for name, t in self.state.weights.items()})
+
+    # ---- inference ----
+    def h_health_generate(self, body):
+        self._send(200, "")
+
+    def h_health(self, body):  # what sglang-router answers; lets this fake stand in for it too
+        self._send(200, "")
+
+    def h_model_info(self, body):
+        self._send(200, {"model_path": "fake", "weight_version": self.state.weight_version,
+                         "is_generation": True})
+
+    def h_generate(self, body):
+        st = self.state
+        with st.lock:
+            st.generate_count += 1
+            count = st.generate_count
+            st.last_generate = body
+        if count > st.faults.get("die_after_generates", 1 << 30):
+            os._exit(1)  # like a crashed server: the connection drops without an answer
+        if st.fault_budget("drop_connections"):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if st.fault_budget("status_503"):
+            return self._send(503, {"error": "overloaded"})
+        st.in_flight += 1
+        try:
+            items = self._generations(body)
+        finally:
+            st.in_flight -= 1
+        n = body.get("sampling_params", {}).get("n", 1)
+        self._send(200, items if n > 1 else items[0])
+
+    def _generations(self, body):
+        sp, prompt, rid = body.get("sampling_params", {}), body["input_ids"], body.get("rid", "")
+        max_new, n = sp.get("max_new_tokens", 128), sp.get("n", 1)
+        if max_new == 0:
+            return [self._score(prompt, body.get("logprob_start_len", -1), rid)]
+        return [self._one(prompt, s, max_new, sp.get("stop_token_ids") or [], f"{rid}_{s}" if n > 1 else rid)
+                for s in range(n)]
+
+    def _one(self, prompt, sample, max_new, stop_ids, rid):
+        st, ids, finish = self.state, [], None
+        for pos in range(min(max_new, DEFAULT_LEN) + st.faults.get("overlong", 0)):
+            time.sleep(st.faults.get("token_delay_s", 0))
+            if any(rid.startswith(a) for a in st.aborted):
+                finish = {"type": "abort", "message": "Abort request"}
+                break
+            ids.append(fake_token(prompt, sample, pos))
+            if ids[-1] in stop_ids:
+                finish = {"type": "stop", "matched": ids[-1]}
+                break
+        if finish is None:
+            full = len(ids) >= max_new
+            finish = {"type": "length", "length": len(ids)} if full else {"type": "stop", "matched": EOS}
+        lps = [[fake_logprob(len(prompt) + i, t), t, None] for i, t in enumerate(ids)]
+        if st.faults.get("short_logprobs"):
+            lps = lps[:-1]
+        meta = {"id": rid, "finish_reason": finish, "prompt_tokens": len(prompt), "completion_tokens": len(ids),
+                "cached_tokens": 0, "weight_version": st.weight_version, "output_token_logprobs": lps,
+                "input_token_logprobs": [], "e2e_latency": 0.001}
+        return {"text": " ".join(f"t{t}" for t in ids), "output_ids": ids, "meta_info": meta}
+
+    def _score(self, ids, start, rid):
+        start = max(start, 0)
+        entries = [[None if pos == start else fake_logprob(pos, ids[pos]), ids[pos], None]
+                   for pos in range(start, len(ids))]  # SGLang's first returned entry is always null
+        meta = {"id": rid, "finish_reason": {"type": "length", "length": 0}, "prompt_tokens": len(ids),
+                "completion_tokens": 0, "weight_version": self.state.weight_version,
+                "input_token_logprobs": entries, "output_token_logprobs": []}
+        return {"text": "", "output_ids": [], "meta_info": meta}
+
+    # ---- admin ----
+    def h_abort_request(self, body):
+        self.state.aborted.add(body["rid"])
+        self._send(200, "")
+
+    def h_flush_cache(self, body):
+        if self.state.in_flight or self.state.fault_budget("busy_flushes"):
+            return self._send(400, "Cache not flushed. Please check backend logs or retry when no requests run.")
+        self._send(200, "Cache flushed.\nPlease check backend logs for more details.")
+
+    def h_pause_generation(self, body):
+        self._send(200, {"message": "Generation paused."})
+
+    def h_continue_generation(self, body):
+        self._send(200, {"message": "Generation continued."})
+
+    def h_init_weights_update_group(self, body):
+        from megatron_zppo.rollout import weight_sync  # torch import only where a test needs it
+
+        self.state.group = weight_sync.init_custom_process_group(
+            backend=body["backend"], init_method=f"tcp://{body['master_address']}:{body['master_port']}",
+            world_size=body["world_size"], rank=body["rank_offset"], group_name=body["group_name"], timeout_s=20)
+        self._send(200, {"success": True, "message": "Succeeded to initialize custom process group."})
+
+    def h_destroy_weights_update_group(self, body):
+        from megatron_zppo.rollout import weight_sync
+
+        if self.state.group is not None:
+            weight_sync.destroy_custom_process_group(self.state.group)
+            self.state.group = None
+        self._send(200, {"success": True, "message": "destroyed"})
+
+    def h_begin_weight_update(self, body):
+        self._send(200, {"success": True, "message": "begun"})
+
+    def h_end_weight_update(self, body):
+        self._send(200, {"success": True, "message": "ended"})
+
+    def h_update_weights_from_distributed(self, body):
+        import torch
+
+        from megatron_zppo.rollout import weight_sync
+
+        st = self.state
+        st.update_count += 1
+        if st.update_count - 1 == st.faults.get("die_at_update", -1):
+            os._exit(1)
+        st.weights.update(weight_sync.receive_bucket(st.group, body, torch.device("cpu")))
+        if st.update_count - 1 == st.faults.get("fail_at_update", -1):
+            return self._send(400, {"success": False, "message": "fake: failed to load received weights"})
+        if body.get("weight_version") is not None:
+            st.weight_version = body["weight_version"]
+        self._send(200, {"success": True, "message": "Succeeded to update parameter online."})
+
+    def h_update_weights_from_disk(self, body):
+        from safetensors.torch import load_file
+
+        files = sorted(Path(body["model_path"]).glob("*.safetensors"))
+        if not files:
+            return self._send(400, {"success": False, "message": f"no weights in {body['model_path']}",
+                                    "num_paused_requests": 0})
+        for f in files:
+            self.state.weights.update(load_file(str(f)))
+        self.state.weight_version = body.get("weight_version") or self.state.weight_version
+        self._send(200, {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0})
+
+
+def tensor_digest(tensor) -> dict:
+    """What `/_fake/weights` reports for a tensor: equal digests mean bit-identical tensors."""
+    import torch
+
+    raw = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    return {"dtype": str(tensor.dtype).removeprefix("torch."), "shape": list(tensor.shape),
+            "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _serve(port: int, config: dict, ready=None) -> None:
+    handler = type("Handler", (_Handler,), {"state": _State(**config)})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    if ready is not None:
+        ready.put(server.server_address[1])
+    server.serve_forever()
+
+
+def serve_forever(port: int) -> None:
+    """Foreground entry point, for tests that start the fake as a plain subprocess."""
+    _serve(port, {"api_key": None, "admin_api_key": None, "starting_s": 0.0})
+
+
+class FakeSGLang:
+    """Start with `with FakeSGLang() as server:`; `server.url` is its base URL."""
+
+    def __init__(self, *, api_key=None, admin_api_key=None, starting_s: float = 0.0, port: int = 0):
+        self.config = {"api_key": api_key, "admin_api_key": admin_api_key, "starting_s": starting_s}
+        self.port = port
+        self.process = None
+
+    def start(self) -> FakeSGLang:
+        ctx = mp.get_context("spawn")
+        ready = ctx.Queue()
+        self.process = ctx.Process(target=_serve, args=(self.port, self.config, ready), daemon=True)
+        self.process.start()
+        self.port = ready.get(timeout=30)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+        if self.process is not None:
+            self.process.join(timeout=10)
+
+    def restart(self) -> None:
+        """Same port, fresh state (like a supervisor restarting a crashed server)."""
+        self.kill()
+        self.config["starting_s"] = 0.0
+        self.start()
+
+    def _control(self, path: str, body: dict | None = None) -> dict:
+        return httpx.post(self.url + path, json=body or {}, timeout=10).json()
+
+    def set_faults(self, **faults) -> None:
+        self._control("/_fake/faults", faults)
+
+    def log(self) -> list[str]:
+        """Paths of every request the server received, in arrival order."""
+        return self._control("/_fake/log")["log"]
+
+    def last_generate(self) -> dict:
+        return self._control("/_fake/log")["last_generate"]
+
+    def weight_version(self) -> str:
+        return self._control("/_fake/version")["weight_version"]
+
+    def weights(self) -> dict[str, dict]:
+        return self._control("/_fake/weights")
+
+    def __enter__(self) -> FakeSGLang:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()

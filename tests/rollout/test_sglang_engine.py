@@ -1,0 +1,194 @@
+"""SGLangEngine against a fake SGLang 0.5.23 server in another process: shapes, retries, faults."""
+
+import threading
+import time
+
+import pytest
+
+from megatron_zppo.rollout.engine import EVAL_SAMPLING, GenerateRequest, RolloutEngine, SamplingParams
+from megatron_zppo.rollout.sglang_engine import (
+    MalformedResponse,
+    SGLangError,
+    image_payload,
+    parse_generation,
+    sampling_payload,
+)
+from tests.rollout.fake_sglang import DEFAULT_LEN, EOS, FakeSGLang, fake_logprob, fake_token
+
+pytestmark = pytest.mark.timeout(60)
+
+PARAMS = SamplingParams(max_new_tokens=32)
+
+
+def expected_ids(prompt, sample, length=DEFAULT_LEN):
+    return [fake_token(prompt, sample, pos) for pos in range(length)]
+
+
+def test_engine_satisfies_the_rollout_protocol(server, make_engine):
+    assert isinstance(make_engine(server.url), RolloutEngine)
+
+
+def test_generate_returns_n_samples_per_request_in_request_order(server, make_engine):
+    engine = make_engine(server.url)
+    prompts = [[1, 2, 3], [40, 50], [7]]
+    groups = engine.generate([GenerateRequest(p, n=n) for p, n in zip(prompts, (1, 3, 2))], PARAMS)
+
+    assert [len(g) for g in groups] == [1, 3, 2]
+    for prompt, group in zip(prompts, groups):
+        for sample, gen in enumerate(group):
+            assert gen.response_ids == expected_ids(prompt, sample)
+            assert gen.logprobs == [fake_logprob(len(prompt) + i, t) for i, t in enumerate(gen.response_ids)]
+            assert gen.finish_reason == "stop" and gen.weight_version == "default"
+            assert gen.text.split() == [f"t{t}" for t in gen.response_ids]
+    assert engine.stats.tokens_generated == 6 * DEFAULT_LEN
+
+
+def test_generate_sends_token_ids_logprob_flags_and_request_id(server, make_engine):
+    make_engine(server.url).generate([GenerateRequest([5, 6], n=2, request_id="q17", images=("/img/a.png",))], PARAMS)
+    body = server.last_generate()
+    assert body["input_ids"] == [5, 6] and "text" not in body
+    assert body["return_logprob"] is True and body["logprob_start_len"] == -1
+    assert body["rid"] == "q17" and body["image_data"] == "/img/a.png"
+    assert body["sampling_params"]["n"] == 2 and body["sampling_params"]["max_new_tokens"] == 32
+
+
+def test_sampling_params_map_onto_sglang_names():
+    evaluation = sampling_payload(EVAL_SAMPLING, 4)
+    assert evaluation == {"max_new_tokens": 512, "temperature": 0.6, "top_p": 0.95, "top_k": 20,
+                          "presence_penalty": 1.5, "n": 4}
+    seeded = sampling_payload(SamplingParams(top_k=-1, seed=7, stop_token_ids=(2, 3)), 1)
+    assert "top_k" not in seeded  # -1 is SGLang's default "off"; omitting it cannot be misread
+    assert seeded["sampling_seed"] == 7 and seeded["stop_token_ids"] == [2, 3]
+
+
+def test_image_bytes_become_a_base64_data_uri_and_several_images_a_list():
+    assert image_payload([b"\x89PNG"]) == "data:image;base64,iVBORw=="
+    assert image_payload(["a.png", "http://x/b.jpg"]) == ["a.png", "http://x/b.jpg"]
+
+
+def test_max_new_tokens_cut_is_reported_as_length(server, make_engine):
+    [[gen]] = make_engine(server.url).generate([GenerateRequest([9])], SamplingParams(max_new_tokens=4))
+    assert gen.finish_reason == "length" and gen.response_ids == expected_ids([9], 0, 4)
+
+
+def test_stop_token_ids_end_generation_with_stop(server, make_engine):
+    stop = fake_token([9], 0, 2)
+    [[gen]] = make_engine(server.url).generate([GenerateRequest([9])], SamplingParams(stop_token_ids=(stop,)))
+    assert gen.response_ids == expected_ids([9], 0, 3) and gen.finish_reason == "stop"
+
+
+def test_score_returns_logprobs_of_the_response_tokens_only(server, make_engine):
+    engine = make_engine(server.url)
+    prompts, responses = [[1, 2, 3], [4]], [[10, 11], [12, 13, 14]]
+    scores = engine.score(prompts, responses)
+    assert scores == [[fake_logprob(len(p) + i, t) for i, t in enumerate(r)] for p, r in zip(prompts, responses)]
+    engine.score([[1, 2, 3]], [[10, 11]])
+    body = server.last_generate()
+    assert body["input_ids"] == [1, 2, 3, 10, 11] and body["logprob_start_len"] == 2
+    assert body["sampling_params"]["max_new_tokens"] == 0 and body["return_logprob"] is True
+
+
+def test_score_of_empty_response_is_empty_and_empty_prompt_is_refused(server, make_engine):
+    engine = make_engine(server.url)
+    assert engine.score([[1]], [[]]) == [[]]
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        engine.score([[]], [[1]])
+
+
+def test_503_while_starting_is_retried_until_ready(make_engine):
+    with FakeSGLang(starting_s=1.0) as starting:
+        engine = make_engine(starting.url, retries=8, backoff_s=0.1)
+        assert engine.health() is False
+        groups = engine.generate([GenerateRequest([1])], PARAMS)
+        assert len(groups[0]) == 1 and engine.health() is True
+        assert starting.log().count("/generate") >= 2 and engine.stats.extra["http_retries"] >= 1
+
+
+def test_dropped_connections_and_5xx_are_retried(server, make_engine):
+    server.set_faults(drop_connections=2, status_503=1)
+    groups = make_engine(server.url).generate([GenerateRequest([1, 2], n=2)], PARAMS)
+    assert [g.response_ids for g in groups[0]] == [expected_ids([1, 2], 0), expected_ids([1, 2], 1)]
+    assert server.log().count("/generate") == 4
+
+
+def test_server_killed_mid_batch_then_restarted_yields_complete_groups(server, make_engine):
+    engine = make_engine(server.url, retries=10, backoff_s=0.2, max_concurrency=2)
+    server.set_faults(die_after_generates=2, token_delay_s=0.05)
+    restarter = threading.Timer(0.8, server.restart)
+    restarter.start()
+    groups = engine.generate([GenerateRequest([i], n=2) for i in range(6)], PARAMS)
+    restarter.join()
+    assert engine.stats.extra["http_retries"] >= 1  # the kill really hit requests in flight
+    assert [len(g) for g in groups] == [2] * 6
+    assert [g[1].response_ids for g in groups] == [expected_ids([i], 1) for i in range(6)]
+
+
+def test_server_killed_for_good_raises_naming_server_and_request(server, make_engine):
+    engine = make_engine(server.url, retries=2)
+    server.set_faults(die_after_generates=1)
+    requests = [GenerateRequest([1], request_id="ok-1"), GenerateRequest([2], request_id="doomed-2")]
+    with pytest.raises(SGLangError) as info:
+        engine.generate(requests, PARAMS)
+    message = str(info.value)
+    assert server.url in message and "after 3 attempt(s)" in message
+    assert "'ok-1'" in message or "'doomed-2'" in message
+    assert engine.health() is False
+
+
+def test_response_with_fewer_logprobs_than_tokens_is_malformed(server, make_engine):
+    server.set_faults(short_logprobs=True)
+    with pytest.raises(MalformedResponse, match=f"{DEFAULT_LEN} output tokens but {DEFAULT_LEN - 1} logprobs"):
+        make_engine(server.url).generate([GenerateRequest([1], n=2), GenerateRequest([2])], PARAMS)
+
+
+def test_response_longer_than_max_new_tokens_is_malformed(server, make_engine):
+    server.set_faults(overlong=1)
+    with pytest.raises(MalformedResponse, match="5 output tokens exceed max_new_tokens=4"):
+        make_engine(server.url).generate([GenerateRequest([1])], SamplingParams(max_new_tokens=4))
+
+
+def test_misaligned_or_unknown_fields_are_malformed():
+    item = {"output_ids": [5, 6], "meta_info": {"output_token_logprobs": [[-0.1, 5, None], [-0.2, 7, None]],
+                                                  "finish_reason": {"type": "stop", "matched": EOS}}}
+    with pytest.raises(MalformedResponse, match="logprob entry 1"):
+        parse_generation(item, 8, "here")
+    item["meta_info"]["output_token_logprobs"][1][1] = 6
+    item["meta_info"]["finish_reason"] = None
+    with pytest.raises(MalformedResponse, match="unknown finish_reason"):
+        parse_generation(item, 8, "here")
+
+
+def test_abort_returns_the_partial_samples_with_abort_finish(server, make_engine):
+    engine = make_engine(server.url)
+    server.set_faults(token_delay_s=0.2)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(g=engine.generate(
+        [GenerateRequest([3], n=2, request_id="slow")], PARAMS)))
+    worker.start()
+    time.sleep(0.5)
+    engine.abort("slow")
+    worker.join(timeout=20)
+    [group] = result["g"]
+    assert [g.finish_reason for g in group] == ["abort", "abort"]
+    assert all(len(g.response_ids) < DEFAULT_LEN for g in group) and group[0].response_ids  # partial, kept
+
+
+def test_flush_cache_retries_while_busy_and_gives_up_loudly(server, make_engine):
+    engine = make_engine(server.url)
+    server.set_faults(busy_flushes=2)
+    engine.flush_cache()
+    assert server.log().count("/flush_cache") == 3
+    server.set_faults(busy_flushes=100)
+    with pytest.raises(SGLangError, match="HTTP 400"):
+        engine.flush_cache(attempts=3)
+
+
+def test_api_keys_are_sent_as_bearer_tokens_and_4xx_is_not_retried(make_engine):
+    with FakeSGLang(api_key="inference-key", admin_api_key="admin-key") as keyed:
+        full = make_engine(keyed.url, api_key="inference-key", admin_api_key="admin-key")
+        assert full.generate([GenerateRequest([1])], PARAMS)[0][0].response_ids == expected_ids([1], 0)
+        full.flush_cache()
+        user_only = make_engine(keyed.url, api_key="inference-key")
+        with pytest.raises(SGLangError, match="HTTP 401"):
+            user_only.pause()
+        assert keyed.log().count("/pause_generation") == 1

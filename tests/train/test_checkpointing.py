@@ -1,0 +1,179 @@
+"""Distributed checkpoints of policy + optimizer + scheduler resume training exactly.
+
+Resume: 2 steps, save, load into a fresh policy/optimizer/scheduler, 1 more step must equal 3
+uninterrupted steps bit for bit, with Adam's step count and moments restored. Resharding: a
+checkpoint saved in one process loads at TP=2 or DP=2 (torchrun, gloo; tests/train/checkpoint_worker.py)
+and one saved there loads in one process, with the same log-probs and the same next optimizer step.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_zppo.loss import LossConfig
+from megatron_zppo.train.checkpointing import adam_step_counts, load_checkpoint, save_checkpoint
+from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
+from megatron_zppo.train.parallel import ParallelConfig
+from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
+from tests.train.tiny_qwen3 import ppo_micro_batches
+
+OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # see test_trainer.py for these values
+LOSS = LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)
+
+
+def _trainer(hf_dir, opt=OPT):
+    policy = build_policy(ModelConfig(hf_path=hf_dir), ParallelConfig(), ddp_config=ddp_config(opt))
+    return PolicyTrainer(policy, *build_optimizer(policy, opt), chunk_size=2)
+
+
+def _train(trainer, steps):
+    for _ in range(steps):
+        trainer.ppo_step(ppo_micro_batches(rows_per_micro=2), LOSS)
+
+
+def _weights(policy):
+    return {name: t.clone() for bucket in export_hf_weights(policy) for name, t in bucket}
+
+
+def _adam_moments(optimizer):
+    """[(exp_avg, exp_avg_sq)] in the inner optimizer's parameter order (same for identical builds)."""
+    from megatron_zppo.train.checkpointing import _inner_torch_optimizers
+
+    return [
+        (inner.state[p]["exp_avg"].clone(), inner.state[p]["exp_avg_sq"].clone())
+        for inner in _inner_torch_optimizers(optimizer)
+        for group in inner.param_groups
+        for p in group["params"]
+    ]
+
+
+@pytest.mark.parametrize("distributed_optimizer", [True, False], ids=["distributed_opt", "plain_opt"])
+def test_resume_after_two_steps_equals_three_uninterrupted_steps(
+    distributed_optimizer, tiny_qwen3_dir, megatron_world, tmp_path
+):
+    opt = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1, use_distributed_optimizer=distributed_optimizer)
+    uninterrupted = _trainer(tiny_qwen3_dir, opt)
+    _train(uninterrupted, 3)
+
+    first = _trainer(tiny_qwen3_dir, opt)
+    _train(first, 2)
+    save_checkpoint(first.policy, first.optimizer, first.scheduler, str(tmp_path / "ckpt"), extra={"step": 2})
+
+    resumed = _trainer(tiny_qwen3_dir, opt)
+    extra = load_checkpoint(resumed.policy, resumed.optimizer, resumed.scheduler, str(tmp_path / "ckpt"))
+    assert extra == {"step": 2}
+    assert adam_step_counts(resumed.optimizer) == {2.0}
+    assert resumed.scheduler.num_steps == 2
+    for (m_saved, v_saved), (m_loaded, v_loaded) in zip(
+        _adam_moments(first.optimizer), _adam_moments(resumed.optimizer), strict=True
+    ):
+        assert torch.equal(m_saved, m_loaded) and torch.equal(v_saved, v_loaded)
+        assert v_loaded.abs().max() > 0  # real moments, not a fresh optimizer's zeros
+
+    _train(resumed, 1)
+    # One counter per parameter: a step tensor shared by all parameters would read 2 + #params.
+    assert adam_step_counts(resumed.optimizer) == {3.0}
+    assert adam_step_counts(uninterrupted.optimizer) == {3.0}
+    expected, got = _weights(uninterrupted.policy), _weights(resumed.policy)
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), f"{name} differs after resume"
+
+
+def test_model_only_checkpoint_round_trips_weights_and_refuses_optimizer_load(
+    tiny_qwen3_dir, megatron_world, tmp_path
+):
+    trained = _trainer(tiny_qwen3_dir)
+    _train(trained, 1)
+    save_checkpoint(trained.policy, None, None, str(tmp_path / "model_only"))
+
+    fresh = _trainer(tiny_qwen3_dir)
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        load_checkpoint(fresh.policy, fresh.optimizer, None, str(tmp_path / "model_only"))
+    load_checkpoint(fresh.policy, None, None, str(tmp_path / "model_only"))
+    expected, got = _weights(trained.policy), _weights(fresh.policy)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+
+
+def test_bad_checkpoint_paths_give_clear_errors(tiny_qwen3_dir, megatron_world, tmp_path):
+    trainer = _trainer(tiny_qwen3_dir)
+    with pytest.raises(FileNotFoundError, match="not a Megatron distributed checkpoint"):
+        load_checkpoint(trainer.policy, None, None, str(tmp_path / "missing"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "stale.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        save_checkpoint(trainer.policy, None, None, str(tmp_path / "full"))
+
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "tests" / "train" / "checkpoint_worker.py"
+
+
+def _run_worker(hf_dir: str, out: Path, load: Path, nproc: int, *layout_args: str) -> list[dict]:
+    out.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(WORKER), "--hf-dir", hf_dir, "--out", str(out), "--load", str(load), *layout_args]  # fmt: skip
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+
+
+def _logprobs(trainer):
+    outputs = trainer.compute_logprobs([mb.sequences for mb in ppo_micro_batches(rows_per_micro=2)])
+    return torch.cat([lp for lp, _ in outputs])
+
+
+def _assert_weights_close(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    "layout_args",
+    [
+        pytest.param(("--tp", "2"), id="tp2"),
+        # DP=2: the distributed optimizer really shards its state; saving gathers it, loading splits it.
+        pytest.param((), id="dp2", marks=pytest.mark.slow),
+    ],
+)
+def test_checkpoints_reshard_between_single_process_and_two_ranks(
+    layout_args, tiny_qwen3_dir, megatron_world, tmp_path
+):
+    # TP=1 here: 2 steps, save, then a 3rd step as the uninterrupted reference.
+    reference = _trainer(tiny_qwen3_dir)
+    initial_logprobs = _logprobs(reference)
+    _train(reference, 2)
+    logprobs_after_2 = _logprobs(reference)
+    assert (logprobs_after_2 - initial_logprobs).abs().max() > 1e-3  # loading the weights is visible
+    save_checkpoint(reference.policy, reference.optimizer, reference.scheduler, str(tmp_path / "ckpt_tp1"),
+                    extra={"layout": [1, 1]})  # fmt: skip
+    _train(reference, 1)
+    weights_after_3 = _weights(reference.policy)
+
+    # Two ranks (torchrun, gloo): their own 2 steps + save, and a resume from the TP=1 checkpoint.
+    ranks = _run_worker(tiny_qwen3_dir, tmp_path / "two_ranks", tmp_path / "ckpt_tp1", 2, *layout_args)
+    for rank in ranks:
+        assert rank["extra"] == {"layout": [1, 1]}
+        assert rank["adam_steps_loaded"] == {2.0}
+        torch.testing.assert_close(rank["logprobs_after_2"], logprobs_after_2, atol=1e-5, rtol=1e-5)
+        # Single-process checkpoint on two ranks: the same model, up to float32 summation order.
+        torch.testing.assert_close(rank["logprobs_loaded"], logprobs_after_2, atol=1e-6, rtol=1e-6)
+        # ... and the same Adam moments: one more step lands where the uninterrupted run did.
+        _assert_weights_close(rank["weights_after_3"], weights_after_3)
+
+    # The two-rank checkpoint back in one process.
+    resumed = _trainer(tiny_qwen3_dir)
+    two_rank_ckpt = str(tmp_path / "two_ranks" / "ckpt")
+    extra = load_checkpoint(resumed.policy, resumed.optimizer, resumed.scheduler, two_rank_ckpt)
+    assert extra == {"layout": [2, 1] if layout_args else [1, 1]}
+    assert adam_step_counts(resumed.optimizer) == {2.0}
+    torch.testing.assert_close(_logprobs(resumed), ranks[0]["logprobs_after_2"], atol=1e-6, rtol=1e-6)
+    _train(resumed, 1)
+    _assert_weights_close(_weights(resumed.policy), weights_after_3)

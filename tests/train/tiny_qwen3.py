@@ -1,0 +1,61 @@
+"""A tiny random Qwen3 checkpoint, written on the fly (no download), for tests and the worker."""
+
+from pathlib import Path
+
+import torch
+
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    # Not a power of two on purpose; 125 rows per rank at TP=2 (the bridge does not pad the vocab).
+    vocab_size=250,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+)
+
+
+def save_tiny_qwen3(path: Path, seed: int = 0) -> str:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(Qwen3Config(**TINY)).float()
+    with torch.no_grad():
+        # HF initialises norms to exactly 1; perturb them so a wrong q/k-norm mapping shows.
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(path)
+    return str(path)
+
+
+# A fixed PPO mini-batch for that model: variable prompt and response lengths, mixed-sign advantages.
+PROMPTS = [[5, 17, 3], [9], [100, 101, 102, 103, 104], [1, 2]]
+RESPONSES = [[7, 8, 9, 10, 11, 12], [42, 43], [200, 249, 0], [60, 61, 62, 63]]
+ADVANTAGES = torch.tensor([1.0, -0.5, 0.25, -1.0])
+
+
+def old_logprobs(seed: int = 0):
+    """The full batch and off-policy 'old' log-probs, so ratios differ from 1 and clipping triggers."""
+    from megatron_zppo.train.logprobs import SequenceBatch
+
+    gen = torch.Generator().manual_seed(seed)
+    batch = SequenceBatch.from_lists(PROMPTS, RESPONSES)
+    noise = torch.randn(batch.response_mask().shape, generator=gen)
+    return batch, (-3.0 + 0.3 * noise) * batch.response_mask()
+
+
+def ppo_micro_batches(rows_per_micro: int):
+    from megatron_zppo.train.logprobs import SequenceBatch
+    from megatron_zppo.train.trainer import PPOMicroBatch
+
+    full, old = old_logprobs()
+    out = []
+    for start in range(0, len(PROMPTS), rows_per_micro):
+        rows = slice(start, start + rows_per_micro)
+        seq = SequenceBatch.from_lists(PROMPTS[rows], RESPONSES[rows], response_width=full.response_width)
+        out.append(PPOMicroBatch(seq, old[rows], ADVANTAGES[rows]))
+    return out
