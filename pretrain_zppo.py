@@ -26,7 +26,7 @@ from megatron_zppo.config import Config, load_config
 from megatron_zppo.config_io import ConfigError, dump_yaml
 from megatron_zppo.evaluate import evaluate
 from megatron_zppo.loop import StepContext, rollout_metrics, rollout_phase, timed, train_phase
-from megatron_zppo.metrics import MetricsLogger, plot, read_metrics, summary_table
+from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
 
 
 def parse_args(argv):
@@ -72,6 +72,17 @@ def run_evals(cfg: Config, ctx: StepContext) -> dict[str, dict]:
     return out
 
 
+def rollout_file(directory, step: int) -> Path:
+    return Path(directory) / "rollouts" / f"step_{step:06d}.pt"
+
+
+def save_rollouts(rollouts, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(rollouts, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     try:
@@ -110,18 +121,25 @@ def main(argv=None) -> int:
             summary["eval"] = {k: {"family": v["family"], "n": v["n"], "before": v["accuracy"], "ci95_before": v["ci95"]}
                                for k, v in run_evals(cfg, ctx).items()}
 
+    mode = cfg.run.mode
     for step in range(start, cfg.run.steps):
         t_step = time.perf_counter()
-        rollouts = broadcast(rollout_phase(ctx, step) if is_main else None, is_main)
-        times = dict(rollouts.times)
-        with timed(times, "train"):
-            stats = train_phase(cfg, trainer, rollouts, version)
-        with timed(times, "sync"):
-            version = f"step-{step + 1}"
-            sync_weights(trainer, ctx.student if is_main else None, version, is_main)
+        if mode == "train_only":  # replay rollouts written by an earlier rollout_only run
+            rollouts = torch.load(rollout_file(cfg.run.rollouts_from, step), weights_only=False)
+        else:
+            rollouts = broadcast(rollout_phase(ctx, step) if is_main else None, is_main)
+        if is_main and (mode == "rollout_only" or cfg.run.dump_rollouts):
+            save_rollouts(rollouts, rollout_file(run_dir, step))
+        times, stats = dict(rollouts.times), {}
+        if mode != "rollout_only":
+            with timed(times, "train"):
+                stats = train_phase(cfg, trainer, rollouts, None if mode == "train_only" else version)
+            with timed(times, "sync"):
+                version = f"step-{step + 1}"
+                sync_weights(trainer, ctx.student if is_main else None, version, is_main)
         if is_main:
             ctx.buffer.update(rollouts.plain)
-            m = {**rollout_metrics(rollouts, ctx.buffer), **stats}
+            m = {**dict.fromkeys(TRAIN_STATS, float("nan")), **rollout_metrics(rollouts, ctx.buffer), **stats}
             m.update({f"t_{k}": times.get(k, 0.0) for k in ("rollout", "reward", "teacher", "zppo", "train", "sync")})
             m["t_step"] = time.perf_counter() - t_step
             m["tokens_per_s"] = m["tokens_generated"] / max(m["t_rollout"], 1e-9)

@@ -6,8 +6,10 @@ tools (evaluation, the toy-model builder) build the same pieces the same way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from megatron_zppo.config import Config, EngineConfig
 from megatron_zppo.data import QuestionStream, load_questions
@@ -18,11 +20,30 @@ from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 from megatron_zppo.teacher import Teacher
 
 
+def server_url(cfg: EngineConfig, name: str) -> str:
+    """The engine's URL: given directly, or read from the launcher's addresses file (the student
+    prefers its router when there is one)."""
+    if cfg.url:
+        return cfg.url
+    path = Path(cfg.addresses)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}.addresses: {path} does not exist (run tools/launch_sglang.py first)")
+    addr = json.loads(path.read_text())
+    if name == "student":
+        url = addr.get("student_router") or (addr.get("student") or [None])[0]
+    else:
+        url = addr.get(name)
+    if not url:
+        raise ValueError(f"{path} has no address for the {name}: {addr}")
+    return url
+
+
 def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
     if cfg.engine == "sglang":
         from megatron_zppo.rollout.sglang_engine import SGLangEngine
 
-        return SGLangEngine(cfg.url, name=name, api_key=cfg.api_key or None)
+        return SGLangEngine(server_url(cfg, name), name=name, api_key=cfg.api_key or None,
+                            admin_api_key=cfg.admin_api_key or None, weight_sync=cfg.weight_sync)
     from megatron_zppo.rollout.hf_engine import HFEngine
 
     return HFEngine(cfg.hf_path, name=name, seed=seed)

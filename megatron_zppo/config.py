@@ -13,6 +13,7 @@ from megatron_zppo.data import SourceConfig
 from megatron_zppo.loss import LossConfig
 from megatron_zppo.reformulate import ZppoConfig
 from megatron_zppo.replay_buffer import BufferConfig
+from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 
 # algorithm -> (buffer.enabled, zppo.bcq, zppo.ncq, zppo.compression)
 PRESETS = {
@@ -55,18 +56,21 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    hf_path: str = ""
+    hf_path: str = ""  # HF checkpoint: the trainer's initial weights, the tokenizer, the embedded engine
     engine: str = "embedded"  # embedded (in-process transformers) | sglang
-    url: str = ""  # SGLang server or router, for engine=sglang
+    url: str = ""  # SGLang server or router, for engine=sglang ...
+    addresses: str = ""  # ... or the JSON file tools/launch_sglang.py writes
     api_key: str = ""
+    admin_api_key: str = ""  # SGLang's --admin-api-key (weight updates, cache, abort); default api_key
     temperature: float = 1.0
     top_p: float = 1.0
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)  # SGLang student only
 
     def __post_init__(self):
         if self.engine not in ("embedded", "sglang"):
             raise ValueError(f"engine {self.engine!r} unknown; expected embedded or sglang")
-        if self.engine == "sglang" and not self.url:
-            raise ValueError("engine is sglang but no url is given")
+        if self.engine == "sglang" and not (self.url or self.addresses):
+            raise ValueError("engine is sglang but neither url nor addresses is given")
 
 
 @dataclass(frozen=True)

@@ -359,7 +359,8 @@ class SGLangEngine:
             following = next(buckets, None)  # look ahead: only the last bucket carries the version
             self._phase = f"update_weights_from_distributed (bucket {index})"
             payload = {**weight_sync.bucket_payload(bucket), "group_name": cfg.group_name,
-                       "weight_version": version if following is None else None, "load_format": None}
+                       "weight_version": version if following is None else None,
+                       "load_format": self.sync_config.load_format}
             self._send_bucket(payload, bucket, device)
             bucket, index = following, index + 1
         self._phase = "end_weight_update"
@@ -390,7 +391,7 @@ class SGLangEngine:
         """The server receives while handling this POST, so the broadcast runs concurrently with it."""
         http = self._loop.submit(self._admin("/update_weights_from_distributed", payload, retry=False))
         try:
-            weight_sync.broadcast_bucket(self._group, bucket, device)
+            weight_sync.broadcast_bucket(self._group, bucket, device, self.sync_config.load_format)
         except Exception as err:
             raise _with_server_answer(err, http, self.sync_config.timeout_s) from err
         http.result(timeout=self.sync_config.timeout_s)

@@ -129,23 +129,63 @@ def destroy_custom_process_group(group: dist.ProcessGroup) -> None:
     dist.destroy_process_group(group)  # also drops the rank map registered above
 
 
-def broadcast_bucket(group: dist.ProcessGroup, bucket: list[tuple[str, torch.Tensor]], device: torch.device) -> None:
-    """Sender side: broadcast each tensor from rank 0, in bucket order, as the server expects.
+# SGLang's `load_format` for one broadcast per bucket: the tensors' bytes concatenated in bucket
+# order (its FlattenedTensorBucket layout). None: one broadcast per tensor.
+FLATTENED = "flattened_bucket"
+
+
+_staging: dict[torch.device, torch.Tensor] = {}
+
+
+def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """The bucket's bytes in one buffer. The buffer is kept and reused across buckets and syncs:
+    allocating (and page-faulting) a fresh one each time costs as much as the copy itself."""
+    sizes = [t.numel() * t.element_size() for _, t in bucket]
+    total = sum(sizes)
+    buf = _staging.get(device)
+    if buf is None or buf.numel() < total:
+        buf = _staging[device] = torch.empty(total, dtype=torch.uint8, device=device)
+    at = 0
+    for (_, t), n in zip(bucket, sizes):
+        buf[at:at + n].copy_(t.detach().contiguous().reshape(-1).view(torch.uint8))
+        at += n
+    return buf[:total]
+
+
+def broadcast_bucket(group: dist.ProcessGroup, bucket: list[tuple[str, torch.Tensor]], device: torch.device,
+                     load_format: str | None = FLATTENED) -> None:
+    """Sender side: broadcast a bucket from rank 0 as the server expects it for `load_format`.
 
     Tensors are made contiguous on the group's device first because gloo/NCCL send raw storage.
+    One broadcast per bucket costs a copy into a flat buffer but saves a collective per tensor,
+    which dominates for models with hundreds of small norm and bias tensors.
     """
+    if load_format == FLATTENED:
+        dist.broadcast(flatten_bucket(bucket, device), src=0, group=group)
+        return
     for _, tensor in bucket:
         dist.broadcast(tensor.detach().to(device).contiguous(), src=0, group=group)
 
 
 def receive_bucket(group: dist.ProcessGroup, payload: dict[str, list], device: torch.device) -> dict[str, torch.Tensor]:
     """Receiver side (what a server does per `/update_weights_from_distributed`); used by tests."""
-    received = {}
-    for name, dtype, shape in zip(payload["names"], payload["dtypes"], payload["shapes"], strict=True):
-        tensor = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+    metas = [(name, getattr(torch, dtype), tuple(shape))
+             for name, dtype, shape in zip(payload["names"], payload["dtypes"], payload["shapes"], strict=True)]
+    if payload.get("load_format") == FLATTENED:
+        sizes = [meta_nbytes((name, shape, dtype)) for name, dtype, shape in metas]
+        flat = torch.empty(sum(sizes), dtype=torch.uint8, device=device)
+        dist.broadcast(flat, src=0, group=group)
+        out, at = {}, 0
+        for (name, dtype, shape), n in zip(metas, sizes):
+            chunk = flat[at:at + n]
+            # A slice can only be viewed as a wider dtype at an aligned offset (mixed-dtype buckets).
+            out[name] = (chunk if at % dtype.itemsize == 0 else chunk.clone()).view(dtype).reshape(shape)
+            at += n
+        return out
+    out = {name: torch.empty(shape, dtype=dtype, device=device) for name, dtype, shape in metas}
+    for tensor in out.values():
         dist.broadcast(tensor, src=0, group=group)
-        received[name] = tensor
-    return received
+    return out
 
 
 @dataclass(frozen=True)
@@ -160,6 +200,10 @@ class WeightSyncConfig:
     master_port: int = 0  # 0: pick a free port when the group is first made
     server_world_size: int = 1  # the server's tp_size: its ranks are 1..server_world_size
     group_name: str = "zppo_weight_sync"
+    # None: one broadcast per tensor; "flattened_bucket": one per bucket (SGLang's flat layout).
+    # Per tensor is the default: on CPU/gloo it measured faster (benchmarks/bench_weight_sync.py),
+    # since the flat path adds a copy on each side; with thousands of tensors on NCCL, try flat.
+    load_format: str | None = None
     timeout_s: float = 600.0  # bounds every rendezvous and broadcast, so a dead peer cannot hang us
     # disk
     disk_dir: str | None = None  # a directory the server can read; one sub-directory per version

@@ -110,3 +110,21 @@ def test_config_errors_name_the_key_and_value(tmp_path):
 def test_the_demo_config_loads():
     c = load_config("examples/cpu_toy/zppo.yaml", [])
     assert c.run.algorithm == "zppo" and c.zppo.bcq and c.buffer.enabled and len(c.data.train) == 1
+
+
+def test_sglang_engine_address_comes_from_the_launchers_file(tmp_path):
+    from megatron_zppo.build import server_url
+
+    f = tmp_path / "sglang.json"
+    f.write_text(json.dumps({"student": ["http://127.0.0.1:30001", "http://127.0.0.1:30002"],
+                             "student_router": None, "teacher": "http://127.0.0.1:30100"}))
+    c = load_config(None, ["student.hf_path=s", "teacher.hf_path=t", "student.engine=sglang",
+                           f"student.addresses={f}", "teacher.engine=sglang", f"teacher.addresses={f}"])
+    assert server_url(c.student, "student") == "http://127.0.0.1:30001"
+    assert server_url(c.teacher, "teacher") == "http://127.0.0.1:30100"
+    f.write_text(json.dumps({"student": ["http://a:1"], "student_router": "http://r:2", "teacher": None}))
+    assert server_url(c.student, "student") == "http://r:2"
+    with pytest.raises(ValueError, match="no address for the teacher"):
+        server_url(c.teacher, "teacher")
+    with pytest.raises(ConfigError, match="neither url nor addresses"):
+        load_config(None, BASE + ["student.engine=sglang"])

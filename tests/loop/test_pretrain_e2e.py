@@ -95,3 +95,19 @@ def test_bad_config_is_refused_before_anything_starts(tmp_path):
     proc = subprocess.run([sys.executable, "pretrain_zppo.py", "--config", "examples/cpu_toy/zppo.yaml",
                            "run.stepz=3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown key(s) ['stepz']" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rollout_only_then_train_only_replays_the_dumped_rollouts(toy_world, tmp_path):
+    gen, train = tmp_path / "gen", tmp_path / "train"
+    _run(_overrides(toy_world, gen, 2, ["--config", "examples/cpu_toy/zppo.yaml", "run.mode=rollout_only"]))
+    assert sorted(p.name for p in (gen / "rollouts").iterdir()) == ["step_000000.pt", "step_000001.pt"]
+    rolled = read_metrics(gen / "metrics.jsonl")
+    assert all(m["loss"] is None for m in rolled)  # nothing was trained
+    _run(_overrides(toy_world, train, 2, ["--config", "examples/cpu_toy/zppo.yaml", "run.mode=train_only",
+                                          f"run.rollouts_from={gen}"]))
+    trained = read_metrics(train / "metrics.jsonl")
+    for a, b in zip(rolled, trained):  # the same rollouts, now trained on
+        assert (a["acc_plain"], a["n_hard"], a["tokens_generated"]) == (b["acc_plain"], b["n_hard"], b["tokens_generated"])
+        assert b["loss"] is not None and b["grad_norm"] is not None  # trained (all-zero rewards: zero grad)

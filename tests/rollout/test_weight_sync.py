@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
+from megatron_zppo.rollout import weight_sync
 from megatron_zppo.rollout.sglang_engine import WeightSyncError
 from megatron_zppo.rollout.weight_sync import (
     WeightSyncConfig,
@@ -177,3 +178,18 @@ def test_disk_sync_rejected_by_the_server_is_a_weight_sync_error(server, make_en
     engine = make_engine(server.url, weight_sync=cfg, weight_version="v0")
     with pytest.raises(WeightSyncError, match="update_weights_from_disk.*no weights.*stays on weight version 'v0'"):
         engine.update_weights(iter([]), "v1")  # an empty state dict writes no shard; the server refuses
+
+
+def test_flattened_bucket_is_the_bytes_of_each_tensor_in_order():
+    """SGLang's flattened_bucket layout: reconstructing by (dtype, shape) in order gives the tensors back."""
+    bucket = [("a", torch.arange(6, dtype=torch.float32).reshape(2, 3)),
+              ("b", torch.tensor([1.5, -2.0], dtype=torch.bfloat16)), ("c", torch.arange(5, dtype=torch.int64))]
+    flat = weight_sync.flatten_bucket(bucket, torch.device("cpu"))
+    assert flat.dtype == torch.uint8 and flat.numel() == 24 + 4 + 40
+    at = 0
+    for _, t in bucket:
+        n = t.numel() * t.element_size()
+        assert torch.equal(flat[at:at + n].clone().view(t.dtype).reshape(t.shape), t)
+        at += n
+    again = weight_sync.flatten_bucket(bucket[:1], torch.device("cpu"))  # the staging buffer is reused
+    assert torch.equal(again.view(torch.float32).reshape(2, 3), bucket[0][1])
