@@ -1,6 +1,7 @@
 """Build the policy as a Megatron GPTModel from a Hugging Face checkpoint, and export it back.
 
-Megatron-Bridge's ``AutoBridge`` owns the architecture mapping (HF Qwen3 -> GPTModel and back);
+Megatron-Bridge's ``AutoBridge`` owns the architecture mapping (HF Qwen3 and Qwen3.5 text ->
+GPTModel and back; Qwen3.5's hybrid Gated-DeltaNet layers get their spec from qwen35_cpu.py);
 we only choose what the bridge cannot know: the layer spec (Transformer Engine or local torch
 layers), the parameter dtype, and whether to wrap the chunks in Megatron's DDP. Parallel sizes
 come from ``ParallelConfig`` and the already-initialised ``parallel_state``.
@@ -59,8 +60,13 @@ def _use_local_spec(layer_spec: str) -> bool:
 def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
     from megatron.bridge.models.gpt_provider import local_layer_spec
 
+    from megatron_zppo.train import qwen35_cpu
+
     provider = bridge.to_megatron_provider(load_weights=True)
-    if _use_local_spec(cfg.layer_spec):
+    local = _use_local_spec(cfg.layer_spec)
+    if qwen35_cpu.is_qwen35(bridge.hf_pretrained.config):  # hybrid GDN/attention: its own local spec
+        qwen35_cpu.configure(provider, local_spec=local)
+    elif local:
         provider.transformer_layer_spec = local_layer_spec
     provider.tensor_model_parallel_size = parallel.tensor_parallel
     provider.pipeline_model_parallel_size = parallel.pipeline_parallel

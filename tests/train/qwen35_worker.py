@@ -1,0 +1,90 @@
+"""A tiny random Qwen3.5 text checkpoint, and one PPO step on it under a TP/PP layout (torchrun).
+
+``save_tiny_qwen35`` writes the checkpoint the Qwen3.5 tests share. Run as a script (from
+test_qwen35.py), each rank saves to ``<out>/rank<N>.pt`` the response log-probs it sees (last
+pipeline stage), the step's stats and the exported HF weights after the step.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import torch  # noqa: E402
+
+# Two Gated-DeltaNet layers, then gated full attention, then GDN again: the pattern is not periodic,
+# so a layer-index slip in the spec or the weight mapping shows. Vocabulary as tiny_qwen3's, so
+# its PPO mini-batch (tokens up to 249) applies. GDN has 2 key and 4 value heads (q/k repeated).
+LAYER_TYPES = ["linear_attention", "linear_attention", "full_attention", "linear_attention"]
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=len(LAYER_TYPES),
+    layer_types=LAYER_TYPES,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    linear_conv_kernel_dim=4,
+    vocab_size=250,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+    # 10x HF's default: logits far from uniform, so a wrong GDN detail moves the log-probs visibly.
+    initializer_range=0.2,
+)
+
+
+def save_tiny_qwen35(path: Path, seed: int = 0) -> str:
+    from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+    torch.manual_seed(seed)
+    model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**TINY)).float()
+    with torch.no_grad():
+        # HF initialises norms to 0 (zero-centred) or 1 (GDN's gated norm); perturb them so a wrong
+        # "+1" mapping shows. Kept within [0.5, 2] for the gated norm, where w - 1 + 1 == w exactly.
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(path)
+    return str(path)
+
+
+def main() -> None:
+    import torch.distributed as dist
+
+    from megatron_zppo.loss import LossConfig
+    from megatron_zppo.train import parallel
+    from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
+    from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
+    from tests.train.tiny_qwen3 import ppo_micro_batches
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hf-dir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    args = ap.parse_args()
+
+    layout = parallel.ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
+    parallel.initialize(layout)
+    opt = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # see test_trainer.py for these values
+    policy = build_policy(ModelConfig(hf_path=args.hf_dir), layout, ddp_config=ddp_config(opt))
+    trainer = PolicyTrainer(policy, *build_optimizer(policy, opt), chunk_size=2)
+    micro_batches = ppo_micro_batches(rows_per_micro=2)
+    logprobs = trainer.compute_logprobs([mb.sequences for mb in micro_batches])
+    stats = trainer.ppo_step(micro_batches, LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0))
+    result = {
+        "logprobs": {f"micro{i}": lp for i, (lp, _) in enumerate(logprobs)},
+        "stats": stats,
+        "weights": {name: t for bucket in export_hf_weights(policy) for name, t in bucket},
+    }
+    torch.save(result, os.path.join(args.out, f"rank{dist.get_rank()}.pt"))
+    parallel.destroy()
+
+
+if __name__ == "__main__":
+    main()
