@@ -45,7 +45,7 @@ class Recipe:
     demo_config: str = "examples/cpu_toy/zppo.yaml"
     models: tuple[ModelRecipe, ...] = (
         ModelRecipe("teacher", "medium", 900, lr=5e-3, knows_rl_questions=True),
-        ModelRecipe("student_small", "small", 250, lr=5e-3),
+        ModelRecipe("student_small", "small", 400, lr=5e-3),
         ModelRecipe("student_tiny", "tiny", 250, lr=5e-3),
     )
     eval_questions: int = 64
