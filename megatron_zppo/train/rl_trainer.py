@@ -129,10 +129,19 @@ class RLTrainer:
 
         checkpointing.save_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
 
-    def load(self, directory: str) -> None:
+    def load(self, directory: str, weights_only: bool = False) -> None:
         from megatron_zppo.train import checkpointing
 
-        checkpointing.load_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
+        if weights_only:
+            checkpointing.load_checkpoint(self.policy, None, None, directory)
+            return
+        try:
+            checkpointing.load_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
+        except KeyError as e:
+            # Megatron matches optimizer parameter groups by their hyperparameters (lr, wd, ...).
+            raise ValueError(f"checkpoint {directory}: its optimizer state does not fit this run's optimizer "
+                             f"settings (train.lr/weight_decay/...; group key {e}); resume with the settings it "
+                             "was written with") from None
 
     def close(self) -> None:
         parallel.destroy()
