@@ -14,6 +14,7 @@ from megatron_zppo.loss import LossConfig
 from megatron_zppo.reformulate import ZppoConfig
 from megatron_zppo.replay_buffer import BufferConfig
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.train.precision import PrecisionConfig
 
 # algorithm -> (buffer.enabled, zppo.bcq, zppo.ncq, zppo.compression)
 PRESETS = {
@@ -121,8 +122,7 @@ class TrainConfig:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     micro_batch_size: int = 8
-    dtype: str = "float32"  # bfloat16 on GPU
-    layer_spec: str = "auto"
+    layer_spec: str = "auto"  # auto | local | transformer_engine
     lr: float = 1e-6
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
@@ -146,6 +146,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)  # dtype, FP8 (checked at start-up)
     eval: EvalConfig = field(default_factory=EvalConfig)
     templates: str = ""  # directory of prompt templates; empty: the package defaults
 

@@ -18,6 +18,7 @@ import torch
 
 from megatron_zppo.train import cpu_compat
 from megatron_zppo.train.parallel import ParallelConfig
+from megatron_zppo.train.precision import PrecisionConfig, check_precision, detect, transformer_config_fields
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -28,6 +29,12 @@ class ModelConfig:
     dtype: str = "float32"  # "bfloat16" on GPU; CPU tests compare against HF in float32
     # "auto": Transformer Engine layers when TE and a GPU are present, otherwise local torch layers.
     layer_spec: str = "auto"
+    fp8: str = "none"  # none | delayed | tensorwise | blockwise | mxfp8 (see precision.py)
+    fp8_param_gather: bool = False
+
+    @property
+    def precision(self) -> PrecisionConfig:
+        return PrecisionConfig(self.dtype, self.fp8, self.fp8_param_gather)
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -70,9 +77,10 @@ def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
         provider.transformer_layer_spec = local_layer_spec
     provider.tensor_model_parallel_size = parallel.tensor_parallel
     provider.pipeline_model_parallel_size = parallel.pipeline_parallel
-    provider.params_dtype = _DTYPES[cfg.dtype]
-    provider.bf16 = cfg.dtype == "bfloat16"
-    provider.fp16 = False
+    te_version, capability, cuda = detect()  # FP8 without TE or on the wrong GPU: an error, not a fallback
+    check_precision(cfg.precision, te_version, capability, cuda_version=cuda, layer_spec=cfg.layer_spec)
+    for key, value in transformer_config_fields(cfg.precision).items():  # bf16, params_dtype, fp8...
+        setattr(provider, key, value)
     # Our losses arrive already divided by the whole mini-batch's token count (see trainer.py), so
     # Megatron must neither divide by the micro-batch count nor average gradients over DP ranks.
     # DDP reads this flag when it wraps the model, so it is set here and not in the trainer.

@@ -18,6 +18,7 @@ from megatron_zppo.config import Config
 from megatron_zppo.records import PromptKind, Sample
 from megatron_zppo.train import parallel
 from megatron_zppo.train.logprobs import SequenceBatch
+from megatron_zppo.train.precision import ddp_config_fields
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
 
@@ -40,8 +41,13 @@ class RLTrainer:
         self.last_stage = parallel_state.is_pipeline_last_stage()
         ocfg = OptimizerConfig(t.lr, t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, t.clip_grad,
                                t.use_distributed_optimizer)
-        model_cfg = ModelConfig(hf_path or cfg.student.hf_path, t.dtype, t.layer_spec)
-        self.policy = build_policy(model_cfg, pcfg, ddp_config(ocfg))
+        p = cfg.precision
+        model_cfg = ModelConfig(hf_path or cfg.student.hf_path, p.torch_dtype_name, t.layer_spec, p.fp8,
+                                p.fp8_param_gather)
+        ddp = ddp_config(ocfg)
+        for key, value in ddp_config_fields(p).items():  # FP8 weight all-gather, if asked
+            setattr(ddp, key, value)
+        self.policy = build_policy(model_cfg, pcfg, ddp)
         self.optimizer, self.scheduler = build_optimizer(self.policy, ocfg)
         self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size)
         self.loss_cfg, self.micro = cfg.loss, t.micro_batch_size

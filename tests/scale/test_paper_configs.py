@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import pytest
+
+from megatron_zppo.config import load_config
+from megatron_zppo.reformulate import fraction_count
+
+PAPER = sorted(Path("examples/paper").glob("qwen35_*/zppo.yaml"))
+
+
+def test_there_is_one_config_per_paper_student():
+    assert [p.parent.name for p in PAPER] == ["qwen35_0.8b", "qwen35_2b", "qwen35_4b", "qwen35_9b"]
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.parent.name)
+def test_paper_configs_carry_the_papers_hyperparameters(path):
+    c = load_config(str(path), [])
+    assert (c.run.algorithm, c.run.steps, c.run.updates_per_step) == ("zppo", 200, 4)
+    assert (c.rollout.n_new, c.rollout.group_size, c.rollout.teacher_group_size) == (384, 8, 4)
+    assert (c.rollout.max_prompt_tokens, c.rollout.max_new_tokens) == (4096, 12288)
+    assert (c.zppo.tau, c.zppo.rho_aug, c.buffer.rho_replay, c.buffer.capacity) == (0.5, 0.25, 0.25, 10_000)
+    assert fraction_count(c.zppo.rho_aug, c.rollout.n_new) == 96
+    assert (c.loss.eps_low, c.loss.eps_high, c.loss.dual_clip_c, c.loss.kl_coef) == (0.2, 0.28, 10.0, 0.0)
+    assert (c.train.lr, c.train.weight_decay, c.train.adam_beta1, c.train.adam_beta2, c.train.adam_eps,
+            c.train.clip_grad) == (1e-6, 0.1, 0.9, 0.999, 1e-8, 1.0)
+    assert (c.student.temperature, c.student.top_p, c.teacher.temperature) == (1.0, 1.0, 1.0)
+    assert (c.eval.temperature, c.eval.top_p, c.eval.top_k, c.eval.presence_penalty) == (0.6, 0.95, 20, 1.5)
+    assert c.advantage == "reinforce_pp" and c.precision.dtype == "bf16"
+    assert c.student.engine == c.teacher.engine == "sglang"
