@@ -1,0 +1,62 @@
+"""Opt-in lane: a real SGLang 0.5.23 server on CPU, started by tools/launch_sglang.py.
+
+Run by scripts/sglang_cpu_lane.sh (it installs SGLang into .venv-sglang). Not part of the default
+suite: it needs an 11 GB second environment and about a minute to start the server.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SGLANG_PYTHON = os.environ.get("SGLANG_PYTHON", str(ROOT / ".venv-sglang" / "bin" / "python"))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def toy_model(tmp_path_factory):
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    from megatron_zppo.toy_models import build_tokenizer, new_qwen3
+
+    d = tmp_path_factory.mktemp("live_model")
+    tok = build_tokenizer(d, ["State the final answer: 1 + 2 = 3", "spell cat backwards: tac"] * 50, vocab_size=300)
+    new_qwen3(d, "small", tok, seed=0)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def live_server(toy_model, tmp_path_factory):
+    if not Path(SGLANG_PYTHON).exists():
+        pytest.fail(f"{SGLANG_PYTHON} does not exist: run scripts/sglang_cpu_lane.sh (it installs SGLang)")
+    run = tmp_path_factory.mktemp("sglang")
+    addresses = run / "addresses.json"
+    proc = subprocess.Popen(
+        [sys.executable, "tools/launch_sglang.py", "--python", SGLANG_PYTHON, "--student-model", toy_model,
+         "--device", "cpu", "--max-total-tokens", "4096", "--cpu-kernel-shim", str(ROOT / "tools" / "sglang_cpu"),
+         "--server-arg=--dtype=float32", "--port", str(_free_port()), "--addresses-out", str(addresses),
+         "--log-dir", str(run / "logs"), "--health-timeout-s", "400"], cwd=ROOT)
+    deadline = time.time() + 420
+    while not addresses.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            logs = "".join(p.read_text()[-3000:] for p in (run / "logs").glob("*"))
+            proc.kill()
+            pytest.fail(f"SGLang did not become healthy (launcher exit {proc.poll()}):\n{logs}")
+        time.sleep(2)
+    yield json.loads(addresses.read_text())["student"][0]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
