@@ -65,7 +65,7 @@ def run_evals(cfg: Config, ctx: StepContext) -> dict[str, dict]:
     out = {}
     for name, sources in cfg.data.eval.items():
         qs = load_questions(sources, log=lambda *_: None)
-        r = evaluate(ctx.student, ctx.encode, ctx.templates, qs, ctx.graders, build.eval_sampling(cfg),
+        r = evaluate(ctx.student, ctx.encode, ctx.templates, qs, ctx.graders, build.eval_sampling(cfg.eval, cfg.run.seed + 7),
                      cfg.eval.samples_per_question)
         out[name] = {"accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high],
                      "family": "held_out" if name in cfg.data.held_out else "in_corpus"}

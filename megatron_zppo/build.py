@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from megatron_zppo.config import Config, EngineConfig
+from megatron_zppo.config import Config, EngineConfig, EvalConfig
 from megatron_zppo.data import QuestionStream, load_questions
 from megatron_zppo.prompts import DEFAULT_DIR, PromptTemplates, encode_prompt
 from megatron_zppo.replay_buffer import ReplayBuffer
@@ -81,7 +81,5 @@ def make_graders(cfg: Config) -> GraderPool:
     return GraderPool(cfg.reward.grader, cfg.reward.workers, cfg.reward.timeout_s)
 
 
-def eval_sampling(cfg: Config) -> SamplingParams:
-    e = cfg.eval
-    return SamplingParams(e.temperature, e.top_p, e.top_k, e.max_new_tokens, e.presence_penalty,
-                          seed=cfg.run.seed + 7)
+def eval_sampling(e: EvalConfig, seed: int) -> SamplingParams:
+    return SamplingParams(e.temperature, e.top_p, e.top_k, e.max_new_tokens, e.presence_penalty, seed=seed)

@@ -9,8 +9,8 @@
 weights). `--megatron` loads the weights of a run checkpoint instead (through the Megatron
 trainer, then into the in-process engine). Suite file:
 
-    decoding: {temperature: 0.6, top_p: 0.95, top_k: 20, presence_penalty: 1.5, max_new_tokens: 2048}
-    samples_per_question: 1
+    decoding: {temperature: 0.6, top_p: 0.95, top_k: 20, presence_penalty: 1.5, max_new_tokens: 2048,
+               samples_per_question: 1}
     templates: examples/cpu_toy/templates       # optional; default: the package templates
     benchmarks:
       chain_sum:
@@ -34,6 +34,8 @@ from pathlib import Path
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from megatron_zppo.config import EvalConfig  # noqa: E402
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -43,19 +45,9 @@ class Benchmark:
 
 
 @dataclass(frozen=True)
-class Decoding:
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    presence_penalty: float = 1.5
-    max_new_tokens: int = 12288
-
-
-@dataclass(frozen=True)
 class Suite:
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
-    decoding: Decoding = field(default_factory=Decoding)
-    samples_per_question: int = 1
+    decoding: EvalConfig = field(default_factory=EvalConfig)  # the main job's eval settings, same defaults
     templates: str = ""
     seed: int = 0
 
@@ -107,11 +99,9 @@ def main(argv=None) -> int:
     from megatron_zppo.evaluate import evaluate
     from megatron_zppo.prompts import DEFAULT_DIR, PromptTemplates
     from megatron_zppo.rewards import GraderPool
-    from megatron_zppo.rollout.engine import SamplingParams
 
     suite = load_suite(args.suite)
-    d = suite.decoding
-    params = SamplingParams(d.temperature, d.top_p, d.top_k, d.max_new_tokens, d.presence_penalty, seed=suite.seed)
+    params = build.eval_sampling(suite.decoding, suite.seed)
     templates = PromptTemplates.load(suite.templates or DEFAULT_DIR)
     engine, encode = make_engine(args), build.make_encoder(args.model)
     results = {}
@@ -119,7 +109,7 @@ def main(argv=None) -> int:
         pool = GraderPool(b.grader)
         try:
             r = evaluate(engine, encode, templates, load_questions(b.sources, log=lambda *_: None), pool, params,
-                         suite.samples_per_question)
+                         suite.decoding.samples_per_question)
         finally:
             pool.close()
         results[name] = {"family": b.family, "accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high]}
