@@ -50,7 +50,7 @@ class WeightSyncError(SGLangError):
 _FINISH_TYPES = {"stop": "stop", "length": "length", "abort": "abort"}
 # Sync phases that tell, after a failure, whether the server's weights can have changed.
 _NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group", "begin_weight_update",
-                 "write safetensors"}
+                 "write safetensors", "serialize"}
 _AFTER_LOAD = {"verify weight_version", "continue_generation"}
 
 
@@ -315,6 +315,8 @@ class SGLangEngine:
             self.flush_cache()
             if self.sync_config.strategy == "disk":
                 self._sync_disk(named_tensors, version)
+            elif self.sync_config.strategy == "ipc":
+                self._sync_ipc(named_tensors, version)
             else:
                 self._sync_distributed(named_tensors, version)
             self._phase = "verify weight_version"
@@ -406,6 +408,30 @@ class SGLangEngine:
         except SGLangError:
             pass
         weight_sync.destroy_custom_process_group(group)
+
+    def _sync_ipc(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        """Co-located server: hand over CUDA-IPC handles bucket by bucket (GPU only)."""
+        cfg = self.sync_config
+        buckets = weight_sync.bucket_named_tensors(named_tensors, cfg.bucket_bytes)
+        bucket, index = next(buckets, None), 0
+        if bucket is None:
+            raise ValueError("update_weights got no tensors")
+        self._phase = "serialize"
+        payloads = weight_sync.ipc_payloads(bucket, cfg.server_world_size)  # refuses CPU tensors up front
+        self._phase = "begin_weight_update"
+        self._loop.run(self._admin("/begin_weight_update", retry=False))
+        while bucket is not None:
+            following = next(buckets, None)
+            self._phase = f"update_weights_from_tensor (bucket {index})"
+            last = following is None
+            self._loop.run(self._admin("/update_weights_from_tensor", {
+                "serialized_named_tensors": payloads, "flush_cache": last,
+                "weight_version": version if last else None}, retry=False))
+            bucket, index = following, index + 1
+            if bucket is not None:
+                payloads = weight_sync.ipc_payloads(bucket, cfg.server_world_size)
+        self._phase = "end_weight_update"
+        self._loop.run(self._admin("/end_weight_update", retry=False))
 
     def _sync_disk(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
         cfg = self.sync_config

@@ -192,7 +192,9 @@ def receive_bucket(group: dist.ProcessGroup, payload: dict[str, list], device: t
 class WeightSyncConfig:
     """How the trainer pushes new weights into an inference server (chosen once at start-up)."""
 
-    strategy: str = "distributed"  # "distributed": process-group broadcast | "disk": safetensors files
+    # "distributed": process-group broadcast | "disk": safetensors files | "ipc": CUDA-IPC handles to a
+    # server on the same GPUs (co-located; GPU only)
+    strategy: str = "distributed"
     bucket_bytes: int = DEFAULT_BUCKET_BYTES
     # distributed
     backend: str = "nccl"  # "gloo" for CPU servers and tests
@@ -210,8 +212,8 @@ class WeightSyncConfig:
     disk_support_dir: str | None = None  # HF model dir whose config/tokenizer files are copied along
 
     def __post_init__(self):
-        if self.strategy not in ("distributed", "disk"):
-            raise ValueError(f"weight_sync.strategy must be 'distributed' or 'disk', got {self.strategy!r}")
+        if self.strategy not in ("distributed", "disk", "ipc"):
+            raise ValueError(f"weight_sync.strategy must be 'distributed', 'disk' or 'ipc', got {self.strategy!r}")
         if self.strategy == "disk" and not self.disk_dir:
             raise ValueError("weight_sync.disk_dir is required when weight_sync.strategy is 'disk'")
         if self.bucket_bytes <= 0 or self.server_world_size < 1:
@@ -260,3 +262,32 @@ def write_safetensors_dir(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def serialize_named_tensors(bucket: list[tuple[str, torch.Tensor]]) -> str:
+    """SGLang's MultiprocessingSerializer format: base64 of a ForkingPickler dump, whose torch
+    reductions turn CUDA tensors into IPC handles (the bytes name GPU memory, not carry it)."""
+    import base64
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing as _  # noqa: F401  (registers the tensor reductions)
+
+    buf = io.BytesIO()
+    ForkingPickler(buf).dump(list(bucket))
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def ipc_payloads(bucket: list[tuple[str, torch.Tensor]], tp_size: int) -> list[str]:
+    """`serialized_named_tensors` for SGLang's `/update_weights_from_tensor` (co-located servers).
+
+    Each server TP rank gets its own pickle (as SGLang's own client does), so every rank's
+    CUDA-IPC handles are released independently after it loads; the caller keeps the tensors
+    alive until the server has answered. CPU tensors are refused: a server given one crashes
+    (../shared/notes/sglang.md).
+    """
+    cpu = [name for name, t in bucket if not t.is_cuda]
+    if cpu:
+        raise ValueError(f"weight_sync.strategy 'ipc' needs CUDA tensors on the server's GPU; {cpu[0]!r} "
+                         f"(and {len(cpu) - 1} more) are on the CPU")
+    return [serialize_named_tensors(bucket) for _ in range(tp_size)]

@@ -193,3 +193,22 @@ def test_flattened_bucket_is_the_bytes_of_each_tensor_in_order():
         at += n
     again = weight_sync.flatten_bucket(bucket[:1], torch.device("cpu"))  # the staging buffer is reused
     assert torch.equal(again.view(torch.float32).reshape(2, 3), bucket[0][1])
+
+
+def test_ipc_payload_format_round_trips_and_cpu_tensors_are_refused():
+    import base64
+    from multiprocessing.reduction import ForkingPickler
+
+    bucket = [("w", torch.arange(4.0)), ("b", torch.ones(2, dtype=torch.bfloat16))]
+    with pytest.raises(ValueError, match="'ipc' needs CUDA tensors.*'w'"):
+        weight_sync.ipc_payloads(bucket, 2)
+    # The format itself, on CPU tensors (a CUDA tensor travels as an IPC handle in the same pickle):
+    back = ForkingPickler.loads(base64.b64decode(weight_sync.serialize_named_tensors(bucket)))
+    assert [n for n, _ in back] == ["w", "b"] and all(torch.equal(t, u) for (_, t), (_, u) in zip(back, bucket))
+
+
+def test_ipc_sync_with_cpu_tensors_sends_nothing_and_keeps_the_version(server, make_engine):
+    engine = make_engine(server.url, weight_sync=WeightSyncConfig(strategy="ipc"), weight_version="v0")
+    with pytest.raises(WeightSyncError, match="during serialize.*stays on weight version 'v0'.*no weights were sent"):
+        engine.update_weights([("w", torch.zeros(2))], "v1")
+    assert engine.server_weight_version() != "v1"
