@@ -138,7 +138,8 @@ def main(argv=None) -> int:
                 version = f"step-{step + 1}"
                 sync_weights(trainer, ctx.student if is_main else None, version, is_main)
         if is_main:
-            ctx.buffer.update(rollouts.plain)
+            if cfg.buffer.enabled:  # with the buffer off (grpo) there is no buffer at all, not a silent one
+                ctx.buffer.update(rollouts.plain)
             m = {**dict.fromkeys(TRAIN_STATS, float("nan")), **rollout_metrics(rollouts, ctx.buffer), **stats}
             m.update({f"t_{k}": times.get(k, 0.0) for k in ("rollout", "reward", "teacher", "zppo", "train", "sync")})
             m["t_step"] = time.perf_counter() - t_step
