@@ -15,7 +15,6 @@ REQUIRED = (
     "t_sync", "t_step",
 )
 TRAIN_STATS = ("loss", "clip_frac", "entropy", "grad_norm", "logprob_diff_mean")  # absent in rollout_only
-TIMINGS = tuple(k for k in REQUIRED if k.startswith("t_")) + ("t_reward", "tokens_per_s")
 PLOTTED = ("acc_plain", "acc_bcq", "acc_ncq", "buffer_size", "loss", "logprob_diff_mean")
 
 
