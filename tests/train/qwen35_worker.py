@@ -41,16 +41,12 @@ TINY = dict(
 def save_tiny_qwen35(path: Path, seed: int = 0) -> str:
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
 
+    from tests.train.tiny_qwen3 import save_with_perturbed_norms
+
     torch.manual_seed(seed)
-    model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**TINY)).float()
-    with torch.no_grad():
-        # HF initialises norms to 0 (zero-centred) or 1 (GDN's gated norm); perturb them so a wrong
-        # "+1" mapping shows. Kept within [0.5, 2] for the gated norm, where w - 1 + 1 == w exactly.
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(path)
-    return str(path)
+    # Perturbed norms: HF sets them to 0 (zero-centred) or 1 (GDN's gated norm), so a wrong "+1"
+    # mapping shows; 0.1 noise keeps the gated norm within [0.5, 2], where w - 1 + 1 == w exactly.
+    return save_with_perturbed_norms(Qwen3_5ForCausalLM(Qwen3_5TextConfig(**TINY)).float(), path)
 
 
 def main() -> None:

@@ -6,9 +6,6 @@ checkpoint saved in one process loads at TP=2 or DP=2 (torchrun, gloo; tests/tra
 and one saved there loads in one process, with the same log-probs and the same next optimizer step.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weigh
 from megatron_zppo.train.parallel import ParallelConfig
 from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
 from tests.train.tiny_qwen3 import ppo_micro_batches
+from tests.train.workers import run_worker
 
 OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # see test_trainer.py for these values
 LOSS = LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)
@@ -110,18 +108,10 @@ def test_bad_checkpoint_paths_give_clear_errors(tiny_qwen3_dir, megatron_world, 
         save_checkpoint(trainer.policy, None, None, str(tmp_path / "full"))
 
 
-REPO = Path(__file__).resolve().parents[2]
-WORKER = REPO / "tests" / "train" / "checkpoint_worker.py"
 
 
 def _run_worker(hf_dir: str, out: Path, load: Path, nproc: int, *layout_args: str) -> list[dict]:
-    out.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(WORKER), "--hf-dir", hf_dir, "--out", str(out), "--load", str(load), *layout_args]  # fmt: skip
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+    return run_worker("checkpoint_worker.py", hf_dir, out, nproc, "--load", str(load), *layout_args)
 
 
 def _logprobs(trainer):

@@ -5,26 +5,16 @@ Log-probs, the (clipped) q/k-norm gradients, the step's stats and the exported H
 the step must match the single-process run to float32 tolerance.
 """
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tests.train.workers import run_worker
 
-REPO = Path(__file__).resolve().parents[2]
-WORKER = REPO / "tests" / "train" / "parallel_worker.py"
 
 
 def _run_layout(hf_dir: str, out: Path, nproc: int, *layout_args: str) -> list[dict]:
-    out.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(WORKER), "--hf-dir", hf_dir, "--out", str(out), *layout_args]  # fmt: skip
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+    return run_worker("parallel_worker.py", hf_dir, out, nproc, *layout_args)
 
 
 def _merged(ranks: list[dict], key: str) -> dict:

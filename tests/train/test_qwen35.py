@@ -19,9 +19,9 @@ from megatron_zppo.train.logprobs import LogprobRequest, SequenceBatch, forward_
 from megatron_zppo.train.model import ModelConfig, Policy, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig
 from tests.train.qwen35_worker import LAYER_TYPES, save_tiny_qwen35
+from tests.train.workers import run_worker
 
 REPO = Path(__file__).resolve().parents[2]
-WORKER = REPO / "tests" / "train" / "qwen35_worker.py"
 GDN_PARAMS = ("in_proj.weight", "in_proj.layer_norm_weight", "conv1d.weight", "A_log", "dt_bias",
               "out_norm.weight", "out_proj.weight")  # fmt: skip
 
@@ -184,13 +184,7 @@ def test_configure_changes_nothing_when_cuda_is_present():
 
 
 def _run_layout(hf_dir: str, out: Path, nproc: int, *layout_args: str) -> list[dict]:
-    out.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(WORKER), "--hf-dir", hf_dir, "--out", str(out), *layout_args]  # fmt: skip
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+    return run_worker("qwen35_worker.py", hf_dir, out, nproc, *layout_args)
 
 
 @pytest.fixture(scope="module")

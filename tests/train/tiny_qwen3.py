@@ -18,18 +18,21 @@ TINY = dict(
 )
 
 
-def save_tiny_qwen3(path: Path, seed: int = 0) -> str:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(Qwen3Config(**TINY)).float()
+def save_with_perturbed_norms(model, path: Path) -> str:
+    """HF initialises norms to constants; perturb them so a wrong norm mapping shows, then save."""
     with torch.no_grad():
-        # HF initialises norms to exactly 1; perturb them so a wrong q/k-norm mapping shows.
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.add_(0.1 * torch.randn_like(param))
     model.save_pretrained(path)
     return str(path)
+
+
+def save_tiny_qwen3(path: Path, seed: int = 0) -> str:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    return save_with_perturbed_norms(Qwen3ForCausalLM(Qwen3Config(**TINY)).float(), path)
 
 
 # A fixed PPO mini-batch for that model: variable prompt and response lengths, mixed-sign advantages.
