@@ -67,7 +67,7 @@ def run_evals(cfg: Config, ctx: StepContext) -> dict[str, dict]:
         qs = load_questions(sources, log=lambda *_: None)
         r = evaluate(ctx.student, ctx.encode, ctx.templates, qs, ctx.graders, build.eval_sampling(cfg.eval, cfg.run.seed + 7),
                      cfg.eval.samples_per_question)
-        out[name] = {"accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high],
+        out[name] = {"accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high], "correct": list(r.correct),
                      "family": "held_out" if name in cfg.data.held_out else "in_corpus"}
     return out
 
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     try:
         cfg = load_config(args.config, args.overrides)
+        build.check_shared_tokenizer(cfg)
     except (ConfigError, ValueError) as e:
         print(f"pretrain_zppo: bad configuration: {e}", file=sys.stderr)
         return 2
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         stream, questions = build.make_data(cfg)
         ctx = StepContext(cfg, build.make_engine(cfg.student, "student", cfg.run.seed), build.make_teacher(cfg, tmpl),
                           build.make_encoder(cfg.student.hf_path), build.make_graders(cfg), stream,
-                          build.make_buffer(cfg), tmpl, questions)
+                          build.make_buffer(cfg), tmpl, questions, build.make_decoder(cfg.student.hf_path))
     start, summary = 0, {"eval": {}}
     ckpt = checkpoint.resolve(cfg.run.load, run_dir)
     if ckpt is not None:
@@ -118,8 +119,8 @@ def main(argv=None) -> int:
     if is_main:
         logger = MetricsLogger(run_dir, cfg.run.steps, start)
         if start == 0:
-            summary["eval"] = {k: {"family": v["family"], "n": v["n"], "before": v["accuracy"], "ci95_before": v["ci95"]}
-                               for k, v in run_evals(cfg, ctx).items()}
+            summary["eval"] = {k: {"family": v["family"], "n": v["n"], "before": v["accuracy"], "ci95_before": v["ci95"],
+                                   "correct_before": v["correct"]} for k, v in run_evals(cfg, ctx).items()}
 
     mode = cfg.run.mode
     for step in range(start, cfg.run.steps):
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
     if is_main:
         for name, r in run_evals(cfg, ctx).items():
             entry = summary["eval"].setdefault(name, {"family": r["family"], "n": r["n"], "before": None})
-            entry.update(after=r["accuracy"], ci95_after=r["ci95"])
+            entry.update(after=r["accuracy"], ci95_after=r["ci95"], correct_after=r["correct"])  # per question
         summary["steps"] = cfg.run.steps
         (run_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
         if (run_dir / "metrics.jsonl").exists():

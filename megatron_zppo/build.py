@@ -56,6 +56,27 @@ def make_encoder(hf_path: str) -> Callable[[str], list[int]]:
     return partial(encode_prompt, AutoTokenizer.from_pretrained(hf_path))
 
 
+def make_decoder(hf_path: str) -> Callable[[list[int]], str]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_path)
+    return partial(tok.decode, skip_special_tokens=True)
+
+
+def check_shared_tokenizer(cfg: Config) -> None:
+    """Methods that move token ids between teacher and student (distillation, Prefix) need one
+    vocabulary; a mismatch would train on garbage without any error, so refuse it up front."""
+    if not cfg.method.uses_teacher_tokens:
+        return
+    from transformers import AutoTokenizer
+
+    student, teacher = (AutoTokenizer.from_pretrained(p) for p in (cfg.student.hf_path, cfg.teacher.hf_path))
+    if student.get_vocab() != teacher.get_vocab() or student.chat_template != teacher.chat_template:
+        raise ValueError(f"run.algorithm={cfg.run.algorithm!r} passes token ids between teacher and student, but "
+                         f"the tokenizers of {cfg.student.hf_path} and {cfg.teacher.hf_path} differ (vocabulary "
+                         "or chat template); use a teacher of the student's family")
+
+
 def templates(cfg: Config) -> PromptTemplates:
     return PromptTemplates.load(cfg.templates or DEFAULT_DIR)
 

@@ -1,13 +1,15 @@
 """The run's configuration: one dataclass per component, assembled from YAML + overrides.
 
-`algorithm` picks a preset for the four ablation switches (buffer, BCQ, NCQ, compression);
-values written explicitly in the YAML or on the command line win over the preset.
+`algorithm` picks a preset: ZPPO and its ablations (buffer, BCQ, NCQ, compression switches), GRPO,
+and the baselines of the paper's comparison (`method` section). Values written explicitly in the
+YAML or on the command line win over the preset.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from megatron_zppo.baselines import DIVERGENCES
 from megatron_zppo.config_io import ConfigError, from_dict, load_tree
 from megatron_zppo.data import SourceConfig
 from megatron_zppo.loss import LossConfig
@@ -16,16 +18,29 @@ from megatron_zppo.replay_buffer import BufferConfig
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 from megatron_zppo.train.precision import PrecisionConfig
 
-# algorithm -> (buffer.enabled, zppo.bcq, zppo.ncq, zppo.compression)
-PRESETS = {
-    "grpo": (False, False, False, False),
-    "grpo_buffer": (True, False, False, False),
-    "zppo": (True, True, True, True),
-    "zppo_no_buffer": (False, True, True, True),
-    "zppo_no_bcq": (True, False, True, True),
-    "zppo_no_ncq": (True, True, False, True),
-    "zppo_no_compression": (True, True, True, False),
+_OFF = {"zppo.bcq": False, "zppo.ncq": False, "zppo.compression": False}
+_ZPPO = {"zppo.bcq": True, "zppo.ncq": True, "zppo.compression": True}
+# algorithm -> the defaults it sets (dotted config keys)
+PRESETS: dict[str, dict[str, object]] = {
+    "grpo": {"buffer.enabled": False, **_OFF},
+    "grpo_buffer": {"buffer.enabled": True, **_OFF},
+    "zppo": {"buffer.enabled": True, **_ZPPO},
+    "zppo_no_buffer": {"buffer.enabled": False, **_ZPPO},
+    "zppo_no_bcq": {"buffer.enabled": True, **_ZPPO, "zppo.bcq": False},
+    "zppo_no_ncq": {"buffer.enabled": True, **_ZPPO, "zppo.ncq": False},
+    "zppo_no_compression": {"buffer.enabled": True, **_ZPPO, "zppo.compression": False},
+    # Baselines: hard questions get a teacher hint / a teacher prefix instead of BCQ and NCQ ...
+    "hint": {"buffer.enabled": True, **_OFF, "method.hard_prompts": "hint"},
+    "prefix": {"buffer.enabled": True, **_OFF, "method.hard_prompts": "prefix"},
+    # ... or the student learns from the teacher's tokens: fine-tuning on its correct responses
+    # (off-policy), or its per-token log-probs on the student's own samples (on-policy).
+    "off_policy_distill": {"buffer.enabled": False, **_OFF, "method.objective": "off_policy_distill"},
+    "off_policy_distill_buffer": {"buffer.enabled": True, **_OFF, "method.objective": "off_policy_distill"},
+    "on_policy_distill": {"buffer.enabled": False, **_OFF, "method.objective": "on_policy_distill"},
+    "on_policy_distill_buffer": {"buffer.enabled": True, **_OFF, "method.objective": "on_policy_distill"},
 }
+OBJECTIVES = ("policy_gradient", "off_policy_distill", "on_policy_distill")
+HARD_PROMPTS = ("zppo", "hint", "prefix")
 MODES = ("train", "rollout_only", "train_only")
 
 
@@ -53,6 +68,33 @@ class RunConfig:
         if self.updates_per_step < 1 or self.steps < 0:
             raise ValueError(f"run.updates_per_step must be >= 1 and run.steps >= 0, got "
                              f"{self.updates_per_step!r}/{self.steps!r}")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """What the student learns from (objective) and what hard questions are turned into."""
+
+    objective: str = "policy_gradient"
+    hard_prompts: str = "zppo"  # zppo: BCQ/NCQ (zppo section) | hint | prefix
+    divergence: str = "reverse_kl"  # on-policy distillation: reverse_kl | jsd
+    jsd_beta: float = 0.5
+    prefix_fraction: float = 0.4  # Prefix baseline: share of a correct teacher response given
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"method.objective {self.objective!r} unknown; expected one of {OBJECTIVES}")
+        if self.hard_prompts not in HARD_PROMPTS:
+            raise ValueError(f"method.hard_prompts {self.hard_prompts!r} unknown; expected one of {HARD_PROMPTS}")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"method.divergence {self.divergence!r} unknown; expected one of {DIVERGENCES}")
+        if not 0 < self.jsd_beta < 1 or not 0 < self.prefix_fraction < 1:
+            raise ValueError(f"method.jsd_beta and method.prefix_fraction must be in (0, 1), got "
+                             f"{self.jsd_beta!r}/{self.prefix_fraction!r}")
+
+    @property
+    def uses_teacher_tokens(self) -> bool:
+        """Teacher token ids go into the student's prompts or loss: the tokenizers must be one."""
+        return self.objective != "policy_gradient" or self.hard_prompts == "prefix"
 
 
 @dataclass(frozen=True)
@@ -140,6 +182,7 @@ class Config:
     teacher: EngineConfig = field(default_factory=EngineConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     zppo: ZppoConfig = field(default_factory=ZppoConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
     advantage: str = "reinforce_pp"
     loss: LossConfig = field(default_factory=LossConfig)
@@ -153,7 +196,15 @@ class Config:
     def __post_init__(self):
         if not self.student.hf_path:
             raise ValueError("student.hf_path is required")
-        needs_teacher = self.zppo.bcq or self.zppo.compression
+        m = self.method
+        if m.hard_prompts != "zppo" and (self.zppo.bcq or self.zppo.ncq):
+            raise ValueError(f"method.hard_prompts={m.hard_prompts!r} replaces BCQ/NCQ prompts; set zppo.bcq and "
+                             "zppo.ncq to false (or use the zppo preset)")
+        if m.objective != "policy_gradient" and (self.zppo.bcq or self.zppo.ncq or m.hard_prompts != "zppo"):
+            raise ValueError(f"method.objective={m.objective!r} trains on no reformulated prompts; zppo.bcq, "
+                             "zppo.ncq must be false and method.hard_prompts must be zppo")
+        needs_teacher = self.zppo.bcq or self.zppo.compression or m.hard_prompts != "zppo" or m.objective != \
+            "policy_gradient"
         if needs_teacher and not self.teacher.hf_path and self.teacher.engine == "embedded":
             raise ValueError(f"algorithm {self.run.algorithm!r} uses the teacher (BCQ or compression) but "
                              "teacher.hf_path is empty")
@@ -164,10 +215,7 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     algorithm = (tree.get("run") or {}).get("algorithm", RunConfig.algorithm)
     if algorithm not in PRESETS:
         raise ConfigError(f"run.algorithm {algorithm!r} unknown; expected one of {sorted(PRESETS)}")
-    buffer, bcq, ncq, compression = PRESETS[algorithm]
-    tree.setdefault("buffer", {}).setdefault("enabled", buffer)
-    z = tree.setdefault("zppo", {})
-    z.setdefault("bcq", bcq)
-    z.setdefault("ncq", ncq)
-    z.setdefault("compression", compression)
+    for key, value in PRESETS[algorithm].items():
+        section, name = key.split(".")
+        tree.setdefault(section, {}).setdefault(name, value)
     return from_dict(Config, tree)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,6 +19,7 @@ import torch
 
 from megatron_zppo.advantages import assign_advantages
 from megatron_zppo.answers import last_boxed
+from megatron_zppo.baselines import distill_advantages, prefix_length
 from megatron_zppo.batch import split_minibatches, training_samples
 from megatron_zppo.config import Config
 from megatron_zppo.data import QuestionStream
@@ -35,6 +36,9 @@ from megatron_zppo.teacher import Teacher
 class PolicyTrainer(Protocol):
     def train(self, minibatches: list[list[Sample]]) -> dict[str, float]:
         """Recompute old log-probs for all samples, then one optimizer update per mini-batch."""
+
+    def sft(self, minibatches: list[list[tuple[list[int], list[int]]]]) -> dict[str, float]:
+        """One supervised (cross-entropy) update per mini-batch of (prompt ids, response ids)."""
 
     def export_hf(self) -> Iterable[tuple[str, torch.Tensor]]: ...
 
@@ -53,6 +57,8 @@ class Rollouts:
     dropped_long: int
     times: dict[str, float] = field(default_factory=dict)
     ncq_listed: dict[str, list[str]] = field(default_factory=dict)  # NCQ group id -> answers listed wrong
+    # Off-policy distillation: (prompt ids, teacher response ids) to fine-tune on.
+    sft_pairs: list[tuple[list[int], list[int]]] = field(default_factory=list)
 
     @property
     def groups(self) -> list[Group]:
@@ -70,6 +76,7 @@ class StepContext:
     buffer: ReplayBuffer
     templates: PromptTemplates
     questions: dict[str, Question]
+    decode: Callable[[Sequence[int]], str] | None = None  # student tokenizer (Prefix baseline)
 
 
 @contextmanager
@@ -102,31 +109,96 @@ def rollout_phase(ctx: StepContext, step: int) -> Rollouts:
 
     cap = fraction_count(cfg.zppo.rho_aug, n_new)
     all_hard = select_hard(plain, cfg.zppo.tau, len(plain))
-    hard = all_hard[:cap]
-    reformulated, teacher_acc, long_reform, listed = [], float("nan"), [], {}
-    if hard and (cfg.zppo.bcq or cfg.zppo.ncq):
-        teacher = {}
-        if cfg.zppo.bcq:
-            with timed(times, "teacher"):
-                teacher = ctx.teacher.rollouts([g.question for g in hard], cfg.rollout.teacher_group_size)
-                t_samples = [s for ss in teacher.values() for s in ss]
-                score_samples(t_samples, ctx.questions, ctx.graders, _judge(ctx))
-                teacher_acc = sum(s.reward for s in t_samples) / max(len(t_samples), 1)
-        with timed(times, "zppo"):
-            plans = plan_reformulations(hard, teacher, cap, cfg.zppo, random.Random(step_seed(cfg.run.seed, step, 1)))
-            compress = ctx.teacher.compress if (cfg.zppo.compression and ctx.teacher) else None
-            texts = render(plans, ctx.templates, compress)
-            listed = {p.group_id: p.wrong_answers for p in plans if p.kind is PromptKind.NCQ}
-        specs = [PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)]
+    specs, teacher_acc, listed = hard_prompt_specs(ctx, all_hard[:cap], cap, step, times)
+    reformulated, long_reform = [], []
+    if specs:
         params = SamplingParams(**{**student_params.__dict__, "seed": step_seed(cfg.run.seed, step, 2)})
         with timed(times, "rollout"):
             reformulated, long_reform = generate_groups(ctx.student, ctx.encode, specs, cfg.rollout.group_size,
                                                         params, cfg.rollout.max_reformulated_prompt_tokens)
         with timed(times, "reward"):
             score_samples([s for g in reformulated for s in g.samples], ctx.questions, ctx.graders, _judge(ctx))
-    assign_advantages(plain + reformulated, cfg.advantage)
+    sft_pairs: list[tuple[list[int], list[int]]] = []
+    if cfg.method.objective == "off_policy_distill":
+        with timed(times, "teacher"):
+            sft_pairs = teacher_targets(ctx, [g.question for g in plain], cfg.rollout.teacher_group_size,
+                                        step_seed(cfg.run.seed, step, 4))
+    if cfg.method.objective == "on_policy_distill":
+        with timed(times, "teacher"):
+            set_distill_advantages(ctx, plain)
+    else:
+        assign_advantages(plain + reformulated, cfg.advantage)
     return Rollouts(step, plain, reformulated, len(new), len(replay), len(all_hard), teacher_acc,
-                    len(long_plain) + len(long_reform), times, listed)
+                    len(long_plain) + len(long_reform), times, listed, sft_pairs)
+
+
+def hard_prompt_specs(ctx: StepContext, hard: list[Group], cap: int, step: int,
+                      times: dict[str, float]) -> tuple[list[PromptSpec], float, dict[str, list[str]]]:
+    """The prompts hard questions are turned into: BCQ/NCQ (ZPPO), or one teacher hint or one
+    teacher prefix per question (baselines). Returns (specs, teacher accuracy on them, NCQ lists)."""
+    cfg, how = ctx.cfg, ctx.cfg.method.hard_prompts
+    if not hard or (how == "zppo" and not (cfg.zppo.bcq or cfg.zppo.ncq)):
+        return [], float("nan"), {}
+    if how == "hint":
+        with timed(times, "teacher"):
+            hints = ctx.teacher.hints([g.question for g in hard], step_seed(cfg.run.seed, step, 4))
+        return [PromptSpec(g.question, PromptKind.HINT, f"{g.id}:hint", ctx.templates.hint_prompt(g.question.text, h))
+                for g, h in zip(hard, hints) if h], float("nan"), {}  # nothing left after redaction: no prompt
+    teacher, teacher_acc = {}, float("nan")
+    if cfg.zppo.bcq or how == "prefix":
+        with timed(times, "teacher"):
+            teacher = ctx.teacher.rollouts([g.question for g in hard], cfg.rollout.teacher_group_size,
+                                           step_seed(cfg.run.seed, step, 4))
+            t_samples = [s for ss in teacher.values() for s in ss]
+            score_samples(t_samples, ctx.questions, ctx.graders, _judge(ctx))
+            teacher_acc = sum(s.reward for s in t_samples) / max(len(t_samples), 1)
+    rng = random.Random(step_seed(cfg.run.seed, step, 1))
+    with timed(times, "zppo"):
+        if how == "prefix":
+            return prefix_specs(ctx, hard, teacher, rng), teacher_acc, {}
+        plans = plan_reformulations(hard, teacher, cap, cfg.zppo, rng)
+        compress = ctx.teacher.compress if (cfg.zppo.compression and ctx.teacher) else None
+        texts = render(plans, ctx.templates, compress)
+        listed = {p.group_id: p.wrong_answers for p in plans if p.kind is PromptKind.NCQ}
+    return [PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)], teacher_acc, listed
+
+
+def prefix_specs(ctx: StepContext, hard: list[Group], teacher: dict[str, list[Sample]],
+                 rng: random.Random) -> list[PromptSpec]:
+    """Prefix baseline: the plain prompt followed by the first `prefix_fraction` of one correct
+    teacher response (drawn at random). Questions the teacher never solved get no prompt."""
+    out = []
+    for g in hard:
+        correct = [s for s in teacher.get(g.question.id, []) if s.reward and s.reward >= 1.0]
+        if not correct:
+            continue
+        ids = list(rng.choice(correct).response_ids)
+        ids = ids[:prefix_length(len(ids), ctx.cfg.method.prefix_fraction)]
+        if ids:
+            out.append(PromptSpec(g.question, PromptKind.PREFIX, f"{g.id}:prefix", g.prompt_text,
+                                  tuple(ids), ctx.decode(ids)))
+    return out
+
+
+def teacher_targets(ctx: StepContext, questions: list[Question], n: int,
+                    seed: int) -> list[tuple[list[int], list[int]]]:
+    """Off-policy distillation: (prompt, response) token pairs of the teacher's correct rollouts
+    on this step's questions, the student's fine-tuning targets."""
+    teacher = ctx.teacher.rollouts(questions, n, seed)
+    samples = [s for ss in teacher.values() for s in ss]
+    score_samples(samples, ctx.questions, ctx.graders, _judge(ctx))
+    return [(list(s.prompt_ids), list(s.response_ids)) for s in samples if s.reward >= 1.0 and len(s.response_ids)]
+
+
+def set_distill_advantages(ctx: StepContext, groups: list[Group]) -> None:
+    """On-policy distillation: per-token advantages from the teacher's log-probs of the student's
+    own tokens (baselines.distill_advantages); the reward plays no part in the gradient."""
+    samples = [s for g in groups for s in g.samples]
+    teacher_lp = ctx.teacher.engine.score([s.prompt_ids for s in samples], [s.response_ids for s in samples])
+    m = ctx.cfg.method
+    for s, t in zip(samples, teacher_lp, strict=True):
+        s.token_advantages = distill_advantages(s.logprobs, t, m.divergence, m.jsd_beta).tolist()
+        s.advantage = 0.0
 
 
 def _judge(ctx: StepContext):
@@ -134,8 +206,12 @@ def _judge(ctx: StepContext):
 
 
 def train_phase(cfg: Config, trainer: PolicyTrainer, r: Rollouts, weight_version: str) -> dict[str, float]:
-    samples = training_samples(r.groups, weight_version)
     rng = random.Random(step_seed(cfg.run.seed, r.step, 3))
+    if cfg.method.objective == "off_policy_distill":  # fine-tuning on the teacher's tokens, not a policy gradient
+        if not r.sft_pairs:
+            return {}
+        return trainer.sft(split_minibatches(r.sft_pairs, min(cfg.run.updates_per_step, len(r.sft_pairs)), rng))
+    samples = training_samples(r.groups, weight_version)
     return trainer.train(split_minibatches(samples, cfg.run.updates_per_step, rng))
 
 
@@ -147,10 +223,10 @@ def rollout_metrics(r: Rollouts, buffer: ReplayBuffer) -> dict[str, float]:
     all_rewards = [s.reward for g in r.groups for s in g.samples]
     return {
         "step": r.step, "n_new": r.n_new, "n_replay": r.n_replay, "n_hard": r.n_hard,
-        "n_bcq": sum(g.kind is PromptKind.BCQ for g in r.reformulated),
-        "n_ncq": sum(g.kind is PromptKind.NCQ for g in r.reformulated),
+        **{f"n_{k.value}": sum(g.kind is k for g in r.reformulated) for k in PromptKind if k is not PromptKind.PLAIN},
         **{k: v for k, v in buffer.counters().items()},
-        "acc_plain": acc(PromptKind.PLAIN), "acc_bcq": acc(PromptKind.BCQ), "acc_ncq": acc(PromptKind.NCQ),
+        **{f"acc_{k.value}": acc(k) for k in PromptKind},
+        "n_sft_targets": len(r.sft_pairs),
         "teacher_acc_hard": r.teacher_acc_hard,
         "reward_mean": sum(all_rewards) / len(all_rewards) if all_rewards else float("nan"),
         "tokens_generated": sum(len(s.response_ids) for g in r.groups for s in g.samples),

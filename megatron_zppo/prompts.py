@@ -2,7 +2,8 @@
 
 Templates are plain text with `{name}` placeholders. The defaults in `templates/` are this
 project's own wording; point `PromptTemplates.load(directory)` at a folder with the same four
-files to use other wording (for example the paper's). Placeholders are filled in one pass, so a
+files to use other wording (for example the paper's). The two Hint-baseline templates are optional
+in such a folder: the package's own are used where they are missing. Placeholders are filled in one pass, so a
 question or candidate that happens to contain `{candidates}` is never expanded a second time.
 """
 
@@ -23,7 +24,11 @@ REQUIRED = {
     "ncq": {"question", "candidates", "wrong_answers"},
     "compress": {"response"},
 }
-_PLACEHOLDER = re.compile(r"\{(question|candidates|wrong_answers|response)\}")
+OPTIONAL = {
+    "hint_request": {"question"},  # asks the teacher for an answer-free hint
+    "hint": {"question", "hint"},  # the student's prompt with the hint
+}
+_PLACEHOLDER = re.compile(r"\{(question|candidates|wrong_answers|response|hint)\}")
 NO_WRONG_ANSWER = "(none stated)"
 
 
@@ -33,13 +38,17 @@ class PromptTemplates:
     bcq: str
     ncq: str
     compress: str
+    hint_request: str = ""
+    hint: str = ""
 
     @classmethod
     def load(cls, directory: str | Path = DEFAULT_DIR) -> PromptTemplates:
         directory = Path(directory)
         texts = {}
-        for name, needed in REQUIRED.items():
+        for name, needed in {**REQUIRED, **OPTIONAL}.items():
             path = directory / f"{name}.txt"
+            if name in OPTIONAL and not path.is_file():
+                path = DEFAULT_DIR / path.name
             if not path.is_file():
                 raise FileNotFoundError(f"prompt template {path} is missing (need {sorted(REQUIRED)} .txt files)")
             text = path.read_text(encoding="utf-8").strip()
@@ -68,6 +77,12 @@ class PromptTemplates:
         listed = ", ".join(f"\\boxed{{{a}}}" for a in wrong_answers) or NO_WRONG_ANSWER
         body = _fill(self.ncq, question=question, candidates=_candidate_block(candidates), wrong_answers=listed)
         return f"{body}\n\n{self.closer}"
+
+    def hint_request_prompt(self, question: str) -> str:
+        return _fill(self.hint_request, question=question)
+
+    def hint_prompt(self, question: str, hint: str) -> str:
+        return f"{_fill(self.hint, question=question, hint=hint.strip())}\n\n{self.closer}"
 
     def compress_prompt(self, response: str) -> str:
         return _fill(self.compress, response=response)

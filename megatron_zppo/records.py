@@ -19,6 +19,8 @@ class PromptKind(str, Enum):
     PLAIN = "plain"
     BCQ = "bcq"
     NCQ = "ncq"
+    HINT = "hint"  # baseline: a teacher hint appended to the question
+    PREFIX = "prefix"  # baseline: the start of a correct teacher response given after the prompt
 
 
 # Who generated a sample. Only student samples may enter the policy gradient; teacher samples
@@ -87,6 +89,11 @@ class Sample:
     weight_version: str = ""
     reward: float | None = None
     advantage: float = 0.0
+    # One advantage per response token (on-policy distillation); None: `advantage` for every token.
+    token_advantages: Sequence[float] | None = None
+    # Text forced at the start of the answer through the prompt (Prefix baseline): part of what is
+    # graded, never of what is trained on (its tokens are prompt tokens).
+    answer_prefix: str = ""
 
     def __post_init__(self):
         if len(self.logprobs) != len(self.response_ids):
@@ -98,6 +105,9 @@ class Sample:
         if not finite.all():
             bad = self.logprobs[int(np.argmin(finite))]
             raise ValueError(f"Sample {self.group_id!r}: logprobs contains non-finite value {bad!r}")
+        if self.token_advantages is not None and len(self.token_advantages) != len(self.response_ids):
+            raise ValueError(f"Sample {self.group_id!r}: {len(self.token_advantages)} token advantages for "
+                             f"{len(self.response_ids)} response tokens")
 
 
 @dataclass

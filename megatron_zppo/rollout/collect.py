@@ -17,6 +17,9 @@ class PromptSpec:
     kind: PromptKind
     group_id: str
     text: str
+    # Prefix baseline: token ids (and their text) forced at the start of the answer, after the prompt.
+    prefix_ids: tuple[int, ...] = ()
+    prefix_text: str = ""
 
 
 def generate_groups(engine: RolloutEngine, encode: Callable[[str], list[int]], specs: Sequence[PromptSpec],
@@ -25,7 +28,7 @@ def generate_groups(engine: RolloutEngine, encode: Callable[[str], list[int]], s
     they come back as the second value so the caller can count them."""
     kept, too_long, reqs = [], [], []
     for s in specs:
-        ids = encode(s.text)
+        ids = encode(s.text) + list(s.prefix_ids)
         if len(ids) > max_prompt_tokens:
             too_long.append(s)
             continue
@@ -37,7 +40,8 @@ def generate_groups(engine: RolloutEngine, encode: Callable[[str], list[int]], s
         if len(gs) != n:  # an engine must never hand back a half-filled group
             raise RuntimeError(f"engine returned {len(gs)} of {n} rollouts for prompt {s.group_id!r}")
         samples = [Sample(s.question.id, s.group_id, s.kind, list(req.prompt_ids), g.response_ids, g.text,
-                          g.logprobs, finish_reason=g.finish_reason, weight_version=g.weight_version) for g in gs]
+                          g.logprobs, finish_reason=g.finish_reason, weight_version=g.weight_version,
+                          answer_prefix=s.prefix_text) for g in gs]
         groups.append(Group(s.group_id, s.question, s.kind, s.text, samples))
     return groups, too_long
 
@@ -45,14 +49,15 @@ def generate_groups(engine: RolloutEngine, encode: Callable[[str], list[int]], s
 def score_samples(samples: Sequence[Sample], questions: dict[str, Question], graders: GraderPool,
                   judge: Callable[[list[Question], list[str | None]], list[float]] | None = None) -> None:
     """Set `reward` on every sample: its own final answer against its question's gold answer,
-    whatever prompt it was sampled from. Questions whose grader is "judge" go to the LLM judge."""
+    whatever prompt it was sampled from (with a forced answer prefix, prefix + response). Questions whose grader is "judge" go to the LLM judge."""
     by_judge = [s for s in samples if graders.wants_judge(questions[s.question_id])]
     rest = [s for s in samples if not graders.wants_judge(questions[s.question_id])]
-    for s, r in zip(rest, graders.grade([s.response_text for s in rest], [questions[s.question_id] for s in rest])):
+    texts = [s.answer_prefix + s.response_text for s in rest]
+    for s, r in zip(rest, graders.grade(texts, [questions[s.question_id] for s in rest])):
         s.reward = r
     if by_judge:
         if judge is None:
             raise ValueError("questions ask for the LLM judge but no teacher engine is configured")
         qs = [questions[s.question_id] for s in by_judge]
-        for s, r in zip(by_judge, judge(qs, [last_boxed(s.response_text) for s in by_judge])):
+        for s, r in zip(by_judge, judge(qs, [last_boxed(s.answer_prefix + s.response_text) for s in by_judge])):
             s.reward = r

@@ -90,7 +90,7 @@ class RLTrainer:
             mbs = []
             for (seq, rows), old_lp in zip(batches, old):
                 rollout = _pad([s.logprobs if s else [] for s in rows], seq.response_width)
-                adv = torch.tensor([s.advantage if s else 0.0 for s in rows], dtype=torch.float32)
+                adv = _advantages(rows, seq.response_width)
                 mbs.append(PPOMicroBatch(seq, old_lp, adv, rollout_logprobs=rollout))
                 mask = seq.response_mask()
                 if self.last_stage and mask.any():
@@ -121,9 +121,16 @@ class RLTrainer:
 
     def sft_step(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
         """One supervised update on (prompt ids, response ids) pairs; returns the mean token loss."""
-        fake = [Sample("sft", "sft", PromptKind.PLAIN, p, r, "", [0.0] * len(r)) for p, r in pairs]
-        stats = self.core.sft_step([b for b, _ in self._micro_batches(fake)])
-        return self._gather(stats).get("loss", float("nan"))
+        return self.sft([pairs]).get("loss", float("nan"))
+
+    def sft(self, minibatches: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]]) -> dict[str, float]:
+        """One supervised (mean token cross-entropy) update per mini-batch of (prompt, response) ids;
+        the mean of each statistic over the updates."""
+        per_update = []
+        for pairs in minibatches:
+            rows = [Sample("sft", "sft", PromptKind.PLAIN, p, r, "", [0.0] * len(r)) for p, r in pairs]
+            per_update.append(self.core.sft_step([b for b, _ in self._micro_batches(rows)]))
+        return self._gather(_mean_stats(per_update))
 
     # -- weights and checkpoints -------------------------------------------------------------
     def export_hf(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -151,6 +158,15 @@ class RLTrainer:
 
     def close(self) -> None:
         parallel.destroy()
+
+
+def _advantages(rows: Sequence[Sample | None], width: int) -> torch.Tensor:
+    """[B] sequence advantages, or [B, T] when any sample carries per-token ones (distillation)."""
+    if not any(s is not None and s.token_advantages is not None for s in rows):
+        return torch.tensor([s.advantage if s else 0.0 for s in rows], dtype=torch.float32)
+    per_token = [[] if s is None else s.token_advantages if s.token_advantages is not None
+                 else [s.advantage] * len(s.response_ids) for s in rows]
+    return _pad(per_token, width)
 
 
 def _mean_stats(per_update: list[dict]) -> dict[str, float]:

@@ -20,3 +20,9 @@ def die(response, question):
     if "DIE" in response:
         os._exit(1)  # the worker process vanishes
     return 1.0
+
+
+def parity(response, question):
+    """Right about half the time, deterministically: random toy models then have hard questions
+    (the student fails) and correct teacher rollouts both, which the baselines need."""
+    return float(len(response) % 2 == 0)

@@ -79,11 +79,41 @@ def test_question_stream_resumes_at_the_same_position_across_epochs():
 
 
 def test_presets_set_the_ablation_switches_and_explicit_values_win():
-    for name, (buf, bcq, ncq, comp) in PRESETS.items():
+    expected = {  # buffer, bcq, ncq, compression, objective, hard prompts
+        "grpo": (False, False, False, False, "policy_gradient", "zppo"),
+        "grpo_buffer": (True, False, False, False, "policy_gradient", "zppo"),
+        "zppo": (True, True, True, True, "policy_gradient", "zppo"),
+        "zppo_no_buffer": (False, True, True, True, "policy_gradient", "zppo"),
+        "zppo_no_bcq": (True, False, True, True, "policy_gradient", "zppo"),
+        "zppo_no_ncq": (True, True, False, True, "policy_gradient", "zppo"),
+        "zppo_no_compression": (True, True, True, False, "policy_gradient", "zppo"),
+        "hint": (True, False, False, False, "policy_gradient", "hint"),
+        "prefix": (True, False, False, False, "policy_gradient", "prefix"),
+        "off_policy_distill": (False, False, False, False, "off_policy_distill", "zppo"),
+        "off_policy_distill_buffer": (True, False, False, False, "off_policy_distill", "zppo"),
+        "on_policy_distill": (False, False, False, False, "on_policy_distill", "zppo"),
+        "on_policy_distill_buffer": (True, False, False, False, "on_policy_distill", "zppo"),
+    }
+    assert set(PRESETS) == set(expected)
+    for name, want in expected.items():
         c = load_config(None, BASE + [f"run.algorithm={name}"])
-        assert (c.buffer.enabled, c.zppo.bcq, c.zppo.ncq, c.zppo.compression) == (buf, bcq, ncq, comp)
+        got = (c.buffer.enabled, c.zppo.bcq, c.zppo.ncq, c.zppo.compression, c.method.objective, c.method.hard_prompts)
+        assert got == want, name
     c = load_config(None, BASE + ["run.algorithm=grpo", "buffer.enabled=true"])
     assert c.buffer.enabled and not c.zppo.bcq
+
+
+def test_baseline_settings_that_contradict_each_other_are_refused():
+    with pytest.raises(ConfigError, match="replaces BCQ/NCQ prompts"):
+        load_config(None, BASE + ["run.algorithm=hint", "zppo.bcq=true"])
+    with pytest.raises(ConfigError, match="trains on no reformulated prompts"):
+        load_config(None, BASE + ["run.algorithm=on_policy_distill", "zppo.ncq=true"])
+    with pytest.raises(ConfigError, match="method.divergence 'kl' unknown"):
+        load_config(None, BASE + ["run.algorithm=on_policy_distill", "method.divergence=kl"])
+    with pytest.raises(ConfigError, match="prefix_fraction must be in"):
+        load_config(None, BASE + ["run.algorithm=prefix", "method.prefix_fraction=1.0"])
+    with pytest.raises(ConfigError, match="uses the teacher"):
+        load_config(None, ["student.hf_path=s", "run.algorithm=off_policy_distill"])
 
 
 def test_config_errors_name_the_key_and_value(tmp_path):

@@ -1,0 +1,81 @@
+"""Every baseline preset runs end to end through the one loop, and does what its name says."""
+
+import math
+
+import pytest
+import torch
+
+from megatron_zppo.baselines import distill_advantages, prefix_length
+from megatron_zppo.metrics import read_metrics
+from megatron_zppo.records import STUDENT, PromptKind
+from tests.loop.test_pretrain_e2e import _overrides, _run
+
+
+def _baseline_run(toy, tmp_path, algorithm, extra=()):
+    run = tmp_path / algorithm
+    _run(["--config", "examples/cpu_toy/zppo.yaml"] + _overrides(toy, run, 2, [
+        f"run.algorithm={algorithm}", "run.dump_rollouts=true", "reward.grader=tests.loop.slow_graders:parity",
+        "rollout.n_new=6", "rollout.teacher_group_size=4", *extra]))
+    rollouts = [torch.load(run / "rollouts" / f"step_{i:06d}.pt", weights_only=False) for i in range(2)]
+    return read_metrics(run / "metrics.jsonl"), rollouts
+
+
+@pytest.mark.timeout(900)
+def test_hint_prompts_carry_an_answer_free_hint(toy_world, tmp_path):
+    metrics, rollouts = _baseline_run(toy_world, tmp_path, "hint")
+    hinted = [g for r in rollouts for g in r.reformulated]
+    assert hinted and all(g.kind is PromptKind.HINT for g in hinted)
+    assert sum(m["n_hint"] for m in metrics) == len(hinted) and all(m["n_bcq"] == m["n_ncq"] == 0 for m in metrics)
+    closer = toy_world["templates"].closer
+    for g in hinted:
+        hint = g.prompt_text.split("\nHint: ")[1].removesuffix(closer).strip()
+        assert hint and "\\boxed{" not in hint
+    assert all(m["loss"] is not None for m in metrics)
+
+
+@pytest.mark.timeout(900)
+def test_prefix_prompts_end_with_teacher_tokens_that_are_never_trained_on(toy_world, tmp_path):
+    _, rollouts = _baseline_run(toy_world, tmp_path, "prefix")
+    prefixed = [g for r in rollouts for g in r.reformulated]
+    assert prefixed and all(g.kind is PromptKind.PREFIX for g in prefixed)
+    plain_prompt = {g.question.id: list(g.samples[0].prompt_ids) for r in rollouts for g in r.plain}
+    for g in prefixed:
+        s = g.samples[0]
+        base = plain_prompt[g.question.id]
+        forced = list(s.prompt_ids)[len(base):]
+        assert list(s.prompt_ids)[:len(base)] == base and forced  # plain prompt, then the teacher's tokens
+        assert s.answer_prefix and all(x.sampled_by == STUDENT for x in g.samples)
+        assert len(s.logprobs) == len(s.response_ids)  # only the continuation is the sample's response
+
+
+@pytest.mark.timeout(900)
+def test_off_policy_distillation_fine_tunes_on_correct_teacher_responses(toy_world, tmp_path):
+    metrics, rollouts = _baseline_run(toy_world, tmp_path, "off_policy_distill")
+    pairs = [p for r in rollouts for p in r.sft_pairs]
+    assert pairs and all(m["n_sft_targets"] == len(r.sft_pairs) for m, r in zip(metrics, rollouts))
+    assert all(not r.reformulated for r in rollouts) and metrics[0]["buffer_size"] == 0  # no buffer in this preset
+    trained = [m for m, r in zip(metrics, rollouts) if r.sft_pairs]
+    assert all(m["loss"] > 0 and m["clip_frac"] is None for m in trained)  # cross-entropy, no PPO statistics
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("divergence", ["jsd"])
+def test_on_policy_distillation_advantages_come_from_teacher_logprobs(toy_world, tmp_path, divergence):
+    from transformers import AutoModelForCausalLM
+
+    metrics, rollouts = _baseline_run(toy_world, tmp_path, "on_policy_distill_buffer",
+                                      [f"method.divergence={divergence}", "method.jsd_beta=0.3"])
+    teacher = AutoModelForCausalLM.from_pretrained(toy_world["teacher"]).eval()
+    s = rollouts[0].plain[0].samples[0]
+    ids = torch.tensor([list(s.prompt_ids) + list(s.response_ids)])
+    with torch.no_grad():
+        logits = teacher(input_ids=ids).logits[0, len(s.prompt_ids) - 1:-1]
+    t_lp = logits.log_softmax(-1).gather(-1, torch.tensor(list(s.response_ids))[:, None])[:, 0]
+    want = distill_advantages(s.logprobs, t_lp.numpy(), divergence, 0.3)
+    assert s.token_advantages == pytest.approx(want.tolist(), abs=1e-4)
+    assert all(not r.reformulated for r in rollouts) and metrics[-1]["buffer_admitted"] >= 1  # the buffer is on
+    assert all(math.isfinite(m["loss"]) and m["logprob_diff_mean"] < 1e-3 for m in metrics)
+
+
+def test_prefix_rule_used_by_the_loop_matches_the_spec_default():
+    assert prefix_length(20, 0.4) == 8

@@ -1,0 +1,242 @@
+"""Train every method of the paper's comparison on the same data and budget, then tabulate them.
+
+    python tools/compare.py --plan examples/cpu_toy/compare/plan.yaml --out runs/compare [--jobs 2]
+
+The plan (YAML) names a base config, the methods (`run.algorithm` presets), the students, the seeds
+and any overrides. Each (student, method, seed) is one `pretrain_zppo.py` run in its own directory;
+runs that already finished (summary.json present) are not run again, so an interrupted comparison
+resumes. Then it writes, to --out:
+
+- results.md / results.json: accuracy after training per method x student, in-corpus and
+  out-of-corpus (held-out families, macro average), with 95% bootstrap intervals over questions
+  and seeds; the "base" row is the students before training. Plus the buffer statistics the paper
+  reports: graduation rate of questions admitted at 0% accuracy, overall graduation rate, BCQ and
+  NCQ accuracy, and how often NCQ rollouts repeat an answer their prompt listed as wrong.
+- results.png: the same accuracies as bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Student:
+    name: str
+    hf_path: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: str  # base config of every run
+    methods: list[str] = field(default_factory=list)
+    students: list[Student] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    overrides: list[str] = field(default_factory=list)  # key=value, applied to every run
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)  # per method, after `overrides`
+
+
+def load_plan(path: str) -> Plan:
+    from megatron_zppo.config import PRESETS
+    from megatron_zppo.config_io import ConfigError, from_dict, load_tree
+
+    plan = from_dict(Plan, load_tree(path, []))
+    unknown = [m for m in plan.methods if m not in PRESETS]
+    if unknown or not plan.methods or not plan.students or not plan.seeds:
+        raise ConfigError(f"{path}: methods {unknown} unknown (expected run.algorithm presets: {sorted(PRESETS)}), "
+                          "or methods/students/seeds empty")
+    return plan
+
+
+def run_dir(out: Path, student: str, method: str, seed: int) -> Path:
+    return out / student / method / f"seed{seed}"
+
+
+def one_run(plan: Plan, out: Path, student: Student, method: str, seed: int) -> tuple[str, float]:
+    d = run_dir(out, student.name, method, seed)
+    if (d / "summary.json").exists():
+        return f"{d} (already done)", 0.0
+    args = [sys.executable, str(ROOT / "pretrain_zppo.py"), "--config", plan.config, f"run.dir={d}",
+            f"run.algorithm={method}", f"run.seed={seed}", f"student.hf_path={student.hf_path}",
+            *plan.overrides, *plan.method_overrides.get(method, [])]
+    # One thread per run: runs go side by side (--jobs), which beats intra-op threads on toy models.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TORCHDYNAMO_DISABLE": "1",
+           "PYTHONPATH": str(ROOT)}
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(d / "log.txt", "w") as log:
+        rc = subprocess.run(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise RuntimeError(f"run {d} failed with exit code {rc}; see {d / 'log.txt'}")
+    return str(d), time.perf_counter() - t0
+
+
+# -- aggregation ------------------------------------------------------------------------------
+def macro(sets: list[list[float]]) -> float:
+    """Macro average: every evaluation set of a family weighs the same, whatever its size."""
+    return sum(sum(c) / len(c) for c in sets) / len(sets)
+
+
+def bootstrap(per_seed: list[list[list[float]]], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over seeds of a family's macro average, and its 95% interval: resample seeds, then the
+    questions of each set within each drawn seed (both are sources of variance here).
+    `per_seed[seed][set]` is the per-question correctness of one evaluation set."""
+    rng = random.Random(seed)
+    mean = sum(macro(s) for s in per_seed) / len(per_seed)
+    stats = []
+    for _ in range(n_boot):
+        draws = [per_seed[rng.randrange(len(per_seed))] for _ in per_seed]
+        stats.append(sum(macro([rng.choices(c, k=len(c)) for c in sets]) for sets in draws) / len(draws))
+    stats.sort()
+    return mean, stats[int(0.025 * n_boot)], stats[int(0.975 * n_boot) - 1]
+
+
+def family_sets(summary: dict, when: str) -> dict[str, list[list[float]]]:
+    """One run's per-question correctness (`when`: before/after training), grouped by family."""
+    fam: dict[str, list[list[float]]] = {}
+    for e in summary["eval"].values():
+        if e.get(f"correct_{when}"):
+            fam.setdefault(e["family"], []).append(e[f"correct_{when}"])
+    return fam
+
+
+def buffer_stats(metrics: list[dict]) -> dict[str, float]:
+    last = metrics[-1]
+
+    def rate(a, b):
+        return last[a] / last[b] if last.get(b) else float("nan")
+
+    def mean(key):
+        vals = [m[key] for m in metrics if m.get(key) is not None]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    return {"graduation_from_zero": rate("buffer_graduated_from_zero", "buffer_admitted_at_zero"),
+            "graduation": rate("buffer_graduated", "buffer_admitted"), "admitted": last.get("buffer_admitted", 0),
+            "acc_bcq": mean("acc_bcq"), "acc_ncq": mean("acc_ncq"), "acc_hint": mean("acc_hint"),
+            "acc_prefix": mean("acc_prefix"),
+            "ncq_repeats_listed_answer": mean("ncq_repeats_listed_answer"), "t_step": mean("t_step")}
+
+
+def aggregate(plan: Plan, out: Path) -> dict:
+    from megatron_zppo.metrics import read_metrics
+
+    results = {}
+    for st in plan.students:
+        rows = {}
+        for method in ["base", *plan.methods]:
+            src = plan.methods[0] if method == "base" else method
+            when = "before" if method == "base" else "after"
+            per_family: dict[str, list[list[list[float]]]] = {}
+            bufs = []
+            for seed in plan.seeds:
+                d = run_dir(out, st.name, src, seed)
+                summary = json.loads((d / "summary.json").read_text())
+                for f, vals in family_sets(summary, when).items():
+                    per_family.setdefault(f, []).append(vals)
+                if method != "base":
+                    bufs.append(buffer_stats(read_metrics(d / "metrics.jsonl")))
+            row = {f: dict(zip(("mean", "lo", "hi"), bootstrap(v))) for f, v in per_family.items()}
+            if bufs:
+                row["buffer"] = {k: _nanmean([b[k] for b in bufs]) for k in bufs[0]}
+            rows[method] = row
+        results[st.name] = rows
+    return results
+
+
+def _nanmean(xs):
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def markdown(results: dict, plan: Plan) -> str:
+    fams = sorted({f for rows in results.values() for r in rows.values() for f in r if f != "buffer"})
+    methods = list(next(iter(results.values())))
+    lines = [f"Accuracy after training (%), mean over {len(plan.seeds)} seed(s) with a 95% bootstrap interval "
+             "over seeds and questions; `base` is the student before training.", ""]
+    for f in fams:
+        lines += [f"**{f}**", "", "| method | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
+        for m in methods:
+            cells = []
+            for rows in results.values():
+                r = rows[m].get(f)
+                cells.append(f"{100 * r['mean']:.1f} [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]" if r else "-")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["**Replay buffer and reformulated prompts** (mean over seeds; rates in %)", "",
+              "| student | method | admitted | graduated (all) | graduated (admitted at 0%) | BCQ acc | NCQ acc | "
+              "NCQ repeats a listed answer | Hint acc | Prefix acc | s/step |", "|---" * 11 + "|"]
+    for st, rows in results.items():
+        for m, r in rows.items():
+            b = r.get("buffer")
+            if b:
+                lines.append(f"| {st} | {m} | {b['admitted']:.0f} | {_pct(b['graduation'])} | "
+                             f"{_pct(b['graduation_from_zero'])} | {_pct(b['acc_bcq'])} | {_pct(b['acc_ncq'])} | "
+                             f"{_pct(b['ncq_repeats_listed_answer'])} | {_pct(b['acc_hint'])} | "
+                             f"{_pct(b['acc_prefix'])} | {b['t_step']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x):
+    return "-" if x != x else f"{100 * x:.1f}"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = sorted({f for rows in results.values() for r in rows.values() for f in r if f != "buffer"})
+    fig, axes = plt.subplots(len(results), len(fams), figsize=(5 * len(fams), 3.2 * len(results)), squeeze=False)
+    for i, (st, rows) in enumerate(results.items()):
+        for j, f in enumerate(fams):
+            ax, names = axes[i][j], [m for m in rows if f in rows[m]]
+            means = [100 * rows[m][f]["mean"] for m in names]
+            err = [[100 * (rows[m][f]["mean"] - rows[m][f]["lo"]) for m in names],
+                   [100 * (rows[m][f]["hi"] - rows[m][f]["mean"]) for m in names]]
+            ax.bar(range(len(names)), means, yerr=err, capsize=3,
+                   color=["tab:gray" if m == "base" else "tab:green" if m == "zppo" else "tab:blue" for m in names])
+            ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+            ax.set_title(f"{st}: {f}", fontsize=9)
+            ax.set_ylabel("accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plan", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
+    args = ap.parse_args(argv)
+    plan, out = load_plan(args.plan), Path(args.out)
+    jobs = [(st, m, s) for s in plan.seeds for st in plan.students for m in plan.methods]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        for i, (d, secs) in enumerate(pool.map(lambda j: one_run(plan, out, *j), jobs)):
+            print(f"[{i + 1}/{len(jobs)}] {d}  {secs:.0f}s  (elapsed {time.perf_counter() - t0:.0f}s)", flush=True)
+    results = aggregate(plan, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results, plan)
+    (out / "results.md").write_text(table)
+    plot(results, out / "results.png")
+    print(table)
+    print(f"{len(jobs)} runs in {time.perf_counter() - t0:.0f}s; tables in {out / 'results.md'}, "
+          f"plot in {out / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
