@@ -38,8 +38,10 @@ PRESETS: dict[str, dict[str, object]] = {
     "off_policy_distill_buffer": {"buffer.enabled": True, **_OFF, "method.objective": "off_policy_distill"},
     "on_policy_distill": {"buffer.enabled": False, **_OFF, "method.objective": "on_policy_distill"},
     "on_policy_distill_buffer": {"buffer.enabled": True, **_OFF, "method.objective": "on_policy_distill"},
+    # ... or the teacher's whole next-token distribution, the teacher inside the trainer (modelopt loss).
+    "logit_distill": {"buffer.enabled": False, **_OFF, "method.objective": "logit_distill"},
 }
-OBJECTIVES = ("policy_gradient", "off_policy_distill", "on_policy_distill")
+OBJECTIVES = ("policy_gradient", "off_policy_distill", "on_policy_distill", "logit_distill")
 HARD_PROMPTS = ("zppo", "hint", "prefix")
 MODES = ("train", "rollout_only", "train_only")
 
@@ -79,6 +81,8 @@ class MethodConfig:
     divergence: str = "reverse_kl"  # on-policy distillation: reverse_kl | jsd
     jsd_beta: float = 0.5
     prefix_fraction: float = 0.4  # Prefix baseline: share of a correct teacher response given
+    kd_temperature: float = 1.0  # logit distillation: softmax temperature of both models (no T^2 factor)
+    kd_top_k: int = 0  # logit distillation: 0 = the teacher's full distribution, else its top k
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -87,6 +91,9 @@ class MethodConfig:
             raise ValueError(f"method.hard_prompts {self.hard_prompts!r} unknown; expected one of {HARD_PROMPTS}")
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"method.divergence {self.divergence!r} unknown; expected one of {DIVERGENCES}")
+        if self.kd_temperature <= 0 or self.kd_top_k < 0:
+            raise ValueError(f"method.kd_temperature must be > 0 and method.kd_top_k >= 0, got "
+                             f"{self.kd_temperature!r}/{self.kd_top_k!r}")
         if not 0 < self.jsd_beta < 1 or not 0 < self.prefix_fraction < 1:
             raise ValueError(f"method.jsd_beta and method.prefix_fraction must be in (0, 1), got "
                              f"{self.jsd_beta!r}/{self.prefix_fraction!r}")

@@ -37,6 +37,9 @@ class PolicyTrainer(Protocol):
     def train(self, minibatches: list[list[Sample]]) -> dict[str, float]:
         """Recompute old log-probs for all samples, then one optimizer update per mini-batch."""
 
+    def distill(self, minibatches: list[list[Sample]]) -> dict[str, float]:
+        """Logit distillation: one update per mini-batch towards the teacher's distributions."""
+
     def sft(self, minibatches: list[list[tuple[list[int], list[int]]]]) -> dict[str, float]:
         """One supervised (cross-entropy) update per mini-batch of (prompt ids, response ids)."""
 
@@ -211,8 +214,10 @@ def train_phase(cfg: Config, trainer: PolicyTrainer, r: Rollouts, weight_version
         if not r.sft_pairs:
             return {}
         return trainer.sft(split_minibatches(r.sft_pairs, min(cfg.run.updates_per_step, len(r.sft_pairs)), rng))
-    samples = training_samples(r.groups, weight_version)
-    return trainer.train(split_minibatches(samples, cfg.run.updates_per_step, rng))
+    minibatches = split_minibatches(training_samples(r.groups, weight_version), cfg.run.updates_per_step, rng)
+    if cfg.method.objective == "logit_distill":  # the teacher's distributions on the student's own samples
+        return trainer.distill(minibatches)
+    return trainer.train(minibatches)
 
 
 def rollout_metrics(r: Rollouts, buffer: ReplayBuffer) -> dict[str, float]:

@@ -52,6 +52,18 @@ class RLTrainer:
         self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size)
         self.loss_cfg, self.micro = cfg.loss, t.micro_batch_size
         self.pad_id = int(getattr(self.policy.bridge.hf_pretrained.config, "pad_token_id", None) or 0)
+        self.teacher = None
+        if cfg.method.objective == "logit_distill":  # the teacher inside the trainer, laid out like the student
+            from megatron.core.utils import get_model_config
+
+            from megatron_zppo.train.logit_distill import make_criterion, output_logits_fn
+
+            self.teacher = build_policy(ModelConfig(cfg.teacher.hf_path, p.torch_dtype_name, t.layer_spec), pcfg)
+            for chunk in self.teacher.chunks:
+                chunk.requires_grad_(False)
+            self._teacher_logits = output_logits_fn(self.teacher.chunks[-1]) if self.last_stage else None
+            self._criterion = make_criterion(get_model_config(self.policy.chunks[0]), cfg.method.kd_temperature,
+                                             cfg.method.kd_top_k)
 
     @property
     def is_main(self) -> bool:
@@ -118,6 +130,21 @@ class RLTrainer:
             out[k] = sum(vals) if k == "loss" else (max(vals) if k.endswith("_max") else
                                                     min(vals) if k.endswith("_min") else sum(vals) / len(vals))
         return out
+
+    def distill(self, minibatches: list[list[Sample]]) -> dict[str, float]:
+        """Logit distillation (the baseline): one update per mini-batch towards the teacher's
+        next-token distributions on these samples' tokens."""
+        from megatron_zppo.train.logit_distill import KDMicroBatch
+
+        if self.teacher is None:
+            raise ValueError("distill() needs method.objective=logit_distill (the teacher is built only then)")
+        per_update = []
+        for mb in minibatches:
+            batches = [b for b, _ in self._micro_batches(mb)]
+            hidden = self.core.teacher_hidden(self.teacher, batches)
+            items = [KDMicroBatch(b, h) for b, h in zip(batches, hidden)]
+            per_update.append(self.core.kd_step(items, self._teacher_logits, self._criterion))
+        return self._gather(_mean_stats(per_update))
 
     def sft_step(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
         """One supervised update on (prompt ids, response ids) pairs; returns the mean token loss."""

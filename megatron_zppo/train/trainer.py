@@ -1,4 +1,5 @@
-"""One optimiser step of the policy on Megatron: PPO (the ZPPO policy update) or supervised CE.
+"""One optimiser step of the policy on Megatron: PPO (the ZPPO policy update), supervised CE, or
+logit distillation from a teacher model held by the trainer (a baseline).
 
 A step takes a mini-batch already split into equal-shape micro-batches, runs Megatron's
 forward/backward schedule over them (pipeline-parallel or not), and applies one AdamW update
@@ -22,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_zppo.loss import LossConfig, policy_loss
+from megatron_zppo.train.logit_distill import KDMicroBatch, KDRequest, forward_kd, forward_teacher_hidden
 from megatron_zppo.train.logprobs import LogprobRequest, SequenceBatch, forward_response_logprobs
 from megatron_zppo.train.model import Policy
 
@@ -211,17 +213,49 @@ class PolicyTrainer:
             )
         return [m["out"] for m in per_micro]
 
-    def _step(self, batches: Sequence[SequenceBatch], items: Sequence, loss_func, with_entropy: bool) -> dict:
+    def kd_step(self, micro_batches: Sequence[KDMicroBatch], teacher_logits, criterion) -> dict:
+        """One logit-distillation update: mean per-token KL(teacher || student) over the response
+        tokens of the mini-batch (teacher hidden states precomputed by `teacher_hidden`)."""
+        normalizer = self._global_count([mb.sequences for mb in micro_batches], per_sequence=False)
+
+        def forward(model, batch, item: KDMicroBatch):
+            return forward_kd(model, KDRequest(batch, self.policy.vocab_size, item.teacher_hidden, teacher_logits,
+                                               criterion, self.chunk_size))
+
+        def loss_func(mb: KDMicroBatch, kl):
+            mask = mb.sequences.response_mask()
+            loss = kl.sum() / normalizer
+            return loss, mask.sum().int(), {"loss": loss.detach(), "kl": kl.detach().sum() / mask.sum().clamp(min=1)}
+
+        return self._step([mb.sequences for mb in micro_batches], micro_batches, loss_func, False, forward)
+
+    def teacher_hidden(self, teacher: Policy, batches: Sequence[SequenceBatch]) -> list[torch.Tensor | None]:
+        """The teacher's final hidden states at response positions [T, B, H], per micro-batch, on
+        the last pipeline stage (None elsewhere); the teacher is laid out like the student."""
+
+        def keep(batch: SequenceBatch, hidden):
+            return hidden.new_zeros(()), batch.response_mask().sum().int(), {"out": hidden.detach()}
+
+        with torch.no_grad():
+            per_micro = self._run(batches, batches, keep, False, True, lambda m, b, _: forward_teacher_hidden(m, b),
+                                  teacher.chunks)
+        return [m["out"] for m in per_micro] if per_micro else [None] * len(batches)
+
+    def _step(self, batches: Sequence[SequenceBatch], items: Sequence, loss_func, with_entropy: bool,
+              forward=None) -> dict:
         for chunk in self.policy.chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        per_micro = self._run(batches, items, loss_func, with_entropy, forward_only=False)
+        per_micro = self._run(batches, items, loss_func, with_entropy, False, forward)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
         return _summarise(per_micro, grad_norm)
 
-    def _run(self, batches, items, loss_func, with_entropy: bool, forward_only: bool) -> list[dict]:
-        """Megatron's forward(/backward) schedule over ``items``; returns the last stage's stats."""
+    def _run(self, batches, items, loss_func, with_entropy: bool, forward_only: bool, forward=None,
+             chunks=None) -> list[dict]:
+        """Megatron's forward(/backward) schedule over ``items`` through ``chunks`` (default: the
+        policy); ``forward(model, padded batch, item)`` replaces the log-prob forward. Returns the
+        last stage's stats."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         sizes = {b.tokens.shape[0] for b in batches}
@@ -235,13 +269,15 @@ class PolicyTrainer:
         def forward_step(data_iterator, model):
             item = next(data_iterator).to(device)
             batch = _pad_to_length(item if isinstance(item, SequenceBatch) else item.sequences, seq_len)
+            if forward is not None:
+                return forward(model, batch, item), partial(loss_func, item)
             request = LogprobRequest(batch, self.policy.vocab_size, self.chunk_size, with_entropy)
             return forward_response_logprobs(model, request), partial(loss_func, item)
 
         return get_forward_backward_func()(
             forward_step_func=forward_step,
             data_iterator=iter(items),
-            model=self.policy.chunks,
+            model=chunks or self.policy.chunks,
             num_microbatches=len(items),
             seq_length=seq_len,
             micro_batch_size=sizes.pop(),

@@ -79,3 +79,28 @@ def test_on_policy_distillation_advantages_come_from_teacher_logprobs(toy_world,
 
 def test_prefix_rule_used_by_the_loop_matches_the_spec_default():
     assert prefix_length(20, 0.4) == 8
+
+
+@pytest.mark.timeout(900)
+def test_logit_distillation_runs_with_the_teacher_inside_the_trainer(toy_world, tmp_path):
+    metrics, rollouts = _baseline_run(toy_world, tmp_path, "logit_distill", ["method.kd_top_k=16"])
+    assert all(not r.reformulated for r in rollouts)
+    for m in metrics:  # forward KL to the teacher, not a PPO update
+        assert m["kl"] > 0 and m["loss"] > 0 and m["clip_frac"] is None and math.isfinite(m["grad_norm"])
+
+
+def test_methods_that_move_teacher_tokens_refuse_a_teacher_with_another_tokenizer(toy_world, tmp_path):
+    from megatron_zppo.build import check_shared_tokenizer
+    from megatron_zppo.config import load_config
+
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other"
+    changed = AutoTokenizer.from_pretrained(toy_world["student"])
+    changed.add_tokens(["<extra_teacher_token>"])
+    changed.save_pretrained(other)
+    base = [f"student.hf_path={toy_world['student']}", f"teacher.hf_path={other}"]
+    check_shared_tokenizer(load_config(None, base + ["run.algorithm=zppo"]))  # text only crosses over: fine
+    for algorithm in ("prefix", "on_policy_distill", "off_policy_distill", "logit_distill"):
+        with pytest.raises(ValueError, match="tokenizers of .* differ"):
+            check_shared_tokenizer(load_config(None, base + [f"run.algorithm={algorithm}"]))
