@@ -93,6 +93,7 @@ def test_presets_set_the_ablation_switches_and_explicit_values_win():
         "off_policy_distill_buffer": (True, False, False, False, "off_policy_distill", "zppo"),
         "on_policy_distill": (False, False, False, False, "on_policy_distill", "zppo"),
         "on_policy_distill_buffer": (True, False, False, False, "on_policy_distill", "zppo"),
+        "logit_distill": (False, False, False, False, "logit_distill", "zppo"),
     }
     assert set(PRESETS) == set(expected)
     for name, want in expected.items():
