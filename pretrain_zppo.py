@@ -25,7 +25,7 @@ from megatron_zppo import build, checkpoint
 from megatron_zppo.config import Config, load_config
 from megatron_zppo.config_io import ConfigError, dump_yaml
 from megatron_zppo.evaluate import evaluate
-from megatron_zppo.loop import StepContext, rollout_metrics, rollout_phase, timed, train_phase
+from megatron_zppo.loop import StepContext, rollout_metrics, rollout_phase, sync_weights, train_then_sync
 from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
 
 
@@ -47,16 +47,6 @@ def broadcast(obj, is_main: bool):
     box = [obj if is_main else None]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def sync_weights(trainer, engine, version: str, is_main: bool) -> None:
-    """Every rank drains the export (it gathers shards collectively); rank 0 feeds the engine."""
-    tensors = trainer.export_hf()
-    if is_main:
-        engine.update_weights(tensors, version)
-    else:
-        for _ in tensors:
-            pass
 
 
 def run_evals(cfg: Config, ctx: StepContext) -> dict[str, dict]:
@@ -115,7 +105,7 @@ def main(argv=None) -> int:
             ctx.stream.load_state_dict(state["stream"])
             print(f"resumed from {ckpt} at step {start}")
     version = f"step-{start}"
-    sync_weights(trainer, ctx.student if is_main else None, version, is_main)
+    sync_weights(trainer, ctx.student if is_main else None, version)
     if is_main:
         logger = MetricsLogger(run_dir, cfg.run.steps, start)
         if start == 0:
@@ -133,11 +123,8 @@ def main(argv=None) -> int:
             save_rollouts(rollouts, rollout_file(run_dir, step))
         times, stats = dict(rollouts.times), {}
         if mode != "rollout_only":
-            with timed(times, "train"):
-                stats = train_phase(cfg, trainer, rollouts, None if mode == "train_only" else version)
-            with timed(times, "sync"):
-                version = f"step-{step + 1}"
-                sync_weights(trainer, ctx.student if is_main else None, version, is_main)
+            version, stats = train_then_sync(cfg, trainer, rollouts, ctx.student if is_main else None,
+                                             None if mode == "train_only" else version, f"step-{step + 1}", times)
         if is_main:
             if cfg.buffer.enabled:  # with the buffer off (grpo) there is no buffer at all, not a silent one
                 ctx.buffer.update(rollouts.plain)

@@ -115,10 +115,16 @@ class EngineConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)  # SGLang student only
+    # Co-located SGLang student (same GPUs as the trainer, server started with --enable-memory-saver):
+    # the server releases its GPU memory while the trainer trains and takes it back around the sync.
+    release_memory: bool = False
 
     def __post_init__(self):
         if self.engine not in ("embedded", "sglang"):
             raise ValueError(f"engine {self.engine!r} unknown; expected embedded or sglang")
+        if self.release_memory and self.engine != "sglang":
+            raise ValueError("release_memory is for a co-located SGLang server; this engine is "
+                             f"{self.engine!r}")
         if self.engine == "sglang" and not (self.url or self.addresses):
             raise ValueError("engine is sglang but neither url nor addresses is given")
 

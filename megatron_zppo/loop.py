@@ -220,6 +220,36 @@ def train_phase(cfg: Config, trainer: PolicyTrainer, r: Rollouts, weight_version
     return trainer.train(minibatches)
 
 
+def sync_weights(trainer: PolicyTrainer, engine: RolloutEngine | None, version: str) -> None:
+    """Every rank drains the export (it gathers shards collectively); the rank holding the engine
+    (rank 0) feeds it."""
+    tensors = trainer.export_hf()
+    if engine is not None:
+        engine.update_weights(tensors, version)
+    else:
+        for _ in tensors:
+            pass
+
+
+def train_then_sync(cfg: Config, trainer: PolicyTrainer, r: Rollouts, engine: RolloutEngine | None,
+                    weight_version: str | None, new_version: str, times: dict[str, float]) -> tuple[str, dict]:
+    """The updates of one rollout step, then the new weights into the engine. A co-located server
+    (`student.release_memory`) gives its GPU memory to the trainer for the updates and takes its
+    weights' memory back before the sync, its cache after it. Returns (new version, train stats)."""
+    colocated = engine is not None and cfg.student.release_memory
+    if colocated:
+        engine.release_memory()
+    with timed(times, "train"):
+        stats = train_phase(cfg, trainer, r, weight_version)
+    with timed(times, "sync"):
+        if colocated:
+            engine.resume_memory(("weights",))
+        sync_weights(trainer, engine, new_version)
+        if colocated:
+            engine.resume_memory(("kv_cache", "cuda_graph"))
+    return new_version, stats
+
+
 def rollout_metrics(r: Rollouts, buffer: ReplayBuffer) -> dict[str, float]:
     def acc(kind):
         rewards = [s.reward for g in r.groups if g.kind is kind for s in g.samples]

@@ -10,9 +10,10 @@ Per node (paper: 8 GPUs = 6 student + 2 teacher):
     the engines over a process group or through disk, and nothing has to give memory back.
   - ``colocate``: every student GPU runs a training rank *and* a student engine started with
     ``--enable-memory-saver``. All 6 GPUs then work in both phases (what the paper's overlap
-    suggests), but the loop must release the engines' memory around the policy update
-    (``/release_memory_occupation``) and sync weights over CUDA IPC; the main job does neither yet,
-    so the plan says so in ``caveats``.
+    suggests). The main job can release one server's memory around the policy update
+    (``student.release_memory``) and sync one server over CUDA IPC (``weight_sync.strategy: ipc``),
+    but it talks to the single URL it is given: it does not yet reach each engine behind the
+    router from the trainer rank on the same GPU, so the plan says so in ``caveats``.
 
 Node 0 also runs two sglang-routers, one over every student engine and one over every teacher
 server of the job; the trainer reaches both through ``student.url`` / ``teacher.url`` overrides.
@@ -142,8 +143,9 @@ def plan(nodes: int, gpus_per_node: int = 8, student_gpus: int = 6, teacher_gpus
                     "rdzv_endpoint": f"{hosts[0]}:{master_port}"},
         "overrides": ["student.engine=sglang", f"student.url={routers['student']['url']}",
                       "teacher.engine=sglang", f"teacher.url={routers['teacher']['url']}"],
-        "caveats": ["colocate: the main job does not yet release engine memory around training or sync "
-                    "weights over CUDA IPC"] if mode == "colocate" else [],
+        "caveats": ["colocate: memory release (student.release_memory) and CUDA-IPC sync act on the one "
+                    "student URL the job is given; per-GPU engines behind the router are not reached yet"]
+        if mode == "colocate" else [],
     }
 
 

@@ -288,6 +288,14 @@ class SGLangEngine:
     def resume(self) -> None:
         self._loop.run(self._admin("/continue_generation"))
 
+    def release_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+        """Co-located server (started with --enable-memory-saver): hand its GPU memory for `tags` to
+        the trainer until `resume_memory`. No request may run meanwhile."""
+        self._loop.run(self._admin("/release_memory_occupation", {"tags": list(tags)}))
+
+    def resume_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+        self._loop.run(self._admin("/resume_memory_occupation", {"tags": list(tags)}))
+
     def server_weight_version(self) -> str:
         resp = self._loop.run(self._request("GET", "/model_info", rid="model_info"))
         return str(resp.json().get("weight_version", ""))

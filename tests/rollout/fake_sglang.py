@@ -47,6 +47,7 @@ class _State:
         self.weight_version = "default"
         self.weights: dict = {}  # name -> torch tensor
         self.group = None
+        self.released: set[str] = set()  # memory-saver tags whose GPU memory is handed back
         self.lock = threading.Lock()
 
     def fault_budget(self, key: str) -> bool:
@@ -60,7 +61,8 @@ class _State:
 
 ADMIN = {"/flush_cache", "/abort_request", "/pause_generation", "/continue_generation", "/init_weights_update_group",
          "/begin_weight_update", "/end_weight_update", "/update_weights_from_distributed",
-         "/update_weights_from_disk", "/destroy_weights_update_group"}
+         "/update_weights_from_disk", "/destroy_weights_update_group", "/release_memory_occupation",
+         "/resume_memory_occupation"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -129,8 +131,21 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"model_path": "fake", "weight_version": self.state.weight_version,
                          "is_generation": True})
 
+    def h_release_memory_occupation(self, body):
+        self.state.released |= set(body.get("tags") or ("weights", "kv_cache", "cuda_graph"))
+        self._send(200, None)
+
+    def h_resume_memory_occupation(self, body):
+        self.state.released -= set(body.get("tags") or ("weights", "kv_cache", "cuda_graph"))
+        self._send(200, None)
+
+    def h__fake_memory(self, body):
+        self._send(200, {"released": sorted(self.state.released)})
+
     def h_generate(self, body):
         st = self.state
+        if st.released & {"weights", "kv_cache"}:  # a real server would crash or serve garbage
+            return self._send(400, {"error": f"memory released: {sorted(st.released)}"})
         with st.lock:
             st.generate_count += 1
             count = st.generate_count
@@ -229,6 +244,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"success": True, "message": "ended"})
 
     def h_update_weights_from_distributed(self, body):
+        if "weights" in self.state.released:
+            return self._send(400, {"success": False, "message": "weights are released"})
         import torch
 
         from megatron_zppo.rollout import weight_sync
@@ -245,6 +262,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"success": True, "message": "Succeeded to update parameter online."})
 
     def h_update_weights_from_disk(self, body):
+        if "weights" in self.state.released:
+            return self._send(400, {"success": False, "message": "weights are released"})
         from safetensors.torch import load_file
 
         files = sorted(Path(body["model_path"]).glob("*.safetensors"))
@@ -321,6 +340,9 @@ class FakeSGLang:
     def log(self) -> list[str]:
         """Paths of every request the server received, in arrival order."""
         return self._control("/_fake/log")["log"]
+
+    def released(self) -> list[str]:
+        return self._control("/_fake/memory")["released"]
 
     def last_generate(self) -> dict:
         return self._control("/_fake/log")["last_generate"]

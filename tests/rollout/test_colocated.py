@@ -1,0 +1,43 @@
+"""A co-located SGLang student (student.release_memory): the server holds no GPU memory while the
+trainer trains, takes its weights' memory back before the sync and its cache after it."""
+
+import pytest
+import torch
+
+from megatron_zppo.config import load_config
+from megatron_zppo.loop import Rollouts, train_then_sync
+from megatron_zppo.records import Group, PromptKind, Question, Sample
+from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+
+
+class _Trainer:
+    def __init__(self, server):
+        self.server, self.seen = server, None
+
+    def train(self, minibatches):
+        self.seen = self.server.released()  # what the server holds while the updates run
+        return {"loss": 0.5}
+
+    def export_hf(self):
+        yield "model.embed_tokens.weight", torch.ones(4, 2)
+
+
+def test_memory_is_released_for_training_and_taken_back_around_the_sync(server, make_engine, tmp_path):
+    cfg = load_config(None, ["student.hf_path=s", "run.algorithm=grpo", "student.engine=sglang",
+                             f"student.url={server.url}", "student.release_memory=true", "run.updates_per_step=1"])
+    engine = make_engine(server.url, weight_sync=WeightSyncConfig(strategy="disk", disk_dir=str(tmp_path)))
+    q = Question("q", "1+1?", "2")
+    group = Group("g", q, PromptKind.PLAIN, "1+1?", [Sample("q", "g", PromptKind.PLAIN, [1], [2], "2", [-0.1])])
+    trainer, times = _Trainer(server), {}
+    version, stats = train_then_sync(cfg, trainer, Rollouts(0, [group], [], 1, 0, 0, 0.0, 0), engine, None, "step-1",
+                                     times)
+    assert trainer.seen == ["cuda_graph", "kv_cache", "weights"] and stats == {"loss": 0.5}
+    assert server.released() == [] and server.weight_version() == "step-1" and version == "step-1"
+    log = [p for p in server.log() if p.endswith("_memory_occupation") or p == "/update_weights_from_disk"]
+    assert log == ["/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk",
+                   "/resume_memory_occupation"]
+
+
+def test_release_memory_needs_an_sglang_student():
+    with pytest.raises(ValueError, match="release_memory is for a co-located SGLang server"):
+        load_config(None, ["student.hf_path=s", "run.algorithm=grpo", "student.release_memory=true"])
