@@ -1,17 +1,21 @@
 """Question sources: local JSONL/Parquet files, HF `datasets`, and reasoning-gym generators.
 
-Every source yields `Question`s. A malformed record is reported with its file and line (or row)
-and skipped; a source with no usable record stops the run before it starts.
+Every source yields `Question`s. A malformed record (bad JSON, missing or empty fields, an image
+that is missing or cannot be decoded) is reported with its file and line (or row): it stops the
+run unless the source says `skip_bad_records: true`, in which case it is skipped and logged. A
+source with no usable record stops the run before it starts.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megatron_zppo.images import image_problem
 from megatron_zppo.records import Question
 
 
@@ -31,6 +35,8 @@ class SourceConfig:
     size: int = 0  # reasoning_gym: number of questions
     seed: int = 0
     task_config: dict[str, Any] = field(default_factory=dict)
+    skip_bad_records: bool = False  # false: a bad record stops the run, naming it; true: skip and log it
+    check_images: bool = True  # decode every image once at load time (a bad one is a bad record)
 
     def __post_init__(self):
         if self.kind not in ("jsonl", "parquet", "hf", "reasoning_gym"):
@@ -58,7 +64,11 @@ def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
         try:
             if err:
                 raise DataError(err)
-            questions.append(_question(row, cfg, where))
+            q = _question(row, cfg, where)
+            bad = [p for p in (image_problem(i) for i in q.images) if p] if cfg.check_images else []
+            if bad:
+                raise DataError(bad[0])
+            questions.append(q)
         except (DataError, ValueError) as e:
             problems.append(f"{where}: {e}")
     return questions, problems
@@ -102,10 +112,25 @@ def _question(row: dict, cfg: SourceConfig, where: str) -> Question:
     if not isinstance(answer, str) or not answer.strip():
         raise DataError(f"field {cfg.answer_field!r} must be a non-empty string, got {answer!r:.60}")
     images = row.get(cfg.images_field) or ()
-    images = (images,) if isinstance(images, (str, bytes)) else tuple(images)
+    images = (images,) if isinstance(images, (str, bytes, dict)) or hasattr(images, "save") else images
+    images = tuple(_image_ref(i) for i in images)
     qid = str(row.get(cfg.id_field, "")) or f"{Path(cfg.path).stem}:{where.rsplit(' ', 1)[-1]}"
     meta = {"grader": cfg.grader} if cfg.grader else {}
     return Question(qid, text, answer, images, source=cfg.path, metadata=meta)
+
+
+def _image_ref(img) -> str | bytes:
+    """A path, URL, data URI or bytes as given; an HF `Image` feature's PIL image or {bytes, path}
+    dict becomes PNG bytes / its bytes or path."""
+    if isinstance(img, (str, bytes)):
+        return img
+    if isinstance(img, dict) and (img.get("bytes") or img.get("path")):
+        return img.get("bytes") or img["path"]
+    if hasattr(img, "save"):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+    raise DataError(f"image entry of type {type(img).__name__} is not a path, URL, bytes or image")
 
 
 def _reasoning_gym(cfg: SourceConfig) -> list[Question]:
@@ -127,6 +152,10 @@ def load_questions(sources: list[SourceConfig], log=print) -> list[Question]:
     questions: list[Question] = []
     for cfg in sources:
         qs, problems = load_source(cfg)
+        if problems and not cfg.skip_bad_records:
+            shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise DataError(f"{len(problems)} bad record(s) in data source {cfg.path or cfg.task}:\n  {shown}\n"
+                            "fix them, or set skip_bad_records: true on this source to train without them")
         for p in problems[:20]:
             log(f"data: skipped {p}")
         if len(problems) > 20:

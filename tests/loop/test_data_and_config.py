@@ -35,7 +35,10 @@ def test_no_usable_record_refuses_to_start(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"x": 1}\n')
     with pytest.raises(DataError, match="no usable question.*refusing to start"):
-        load_questions([SourceConfig(kind="jsonl", path=str(f))], log=lambda *_: None)
+        load_questions([SourceConfig(kind="jsonl", path=str(f), skip_bad_records=True)], log=lambda *_: None)
+    with pytest.raises(DataError, match=r"(?s)1 bad record\(s\) in data source .*bad.jsonl:\n  .*line 1: missing "
+                                        r"field 'question'.*skip_bad_records: true"):
+        load_questions([SourceConfig(kind="jsonl", path=str(f))])
     with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
         load_questions([SourceConfig(kind="jsonl", path=str(tmp_path / "missing.jsonl"))])
 

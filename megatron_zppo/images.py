@@ -1,0 +1,60 @@
+"""Images as datasets give them: a file path, raw bytes, a base64 data URI, or an http(s) URL.
+
+`open_image` decodes one fully (a truncated or corrupt file fails here, not in the middle of a
+rollout); `image_problem` says in words what is wrong with one, or None. Both are used when data
+is loaded and by tools/prepare_vl_data.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+URL_TIMEOUT_S = 30.0
+
+
+def image_bytes(ref: str | bytes) -> bytes:
+    if isinstance(ref, bytes):
+        return ref
+    if not isinstance(ref, str) or not ref:
+        raise ValueError(f"an image reference must be a path, URL, data URI or bytes, got {type(ref).__name__}")
+    if ref.startswith("data:"):
+        _, _, payload = ref.partition("base64,")
+        if not payload:
+            raise ValueError("data URI without a base64 payload")
+        return base64.b64decode(payload)
+    if ref.startswith(("http://", "https://")):
+        import httpx
+
+        resp = httpx.get(ref, timeout=URL_TIMEOUT_S, follow_redirects=True)
+        resp.raise_for_status()
+        return resp.content
+    path = Path(ref)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {ref} does not exist")
+    return path.read_bytes()
+
+
+def open_image(ref: str | bytes):
+    """The decoded image (PIL), converted to RGB."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(image_bytes(ref)))
+    img.load()  # decode all of it now: a truncated file raises here
+    return img.convert("RGB")
+
+
+def describe(ref: str | bytes) -> str:
+    return f"<{len(ref)} bytes>" if isinstance(ref, bytes) else (ref if len(ref) < 120 else ref[:60] + "...")
+
+
+def image_problem(ref: str | bytes, min_side: int = 0) -> str | None:
+    """Why `ref` is unusable (missing, undecodable, smaller than `min_side` px on a side), or None."""
+    try:
+        img = open_image(ref)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files; all mean "unusable"
+        return f"image {describe(ref)} cannot be read: {type(e).__name__}: {e}"
+    if min(img.size) < min_side:
+        return f"image {describe(ref)} is {img.size[0]}x{img.size[1]} px, smaller than {min_side} px on a side"
+    return None
