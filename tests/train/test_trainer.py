@@ -94,6 +94,36 @@ def test_sft_steps_lower_the_response_cross_entropy(tiny_qwen3_dir, megatron_wor
     assert losses[-1] < losses[0] - 0.5, losses
 
 
+def test_sft_step_matches_a_hand_written_cross_entropy_adamw_step(tiny_qwen3_dir, megatron_world):
+    """Off-policy distillation's update: mean token cross-entropy on (prompt, response) pairs."""
+    from transformers import AutoModelForCausalLM
+
+    opt = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.5)
+    trainer = _trainer(tiny_qwen3_dir, opt)
+    batches = [SequenceBatch.from_lists(PROMPTS[i : i + 2], RESPONSES[i : i + 2],
+                                        response_width=max(map(len, RESPONSES))) for i in (0, 2)]
+    stats = trainer.sft_step(batches)
+    after = _exported(trainer.policy)
+
+    hf_model = AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32)
+    batch = SequenceBatch.from_lists(PROMPTS, RESPONSES)
+    logp = torch.log_softmax(hf_model(batch.tokens).logits.float(), dim=-1)
+    nll = [-logp[i, len(p) - 1 + t, r[t]] for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)) for t in range(len(r))]
+    loss = torch.stack(nll).mean()  # every response token of the mini-batch weighs the same
+    loss.backward()
+    params = dict(hf_model.named_parameters())
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params.values(), opt.clip_grad))
+    torch.optim.AdamW(
+        [{"params": [p for p in params.values() if p.dim() > 1], "weight_decay": opt.weight_decay},
+         {"params": [p for p in params.values() if p.dim() <= 1], "weight_decay": 0.0}],
+        lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+    ).step()  # fmt: skip
+    assert stats["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert stats["grad_norm"] == pytest.approx(grad_norm, rel=1e-4) and grad_norm > opt.clip_grad
+    for name, tensor in hf_model.state_dict().items():
+        torch.testing.assert_close(after[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_micro_batches_of_different_sizes_are_rejected(tiny_qwen3_dir, megatron_world):
     trainer = _trainer(tiny_qwen3_dir)
     with pytest.raises(ValueError, match="one batch size"):
