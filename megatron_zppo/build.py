@@ -20,30 +20,41 @@ from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 from megatron_zppo.teacher import Teacher
 
 
-def server_url(cfg: EngineConfig, name: str) -> str:
-    """The engine's URL: given directly, or read from the launcher's addresses file (the student
-    prefers its router when there is one)."""
-    if cfg.url:
-        return cfg.url
+def server_urls(cfg: EngineConfig, name: str) -> list[str]:
+    """The engine's server URLs: `url` (one server or a router), `urls`, or the launcher's addresses
+    file. From that file the student gets every one of its servers (each needs every weight update,
+    which a router does not forward), the teacher its router or single server."""
+    if cfg.url or cfg.urls:
+        return [cfg.url] if cfg.url else list(cfg.urls)
     path = Path(cfg.addresses)
     if not path.is_file():
         raise FileNotFoundError(f"{name}.addresses: {path} does not exist (run tools/launch_sglang.py first)")
     addr = json.loads(path.read_text())
-    if name == "student":
-        url = addr.get("student_router") or (addr.get("student") or [None])[0]
-    else:
-        url = addr.get(name)
-    if not url:
+    urls = addr.get("student") if name == "student" else [addr.get(f"{name}_router") or addr.get(name)]
+    urls = [u for u in (urls if isinstance(urls, list) else [urls]) if u]
+    if not urls:
         raise ValueError(f"{path} has no address for the {name}: {addr}")
-    return url
+    return urls
 
 
 def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
     if cfg.engine == "sglang":
+        from dataclasses import replace
+
+        from megatron_zppo.rollout.pool import EnginePool
         from megatron_zppo.rollout.sglang_engine import SGLangEngine
 
-        return SGLangEngine(server_url(cfg, name), name=name, api_key=cfg.api_key or None,
-                            admin_api_key=cfg.admin_api_key or None, weight_sync=cfg.weight_sync)
+        urls = server_urls(cfg, name)
+
+        def one(i: int, url: str) -> SGLangEngine:
+            ws = cfg.weight_sync
+            if len(urls) > 1:  # each server gets its own process group (name, and port if fixed)
+                ws = replace(ws, group_name=f"{ws.group_name}_{i}", master_port=ws.master_port and ws.master_port + i)
+            return SGLangEngine(url, name=name if len(urls) == 1 else f"{name}{i}", api_key=cfg.api_key or None,
+                                admin_api_key=cfg.admin_api_key or None, weight_sync=ws)
+
+        engines = [one(i, u) for i, u in enumerate(urls)]
+        return engines[0] if len(engines) == 1 else EnginePool(engines, name)
     from megatron_zppo.rollout.hf_engine import HFEngine
 
     return HFEngine(cfg.hf_path, name=name, seed=seed)

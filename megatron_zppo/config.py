@@ -109,6 +109,7 @@ class EngineConfig:
     hf_path: str = ""  # HF checkpoint: the trainer's initial weights, the tokenizer, the embedded engine
     engine: str = "embedded"  # embedded (in-process transformers) | sglang
     url: str = ""  # SGLang server or router, for engine=sglang ...
+    urls: list[str] = field(default_factory=list)  # ... or several servers of one policy (an EnginePool) ...
     addresses: str = ""  # ... or the JSON file tools/launch_sglang.py writes
     api_key: str = ""
     admin_api_key: str = ""  # SGLang's --admin-api-key (weight updates, cache, abort); default api_key
@@ -125,8 +126,11 @@ class EngineConfig:
         if self.release_memory and self.engine != "sglang":
             raise ValueError("release_memory is for a co-located SGLang server; this engine is "
                              f"{self.engine!r}")
-        if self.engine == "sglang" and not (self.url or self.addresses):
-            raise ValueError("engine is sglang but neither url nor addresses is given")
+        if self.engine == "sglang" and not (self.url or self.urls or self.addresses):
+            raise ValueError("engine is sglang but none of url, urls, addresses is given")
+        if sum(map(bool, (self.url, self.urls, self.addresses))) > 1:
+            raise ValueError(f"give one of url, urls, addresses; got url={self.url!r}, urls={self.urls!r}, "
+                             f"addresses={self.addresses!r}")
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ Per node (paper: 8 GPUs = 6 student + 2 teacher):
     the engines over a process group or through disk, and nothing has to give memory back.
   - ``colocate``: every student GPU runs a training rank *and* a student engine started with
     ``--enable-memory-saver``. All 6 GPUs then work in both phases (what the paper's overlap
-    suggests). The main job can release one server's memory around the policy update
-    (``student.release_memory``) and sync one server over CUDA IPC (``weight_sync.strategy: ipc``),
-    but it talks to the single URL it is given: it does not yet reach each engine behind the
-    router from the trainer rank on the same GPU, so the plan says so in ``caveats``.
+    suggests). The main job releases every engine's memory around the policy update
+    (``student.release_memory``) and updates every engine from trainer rank 0; CUDA-IPC sync from
+    the training rank that shares each GPU is not built, so the plan says so in ``caveats``.
 
 Node 0 also runs two sglang-routers, one over every student engine and one over every teacher
-server of the job; the trainer reaches both through ``student.url`` / ``teacher.url`` overrides.
+server of the job. The trainer reaches the teacher through its router (``teacher.url``) and every
+student engine directly (``student.urls``: an EnginePool that spreads requests and sends each
+weight update to each engine, which a router would not forward).
 Each node's servers are started by ``tools/launch_sglang.py``; its pure ``build_plan`` is reused
 here, so the ports and URLs below are exactly the ones the launcher will use.
 
@@ -141,10 +142,14 @@ def plan(nodes: int, gpus_per_node: int = 8, student_gpus: int = 6, teacher_gpus
                     "data_parallel": world // (train_tp * train_pp),
                     "cuda_visible_devices": ",".join(map(str, train)),
                     "rdzv_endpoint": f"{hosts[0]}:{master_port}"},
-        "overrides": ["student.engine=sglang", f"student.url={routers['student']['url']}",
+        # The student's servers are addressed one by one (each needs every weight update, which the
+        # router does not forward); its router serves evaluation and users. The teacher goes through its router.
+        "overrides": ["student.engine=sglang",
+                      "student.urls=[" + ",".join(u for n in per_node for u in n["student_urls"]) + "]",
                       "teacher.engine=sglang", f"teacher.url={routers['teacher']['url']}"],
-        "caveats": ["colocate: memory release (student.release_memory) and CUDA-IPC sync act on the one "
-                    "student URL the job is given; per-GPU engines behind the router are not reached yet"]
+        "caveats": ["colocate: weight updates reach every engine from trainer rank 0 (student.urls), not over "
+                    "CUDA IPC from the training rank that shares each GPU; set student.release_memory=true "
+                    "(never run on a GPU yet)"]
         if mode == "colocate" else [],
     }
 

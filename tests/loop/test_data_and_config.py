@@ -147,18 +147,23 @@ def test_the_demo_config_loads():
 
 
 def test_sglang_engine_address_comes_from_the_launchers_file(tmp_path):
-    from megatron_zppo.build import server_url
+    from megatron_zppo.build import server_urls
 
     f = tmp_path / "sglang.json"
     f.write_text(json.dumps({"student": ["http://127.0.0.1:30001", "http://127.0.0.1:30002"],
-                             "student_router": None, "teacher": "http://127.0.0.1:30100"}))
+                             "student_router": "http://127.0.0.1:30000", "teacher": "http://127.0.0.1:30100"}))
     c = load_config(None, ["student.hf_path=s", "teacher.hf_path=t", "student.engine=sglang",
                            f"student.addresses={f}", "teacher.engine=sglang", f"teacher.addresses={f}"])
-    assert server_url(c.student, "student") == "http://127.0.0.1:30001"
-    assert server_url(c.teacher, "teacher") == "http://127.0.0.1:30100"
+    # Every student server, not the router: each needs every weight update.
+    assert server_urls(c.student, "student") == ["http://127.0.0.1:30001", "http://127.0.0.1:30002"]
+    assert server_urls(c.teacher, "teacher") == ["http://127.0.0.1:30100"]
     f.write_text(json.dumps({"student": ["http://a:1"], "student_router": "http://r:2", "teacher": None}))
-    assert server_url(c.student, "student") == "http://r:2"
+    assert server_urls(c.student, "student") == ["http://a:1"]
     with pytest.raises(ValueError, match="no address for the teacher"):
-        server_url(c.teacher, "teacher")
-    with pytest.raises(ConfigError, match="neither url nor addresses"):
+        server_urls(c.teacher, "teacher")
+    c = load_config(None, BASE + ["student.engine=sglang", "student.urls=[http://a:1, http://b:2]"])
+    assert server_urls(c.student, "student") == ["http://a:1", "http://b:2"]
+    with pytest.raises(ConfigError, match="give one of url, urls, addresses"):
+        load_config(None, BASE + ["student.engine=sglang", "student.url=http://a:1", "student.urls=[http://b:2]"])
+    with pytest.raises(ConfigError, match="none of url, urls, addresses"):
         load_config(None, BASE + ["student.engine=sglang"])

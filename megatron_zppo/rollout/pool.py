@@ -1,0 +1,92 @@
+"""Several rollout engines serving one policy, used as one engine.
+
+A job with many student SGLang servers (the Slurm recipes: two per node) must put every new
+weight version into every server; a router in front of them forwards generation but not weight
+updates. `EnginePool` splits each batch of requests across its engines (in order, balanced by the
+number of samples, all at once) and sends every weight update to each engine in turn. Each engine
+keeps its own sync channel (its own process group for `distributed`), so one server failing names
+itself, and a pool whose engines disagree on the version refuses to generate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, RolloutEngine, SamplingParams
+
+
+def split_balanced(weights: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Contiguous [start, end) slices of `weights` into at most `parts` pieces of near-equal sum."""
+    total, out, start, acc = sum(weights), [], 0, 0
+    for i, w in enumerate(weights):
+        acc += w
+        if len(out) < parts - 1 and acc * parts >= total * (len(out) + 1):
+            out.append((start, i + 1))
+            start = i + 1
+    if start < len(weights):
+        out.append((start, len(weights)))
+    return out
+
+
+class EnginePool:
+    def __init__(self, engines: Sequence[RolloutEngine], name: str = "student"):
+        if not engines:
+            raise ValueError(f"{name} engine pool needs at least one engine")
+        self.engines, self.name = list(engines), name
+        self._threads = ThreadPoolExecutor(len(self.engines), thread_name_prefix=f"{name}-pool")
+
+    @property
+    def weight_version(self) -> str:
+        versions = {e.weight_version for e in self.engines}
+        if len(versions) != 1:
+            raise RuntimeError(f"{self.name} engines serve different weight versions {sorted(versions)}; the "
+                               "last weight update failed part-way (see its error)")
+        return versions.pop()
+
+    @property
+    def stats(self) -> EngineStats:
+        total = EngineStats()
+        for e in self.engines:
+            total.tokens_generated += e.stats.tokens_generated
+            total.seconds_generating += e.stats.seconds_generating
+            total.seconds_syncing += e.stats.seconds_syncing
+        return total
+
+    def _spread(self, fn, items: Sequence, weights: Sequence[int]) -> list:
+        self.weight_version  # noqa: B018 - refuse before sending anything if the engines disagree
+        parts = split_balanced(weights, len(self.engines))
+        futures = [self._threads.submit(fn, self.engines[k], items[a:b]) for k, (a, b) in enumerate(parts)]
+        return [x for f in futures for x in f.result()]
+
+    def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
+        return self._spread(lambda e, reqs: e.generate(reqs, params), list(requests), [r.n for r in requests])
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        pairs = list(zip(prompt_ids, response_ids, strict=True))
+        return self._spread(lambda e, ps: e.score([p for p, _ in ps], [r for _, r in ps]), pairs,
+                            [len(p) + len(r) for p, r in pairs])
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        """The export stream is read once and held (CPU) while it goes to each engine in turn."""
+        tensors = list(named_tensors)
+        for e in self.engines:
+            e.update_weights(iter(tensors), version)
+
+    def release_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+        for e in self.engines:
+            e.release_memory(tags)
+
+    def resume_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+        for e in self.engines:
+            e.resume_memory(tags)
+
+    def health(self) -> bool:
+        return all(e.health() for e in self.engines)
+
+    def shutdown(self) -> None:
+        for e in self.engines:
+            e.shutdown()
+        self._threads.shutdown(wait=False)
