@@ -189,7 +189,12 @@ class TrainConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     logprob_chunk_size: int = 512
+    recompute: str = "none"  # activation recomputation: none | selective (attention core) | full (whole layers)
     use_distributed_optimizer: bool = True
+
+    def __post_init__(self):
+        if self.recompute not in ("none", "selective", "full"):
+            raise ValueError(f"train.recompute {self.recompute!r} unknown; expected none, selective or full")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,11 @@ def _patch_cuda_runtime() -> None:
     torch.cuda.Stream = _NullStream
     torch.cuda.stream = _null_stream_context
     _APPLIED.append("torch.cuda streams->null streams")
+    # Activation recomputation (tensor_parallel.checkpoint) saves and restores the CUDA RNG state
+    # around each recomputed region; without a GPU there is no CUDA generator to save. (Restoring
+    # goes through torch.cuda._lazy_call, which only queues the call while CUDA is uninitialised.)
+    torch.cuda.random.get_rng_state = lambda device="cuda": torch.empty(0, dtype=torch.uint8)
+    _APPLIED.append("torch.cuda.random.get_rng_state->empty state")
 
 
 def _install_te_stand_in() -> None:

@@ -21,6 +21,12 @@ from megatron_zppo.train.parallel import ParallelConfig
 from megatron_zppo.train.precision import PrecisionConfig, check_precision, detect, transformer_config_fields
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# recompute -> Megatron TransformerConfig fields
+RECOMPUTE = {
+    "none": {},
+    "selective": {"recompute_granularity": "selective"},
+    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,9 @@ class ModelConfig:
     layer_spec: str = "auto"
     fp8: str = "none"  # none | delayed | tensorwise | blockwise | mxfp8 (see precision.py)
     fp8_param_gather: bool = False
+    # Activation recomputation: none | selective (attention core only) | full (every layer's input kept,
+    # the layer recomputed in backward): less activation memory for long responses, more compute.
+    recompute: str = "none"
 
     @property
     def precision(self) -> PrecisionConfig:
@@ -41,6 +50,8 @@ class ModelConfig:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {sorted(_DTYPES)}")
         if self.layer_spec not in ("auto", "local", "transformer_engine"):
             raise ValueError(f"layer_spec={self.layer_spec!r}; expected auto, local or transformer_engine")
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(f"recompute={self.recompute!r}; expected one of {sorted(RECOMPUTE)}")
 
 
 @dataclass
@@ -85,6 +96,8 @@ def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
     # Megatron must neither divide by the micro-batch count nor average gradients over DP ranks.
     # DDP reads this flag when it wraps the model, so it is set here and not in the trainer.
     provider.calculate_per_token_loss = True
+    for key, value in RECOMPUTE[cfg.recompute].items():
+        setattr(provider, key, value)
     provider.finalize()
     return provider
 

@@ -43,7 +43,7 @@ class RLTrainer:
                                t.use_distributed_optimizer)
         p = cfg.precision
         model_cfg = ModelConfig(hf_path or cfg.student.hf_path, p.torch_dtype_name, t.layer_spec, p.fp8,
-                                p.fp8_param_gather)
+                                p.fp8_param_gather, recompute=t.recompute)
         ddp = ddp_config(ocfg)
         for key, value in ddp_config_fields(p).items():  # FP8 weight all-gather, if asked
             setattr(ddp, key, value)

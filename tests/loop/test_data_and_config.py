@@ -129,6 +129,8 @@ def test_config_errors_name_the_key_and_value(tmp_path):
         load_config(None, BASE + ["run.algorithm=ppo"])
     with pytest.raises(ConfigError, match="not of the form"):
         load_config(None, BASE + ["run.steps"])
+    with pytest.raises(ConfigError, match="train.recompute 'some' unknown"):
+        load_config(None, BASE + ["train.recompute=some"])
     with pytest.raises(ConfigError, match="loss: loss.aggregation 'sum' unknown"):
         load_config(None, BASE + ["loss.aggregation=sum"])
     with pytest.raises(ConfigError, match="teacher.hf_path is empty"):

@@ -124,6 +124,28 @@ def test_sft_step_matches_a_hand_written_cross_entropy_adamw_step(tiny_qwen3_dir
         torch.testing.assert_close(after[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("recompute,recomputed", [("selective", "self_attention.core_attention"), ("full", "mlp")])
+def test_activation_recomputation_reruns_its_modules_and_changes_nothing_else(tiny_qwen3_dir, megatron_world,
+                                                                              recompute, recomputed):
+    from megatron.core.utils import unwrap_model
+
+    results = {}
+    for mode in ("none", recompute):
+        policy = build_policy(ModelConfig(hf_path=tiny_qwen3_dir, recompute=mode), ParallelConfig(),
+                              ddp_config=ddp_config(OPT))
+        trainer = PolicyTrainer(policy, *build_optimizer(policy, OPT), chunk_size=2)
+        module = unwrap_model(policy.chunks[0]).decoder.layers[0].get_submodule(recomputed)
+        calls = []
+        module.register_forward_hook(lambda *_: calls.append(1))
+        stats = trainer.ppo_step(ppo_micro_batches(rows_per_micro=2), LOSS)
+        results[mode] = (len(calls), stats, _exported(policy))
+    (n_plain, s_plain, w_plain), (n_re, s_re, w_re) = results["none"], results[recompute]
+    assert (n_plain, n_re) == (2, 4)  # 2 micro-batches; recomputation runs the module again in backward
+    assert s_re["loss"] == s_plain["loss"] and s_re["grad_norm"] == pytest.approx(s_plain["grad_norm"], rel=1e-6)
+    for name, w in w_plain.items():
+        torch.testing.assert_close(w_re[name], w, atol=1e-7, rtol=1e-6, msg=name)
+
+
 def test_micro_batches_of_different_sizes_are_rejected(tiny_qwen3_dir, megatron_world):
     trainer = _trainer(tiny_qwen3_dir)
     with pytest.raises(ValueError, match="one batch size"):
