@@ -19,14 +19,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
 WORKDIR /opt/megatron_zppo
 
-# 1. The trainer's pinned dependencies, as scripts/install.sh installs them, except torch: the image's
-#    torch is the one Transformer Engine and flash-attn are compiled against, so our CPU pin
-#    (torch==2.14.1 from PyPI) must not replace it. The image's /etc/pip/constraint.txt pins many of
-#    its own packages to versions older than ours; we lift it for our pins (PIP_CONSTRAINT=) and then
-#    prove torch is untouched and the key packages import (TE only by metadata: a build has no GPU driver).
+# 1. The trainer's pinned dependencies, as scripts/install.sh installs them, except torch and
+#    torchvision: the image's builds are the ones Transformer Engine and flash-attn are compiled
+#    against, so our CPU pins (from PyPI) must not replace them. The image's /etc/pip/constraint.txt
+#    pins many of its own packages to versions older than ours; we lift it for our pins
+#    (PIP_CONSTRAINT=) and then prove torch is untouched and the key packages import (TE only by
+#    metadata: a build has no GPU driver).
 COPY requirements.txt requirements-train.txt requirements-nodeps.txt setup.py ./
 RUN python -c "import torch; print(torch.__version__)" > /tmp/torch-version \
- && grep -v '^torch==' requirements.txt > /tmp/requirements-without-torch.txt \
+ && grep -v -E '^(torch|torchvision)==' requirements.txt > /tmp/requirements-without-torch.txt \
  && PIP_CONSTRAINT= python -m pip install -r /tmp/requirements-without-torch.txt -r requirements-train.txt \
  && PIP_CONSTRAINT= python -m pip install --no-deps -r requirements-nodeps.txt \
  && python -c "import torch; t = open('/tmp/torch-version').read().strip(); \

@@ -60,7 +60,7 @@ def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
     return HFEngine(cfg.hf_path, name=name, seed=seed)
 
 
-def make_encoder(hf_path: str) -> Callable[[str], list[int]]:
+def make_encoder(hf_path: str) -> Callable[..., list[int]]:
     """Prompt text -> token ids with the model's own tokenizer and chat template."""
     from transformers import AutoTokenizer
 
@@ -86,6 +86,21 @@ def check_shared_tokenizer(cfg: Config) -> None:
         raise ValueError(f"run.algorithm={cfg.run.algorithm!r} passes token ids between teacher and student, but "
                          f"the tokenizers of {cfg.student.hf_path} and {cfg.teacher.hf_path} differ (vocabulary "
                          "or chat template); use a teacher of the student's family")
+
+
+def check_text_student(cfg: Config) -> None:
+    """The Megatron trainer has a text path only so far (Qwen3 / Qwen3.5 text): a vision-language
+    student checkpoint would fail deep inside the bridge, or train without its images. Refuse it."""
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(cfg.student.hf_path)
+    except OSError:
+        return  # not readable here; the trainer reports it when it loads the checkpoint
+    if getattr(hf_config, "vision_config", None) is not None:
+        raise ValueError(f"student.hf_path {cfg.student.hf_path} is a vision-language checkpoint "
+                         f"({type(hf_config).__name__}); the Megatron trainer has no vision path yet, only the "
+                         "in-process rollout engine does. Use its text-only checkpoint.")
 
 
 def templates(cfg: Config) -> PromptTemplates:

@@ -37,10 +37,10 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.9
     return lo, hi
 
 
-def evaluate(engine: RolloutEngine, encode: Callable[[str], list[int]], templates: PromptTemplates,
+def evaluate(engine: RolloutEngine, encode: Callable[..., list[int]], templates: PromptTemplates,
              questions: Sequence[Question], graders: GraderPool, params: SamplingParams,
              samples_per_question: int = 1) -> EvalResult:
-    reqs = [GenerateRequest(encode(templates.plain(q.text)), samples_per_question, q.images, f"eval:{q.id}")
+    reqs = [GenerateRequest(encode(templates.plain(q.text), len(q.images)), samples_per_question, q.images, f"eval:{q.id}")
             for q in questions]
     gens = engine.generate(reqs, params)
     flat_q = [q for q, gs in zip(questions, gens) for _ in gs]

@@ -58,3 +58,20 @@ def image_problem(ref: str | bytes, min_side: int = 0) -> str | None:
     if min(img.size) < min_side:
         return f"image {describe(ref)} is {img.size[0]}x{img.size[1]} px, smaller than {min_side} px on a side"
     return None
+
+
+def expand_placeholders(prompt_ids: list[int], image_token_id: int, counts: list[int], where: str = "") -> list[int]:
+    """Each single image placeholder of `prompt_ids` (one per image, as the chat template writes
+    them) repeated to that image's number of vision tokens, in order."""
+    found = prompt_ids.count(image_token_id)
+    if found != len(counts):
+        raise ValueError(f"{where}: the prompt holds {found} image placeholder(s) for {len(counts)} image(s); "
+                         "encode it with its images (encode_prompt(..., n_images))")
+    out, k = [], 0
+    for t in prompt_ids:
+        if t == image_token_id:
+            out += [t] * counts[k]
+            k += 1
+        else:
+            out.append(t)
+    return out

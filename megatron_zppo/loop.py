@@ -73,7 +73,7 @@ class StepContext:
     cfg: Config
     student: RolloutEngine
     teacher: Teacher | None
-    encode: Callable[[str], list[int]]
+    encode: Callable[..., list[int]]
     graders: GraderPool
     stream: QuestionStream
     buffer: ReplayBuffer

@@ -114,10 +114,17 @@ def parse_summary(output: str, original: str) -> tuple[str, bool]:
     return summary, True
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Token ids of a user prompt ready for generation: the chat template when the tokenizer has one."""
+def encode_prompt(tokenizer, text: str, n_images: int = 0) -> list[int]:
+    """Token ids of a user prompt ready for generation: the chat template when the tokenizer has one.
+
+    With images, the user turn is the chat template's image entries then the text, so the ids hold
+    the model's image placeholder once per image (the engine expands each to the image's patches)."""
+    if n_images and not tokenizer.chat_template:
+        raise ValueError(f"a prompt with {n_images} image(s) needs a chat template that places them; the "
+                         "tokenizer has none")
     if tokenizer.chat_template:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+        content = text if not n_images else [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                             tokenize=True)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     return tokenizer(text)["input_ids"]

@@ -32,7 +32,7 @@ class TeacherStats:
 
 
 class Teacher:
-    def __init__(self, engine: RolloutEngine, encode: Callable[[str], list[int]], templates: PromptTemplates,
+    def __init__(self, engine: RolloutEngine, encode: Callable[..., list[int]], templates: PromptTemplates,
                  sampling: SamplingParams, compress_max_tokens: int = 512):
         self.engine, self.encode, self.templates, self.sampling = engine, encode, templates, sampling
         self.compress_sampling = SamplingParams(temperature=0.0, max_new_tokens=compress_max_tokens)
@@ -45,7 +45,7 @@ class Teacher:
     def rollouts(self, questions: Sequence[Question], n: int, seed: int | None = None) -> dict[str, list[Sample]]:
         """`n` unscored teacher rollouts per question, on the plain prompt, drawn afresh each call
         (`seed`: a reproducible draw, so that a resumed run samples what the uninterrupted one did)."""
-        reqs = [GenerateRequest(self.encode(self.templates.plain(q.text)), n, q.images, f"teacher:{q.id}")
+        reqs = [GenerateRequest(self.encode(self.templates.plain(q.text), len(q.images)), n, q.images, f"teacher:{q.id}")
                 for q in questions]
         out = {}
         for q, req, gens in zip(questions, reqs, self.engine.generate(reqs, self._sampling(seed))):
@@ -57,7 +57,8 @@ class Teacher:
     def hints(self, questions: Sequence[Question], seed: int | None = None) -> list[str]:
         """One answer-free hint per question (Hint baseline): the teacher's reply to the hint request,
         sampled like its rollouts, with every `\\boxed{}` cut out so no final answer is handed over."""
-        reqs = [GenerateRequest(self.encode(self.templates.hint_request_prompt(q.text)), 1, q.images, f"hint:{q.id}")
+        reqs = [GenerateRequest(self.encode(self.templates.hint_request_prompt(q.text), len(q.images)), 1,
+                                q.images, f"hint:{q.id}")
                 for q in questions]
         gens = self.engine.generate(reqs, self._sampling(seed)) if reqs else []
         return [redact_answers(g.text) for (g,) in gens]

@@ -74,3 +74,49 @@ def new_qwen3(out_dir: str | Path, size: str, tokenizer: PreTrainedTokenizerFast
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model
+
+
+VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
+# The toy chat template, with Qwen's image entry: one placeholder per image before the text.
+VL_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% else %}<|assistant|>{{ m['content'] }}<|endoftext|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def new_qwen35_vl(out_dir: str | Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0):
+    """A randomly initialised, tiny Qwen3.5 vision-language checkpoint (hybrid Gated-DeltaNet +
+    attention text model, one-block vision tower) with the toy tokenizer, Qwen's vision tokens and
+    an image processor, saved as an HF checkpoint. For tests of the image path; it knows nothing."""
+    import copy
+
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(VISION_TOKENS, special_tokens=True)
+    tok.chat_template = VL_CHAT_TEMPLATE
+    start, pad, end, video = tok.convert_tokens_to_ids(VISION_TOKENS)
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
+                linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                linear_conv_kernel_dim=4, max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id)
+    vision = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=64, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64)
+    cfg = Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=pad, video_token_id=video,
+                        vision_start_token_id=start, vision_end_token_id=end)
+    torch.manual_seed(seed)
+    model = Qwen3_5ForConditionalGeneration(cfg).float()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    # Small images stay small: 32x32 to 128x128 pixels, 16-px patches merged 2x2 into vision tokens.
+    Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
+                          max_pixels=128 * 128).save_pretrained(out_dir)
+    return model

@@ -22,13 +22,13 @@ class PromptSpec:
     prefix_text: str = ""
 
 
-def generate_groups(engine: RolloutEngine, encode: Callable[[str], list[int]], specs: Sequence[PromptSpec],
+def generate_groups(engine: RolloutEngine, encode: Callable[..., list[int]], specs: Sequence[PromptSpec],
                     n: int, params: SamplingParams, max_prompt_tokens: int) -> tuple[list[Group], list[PromptSpec]]:
     """`n` student rollouts per prompt. Prompts longer than `max_prompt_tokens` are not sent;
     they come back as the second value so the caller can count them."""
     kept, too_long, reqs = [], [], []
     for s in specs:
-        ids = encode(s.text) + list(s.prefix_ids)
+        ids = encode(s.text, len(s.question.images)) + list(s.prefix_ids)  # one placeholder per image
         if len(ids) > max_prompt_tokens:
             too_long.append(s)
             continue

@@ -1,7 +1,8 @@
 """The in-process rollout engine: a HuggingFace `transformers` model in this process.
 
 It is the default where no SGLang server is configured, what the CPU demo and the tests run,
-and a reference for what an engine must return. Log-probs are those of the raw model
+and a reference for what an engine must return. Vision-language checkpoints (e.g. Qwen3.5) take
+images through their own image processor, one request at a time. Log-probs are those of the raw model
 distribution (before temperature/top-p), as SGLang returns them, so they compare directly with
 the trainer's.
 """
@@ -12,8 +13,16 @@ import time
 from collections.abc import Iterable, Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
+from megatron_zppo.images import expand_placeholders, open_image
 from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, SamplingParams
 
 
@@ -36,34 +45,59 @@ class HFEngine:
                  seed: int = 0, name: str = "student"):
         self.name = name
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+        # A vision-language checkpoint (a config with a vision tower) loads with its vision tower
+        # (the causal-LM class would keep only the text model) and gets its image processor.
+        vision = getattr(AutoConfig.from_pretrained(model_dir), "vision_config", None) is not None
+        loader = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        self.model = loader.from_pretrained(model_dir, dtype=dtype).eval()
         self.max_batch, self.seed = max_batch, seed
         self.weight_version = "init"
         self.stats = EngineStats()
         self._calls = 0
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer in {model_dir} has no pad token; set one before serving it")
+        self.image_processor = None
+        if vision:
+            from transformers import AutoImageProcessor
+
+            self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
 
     def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
         for r in requests:
-            if r.images:
+            if r.images and self.image_processor is None:
                 raise ValueError(f"{self.name} engine: request {r.request_id!r} has images but this engine "
                                  "serves a text-only model")
-        flat = [list(r.prompt_ids) for r in requests for _ in range(r.n)]
         t0 = time.perf_counter()
+        out: list[list[Generation]] = [[] for _ in requests]
+        text = [i for i, r in enumerate(requests) if not r.images]  # batched together
+        flat = [list(requests[i].prompt_ids) for i in text for _ in range(requests[i].n)]
         gens = []
-        for i in range(0, len(flat), self.max_batch):
-            gens += self._generate_batch(flat[i:i + self.max_batch], params)
+        for b in range(0, len(flat), self.max_batch):
+            gens += self._generate_batch(flat[b:b + self.max_batch], params)
+        k = 0
+        for i in text:
+            out[i], k = gens[k:k + requests[i].n], k + requests[i].n
+        for i, r in enumerate(requests):
+            if r.images:  # one request at a time: its n samples share the image inputs
+                out[i] = self._generate_with_images(r, params)
         self.stats.seconds_generating += time.perf_counter() - t0
-        self.stats.tokens_generated += sum(len(g.response_ids) for g in gens)
-        out, k = [], 0
-        for r in requests:
-            out.append(gens[k:k + r.n])
-            k += r.n
+        self.stats.tokens_generated += sum(len(g.response_ids) for gs in out for g in gs)
         return out
 
+    def _generate_with_images(self, req: GenerateRequest, params: SamplingParams) -> list[Generation]:
+        """The image processor's patches for the request's images, each placeholder expanded to its
+        image's vision-token count, then `n` samples of that one prompt."""
+        inputs = self.image_processor(images=[open_image(i) for i in req.images], return_tensors="pt")
+        grid = inputs["image_grid_thw"]
+        counts = [int(g.prod()) // self.image_processor.merge_size**2 for g in grid]
+        ids = expand_placeholders(list(req.prompt_ids), self.model.config.image_token_id, counts,
+                                  f"{self.name} engine, request {req.request_id!r}")
+        n = req.n
+        return self._generate_batch([ids] * n, params, pixel_values=inputs["pixel_values"].repeat(n, 1),
+                                    image_grid_thw=grid.repeat(n, 1))
+
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, **model_inputs) -> list[Generation]:
         pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -81,7 +115,7 @@ class HFEngine:
                 temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
                 top_k=(params.top_k if params.top_k > 0 else None) if sample else None,
                 logits_processor=processors, output_logits=True, return_dict_in_generate=True,
-                pad_token_id=pad, eos_token_id=list({eos, *params.stop_token_ids}),
+                pad_token_id=pad, eos_token_id=list({eos, *params.stop_token_ids}), **model_inputs,
             )
         new = out.sequences[:, width:]
         logp = torch.stack(out.logits, dim=1).float().log_softmax(-1).gather(-1, new[..., None])[..., 0]

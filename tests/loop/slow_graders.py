@@ -26,3 +26,8 @@ def parity(response, question):
     """Right about half the time, deterministically: random toy models then have hard questions
     (the student fails) and correct teacher rollouts both, which the baselines need."""
     return float(len(response) % 2 == 0)
+
+
+def never(response, question):
+    """Every answer wrong: every question is hard, and NCQ prompts are certain to be built."""
+    return 0.0

@@ -42,7 +42,7 @@ def test_evaluator_accuracy_on_fixed_responses(toy_world):
                "eval:q3": ["no box"]}
     pool = GraderPool("math", workers=1)
     try:
-        r = evaluate(FixedEngine(answers), lambda t: [1], toy_world["templates"], qs, pool, SamplingParams(), 2)
+        r = evaluate(FixedEngine(answers), lambda t, n_images=0: [1], toy_world["templates"], qs, pool, SamplingParams(), 2)
     finally:
         pool.close()
     assert r.correct == (1.0, 0.0, 0.5, 0.0) and r.accuracy == pytest.approx(0.375) and r.n == 4

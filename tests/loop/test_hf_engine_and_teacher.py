@@ -81,7 +81,7 @@ class ScriptedEngine:
 
 
 def test_teacher_rollouts_are_marked_teacher_and_compression_keeps_the_answer(toy_world):
-    enc = lambda text: encode_prompt(toy_world["tokenizer"], text)  # noqa: E731
+    enc = lambda text, n_images=0: encode_prompt(toy_world["tokenizer"], text, n_images)  # noqa: E731
     eng = ScriptedEngine(["<think>a</think>\\boxed{5}", "<summary>short \\boxed{5}</summary>",
                           "<summary>short \\boxed{6}</summary>", "garbage"])
     t = Teacher(eng, enc, toy_world["templates"], SamplingParams())
@@ -95,7 +95,7 @@ def test_teacher_rollouts_are_marked_teacher_and_compression_keeps_the_answer(to
 
 
 def test_judge_reads_strict_json_and_malformed_scores_zero(toy_world):
-    enc = lambda text: encode_prompt(toy_world["tokenizer"], text)  # noqa: E731
+    enc = lambda text, n_images=0: encode_prompt(toy_world["tokenizer"], text, n_images)  # noqa: E731
     eng = ScriptedEngine(['{"verdict": "correct"}', 'yes it is correct', '```json\n{"verdict": "wrong"}\n```'])
     t = Teacher(eng, enc, toy_world["templates"], SamplingParams())
     qs = [Question(f"q{i}", "Name the colour", "red") for i in range(4)]

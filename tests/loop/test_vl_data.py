@@ -119,5 +119,5 @@ def test_images_survive_the_buffer_reformulation_rollout_requests_and_a_checkpoi
 
     engine = Recorder()
     specs = [PromptSpec(p.question, p.kind, p.group_id, "prompt") for p in plans]
-    generate_groups(engine, lambda t: [1, 2], specs, 2, None, 100)
+    generate_groups(engine, lambda t, n_images: [1, 2] + [9] * n_images, specs, 2, None, 100)
     assert [r.images for r in engine.requests] == [q.images, q.images]

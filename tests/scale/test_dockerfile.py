@@ -93,15 +93,15 @@ def test_installs_the_same_requirement_files_as_install_sh():
     install_sh = [shlex.split(line) for line in (REPO / "scripts/install.sh").read_text().splitlines()
                   if "pip install" in line and not line.strip().startswith("#")]
     sh = {(f, "--no-deps" in words) for words in install_sh for f in requirement_files(words)}
-    # The Dockerfile installs requirements.txt minus torch (the image's own torch build stays); map the
-    # derived file back to its source, after checking the derivation removes torch and nothing else.
+    # The Dockerfile installs requirements.txt minus torch/torchvision (the image's own builds stay); map
+    # the derived file back to its source, after checking the derivation removes those and nothing else.
     derived = {}
     for words in shell_commands():
-        if words[0] == "grep" and words[1] == "-v":
-            pattern, source = words[2], words[3]
+        if words[0] == "grep" and "-v" in words:
+            pattern, source = [w for w in words[1:] if not w.startswith("-")][:2]
             lines = [ln for ln in (REPO / source).read_text().splitlines() if ln.strip()]
             dropped = [ln for ln in lines if re.search(pattern, ln)]
-            assert [d.split("==")[0] for d in dropped] == ["torch"], dropped
+            assert [d.split("==")[0] for d in dropped] == ["torch", "torchvision"], dropped
             derived[words[words.index(">") + 1] if ">" in words else None] = source
     docker = {(derived.get(f, f), "--no-deps" in args) for args in pip_installs() for f in requirement_files(args)}
     assert docker == sh, f"Dockerfile installs {sorted(docker)}, scripts/install.sh {sorted(sh)}"

@@ -1,0 +1,98 @@
+"""A tiny Qwen3.5 vision-language student and teacher (HF side, random weights): images reach the
+in-process engine through its image processor, and one ZPPO rollout step runs on image questions."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from megatron_zppo import build
+from megatron_zppo.config import load_config
+from megatron_zppo.data import QuestionStream
+from megatron_zppo.loop import StepContext, rollout_phase
+from megatron_zppo.records import PromptKind, Question
+from megatron_zppo.rewards import GraderPool
+from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
+from megatron_zppo.rollout.hf_engine import HFEngine
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=4)
+
+
+def _png(colour, size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def vl(toy_world):
+    from megatron_zppo.toy_models import new_qwen35_vl
+
+    root = toy_world["root"]
+    for name, seed in (("vl_student", 1), ("vl_teacher", 2)):
+        if not (root / name).exists():
+            new_qwen35_vl(root / name, toy_world["tokenizer"], seed=seed)
+    return {"student": str(root / "vl_student"), "teacher": str(root / "vl_teacher")}
+
+
+def test_images_are_seen_by_the_model_and_requests_keep_their_order(vl):
+    engine, encode = HFEngine(vl["student"]), build.make_encoder(vl["student"])
+    text_only = GenerateRequest(encode("What is 2+3?"), 1, (), "t")
+    red, blue = (GenerateRequest(encode("What colour?", 1), 2, (_png(c),), f"img-{c}") for c in ("red", "blue"))
+    out = engine.generate([red, text_only, blue], GREEDY)
+    assert [len(g) for g in out] == [2, 1, 2]
+    assert out[0][0].response_ids == out[0][1].response_ids  # greedy: both samples of one prompt agree
+    assert out[0][0].logprobs[0] != out[2][0].logprobs[0]  # a different image changes the distribution
+    assert out[1] == engine.generate([text_only], GREEDY)[0]  # text requests are unaffected by the others
+
+
+def test_a_prompt_without_its_image_placeholder_is_refused(vl):
+    engine, encode = HFEngine(vl["student"]), build.make_encoder(vl["student"])
+    with pytest.raises(ValueError, match="request 'q1': the prompt holds 0 image placeholder.*for 1 image"):
+        engine.generate([GenerateRequest(encode("What colour?"), 1, (_png("red"),), "q1")], GREEDY)
+    text_model = HFEngine.__new__(HFEngine)
+    text_model.image_processor, text_model.name = None, "student"
+    with pytest.raises(ValueError, match="serves a text-only model"):
+        text_model.generate([GenerateRequest([1], 1, (_png("red"),), "q2")], GREEDY)
+
+
+def test_a_zppo_rollout_step_on_image_questions(vl, tmp_path):
+    cfg = load_config("examples/cpu_toy/zppo.yaml", [
+        f"student.hf_path={vl['student']}", f"teacher.hf_path={vl['teacher']}", "rollout.n_new=4",
+        "rollout.group_size=4", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
+        "reward.grader=tests.loop.slow_graders:never", "zppo.compression=false", "zppo.rho_aug=1.0"])
+    questions = [Question(f"img{i}", f"How many dots? ({i})", str(i), images=(_png((40 * i, 0, 0)),))
+                 for i in range(4)]
+    tmpl = build.templates(cfg)
+    student = HFEngine(vl["student"], seed=0)
+    sent = []
+    generate = student.generate
+    student.generate = lambda reqs, params: sent.extend(reqs) or generate(reqs, params)
+    ctx = StepContext(cfg, student, build.make_teacher(cfg, tmpl), build.make_encoder(vl["student"]),
+                      GraderPool(cfg.reward.grader, workers=1), QuestionStream(questions, 0), build.make_buffer(cfg),
+                      tmpl, {q.id: q for q in questions}, build.make_decoder(vl["student"]))
+    try:
+        r = rollout_phase(ctx, 0)
+    finally:
+        ctx.graders.close()
+    assert len(r.plain) == 4 and all(s.reward == 0.0 for g in r.groups for s in g.samples)
+    # Every question is hard and the teacher never right: NCQ prompts only, one per question.
+    assert r.n_hard == 4 and [g.kind for g in r.reformulated] == [PromptKind.NCQ] * 4
+    by_id = {q.id: q.images for q in questions}
+    assert len(sent) == 8 and all(req.images == by_id[req.request_id.split(":")[1]] for req in sent)  # its image kept
+    ctx.buffer.update(r.plain)
+    assert all(q.images == by_id[q.id] for q in ctx.buffer.sample(len(ctx.buffer)))
+
+
+def test_the_main_job_refuses_a_vision_language_student_it_cannot_train(vl, tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "pretrain_zppo.py", "--config", "examples/cpu_toy/zppo.yaml",
+                           f"student.hf_path={vl['student']}", f"teacher.hf_path={vl['teacher']}",
+                           f"run.dir={tmp_path}"], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == 2 and "is a vision-language checkpoint" in proc.stderr
+    assert "no vision path yet" in proc.stderr
