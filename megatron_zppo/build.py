@@ -13,7 +13,7 @@ from pathlib import Path
 
 from megatron_zppo.config import Config, EngineConfig, EvalConfig
 from megatron_zppo.data import QuestionStream, load_questions
-from megatron_zppo.prompts import DEFAULT_DIR, PromptTemplates, encode_prompt
+from megatron_zppo.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
 from megatron_zppo.replay_buffer import ReplayBuffer
 from megatron_zppo.rewards import GraderPool
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
@@ -62,9 +62,11 @@ def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
 
 def make_encoder(hf_path: str) -> Callable[..., list[int]]:
     """Prompt text -> token ids with the model's own tokenizer and chat template."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-    return partial(encode_prompt, AutoTokenizer.from_pretrained(hf_path))
+    vision = getattr(AutoConfig.from_pretrained(hf_path), "vision_config", None) is not None
+    return PromptEncoder(AutoTokenizer.from_pretrained(hf_path), AutoImageProcessor.from_pretrained(hf_path)
+                         if vision else None)
 
 
 def make_decoder(hf_path: str) -> Callable[[list[int]], str]:

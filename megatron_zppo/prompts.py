@@ -114,6 +114,26 @@ def parse_summary(output: str, original: str) -> tuple[str, bool]:
     return summary, True
 
 
+class PromptEncoder:
+    """Prompt text (and its number of images) -> token ids with the model's tokenizer and chat
+    template; for a vision-language model also how many prompt tokens its images take once each
+    placeholder is expanded to the image's vision tokens (what length limits must count)."""
+
+    def __init__(self, tokenizer, image_processor=None):
+        self.tokenizer, self.image_processor = tokenizer, image_processor
+
+    def __call__(self, text: str, n_images: int = 0) -> list[int]:
+        return encode_prompt(self.tokenizer, text, n_images)
+
+    def image_tokens(self, images) -> int:
+        if not images or self.image_processor is None:
+            return len(images)  # a text model: nothing is expanded
+        from megatron_zppo.images import open_image
+
+        grid = self.image_processor(images=[open_image(i) for i in images], return_tensors="pt")["image_grid_thw"]
+        return sum(int(g.prod()) // self.image_processor.merge_size**2 for g in grid)
+
+
 def encode_prompt(tokenizer, text: str, n_images: int = 0) -> list[int]:
     """Token ids of a user prompt ready for generation: the chat template when the tokenizer has one.
 

@@ -29,7 +29,9 @@ def generate_groups(engine: RolloutEngine, encode: Callable[..., list[int]], spe
     kept, too_long, reqs = [], [], []
     for s in specs:
         ids = encode(s.text, len(s.question.images)) + list(s.prefix_ids)  # one placeholder per image
-        if len(ids) > max_prompt_tokens:
+        # Each placeholder becomes its image's vision tokens in the model: count those, not 1.
+        length = len(ids) - len(s.question.images) + _image_tokens(encode, s.question.images)
+        if length > max_prompt_tokens:
             too_long.append(s)
             continue
         kept.append(s)
@@ -44,6 +46,10 @@ def generate_groups(engine: RolloutEngine, encode: Callable[..., list[int]], spe
                           answer_prefix=s.prefix_text) for g in gs]
         groups.append(Group(s.group_id, s.question, s.kind, s.text, samples))
     return groups, too_long
+
+
+def _image_tokens(encode, images) -> int:
+    return encode.image_tokens(images) if images and hasattr(encode, "image_tokens") else len(images)
 
 
 def score_samples(samples: Sequence[Sample], questions: dict[str, Question], graders: GraderPool,

@@ -96,3 +96,18 @@ def test_the_main_job_refuses_a_vision_language_student_it_cannot_train(vl, tmp_
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 2 and "is a vision-language checkpoint" in proc.stderr
     assert "no vision path yet" in proc.stderr
+
+
+def test_length_limits_count_each_image_as_its_vision_tokens(vl):
+    from megatron_zppo.rollout.collect import PromptSpec, generate_groups
+
+    encode, engine = build.make_encoder(vl["student"]), HFEngine(vl["student"])
+    image = _png("green", (128, 128))  # 8 x 8 patches of 16 px, merged 2 x 2: 16 vision tokens
+    assert encode.image_tokens([image]) == 16 and encode.image_tokens([image, image]) == 32
+    q = Question("big", "What colour?", "green", images=(image,))
+    spec = PromptSpec(q, PromptKind.PLAIN, "0:big", "What colour?")
+    ids = encode("What colour?", 1)
+    kept, too_long = generate_groups(engine, encode, [spec], 1, GREEDY, len(ids) - 1 + 16)
+    assert len(kept) == 1 and not too_long  # exactly at the limit once expanded
+    kept, too_long = generate_groups(engine, encode, [spec], 1, GREEDY, len(ids) + 5)  # fits only unexpanded
+    assert not kept and too_long == [spec]
