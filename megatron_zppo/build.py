@@ -13,6 +13,7 @@ from pathlib import Path
 
 from megatron_zppo.config import Config, EngineConfig, EvalConfig
 from megatron_zppo.data import QuestionStream, load_questions
+from megatron_zppo.images import is_vision_language
 from megatron_zppo.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
 from megatron_zppo.replay_buffer import ReplayBuffer
 from megatron_zppo.rewards import GraderPool
@@ -64,7 +65,7 @@ def make_encoder(hf_path: str) -> Callable[..., list[int]]:
     """Prompt text -> token ids with the model's own tokenizer and chat template."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-    vision = getattr(AutoConfig.from_pretrained(hf_path), "vision_config", None) is not None
+    vision = is_vision_language(AutoConfig.from_pretrained(hf_path))
     return PromptEncoder(AutoTokenizer.from_pretrained(hf_path), AutoImageProcessor.from_pretrained(hf_path)
                          if vision else None)
 
@@ -99,7 +100,7 @@ def check_text_student(cfg: Config) -> None:
         hf_config = AutoConfig.from_pretrained(cfg.student.hf_path)
     except OSError:
         return  # not readable here; the trainer reports it when it loads the checkpoint
-    if getattr(hf_config, "vision_config", None) is not None:
+    if is_vision_language(hf_config):
         raise ValueError(f"student.hf_path {cfg.student.hf_path} is a vision-language checkpoint "
                          f"({type(hf_config).__name__}); the Megatron trainer has no vision path yet, only the "
                          "in-process rollout engine does. Use its text-only checkpoint.")

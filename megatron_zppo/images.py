@@ -75,3 +75,15 @@ def expand_placeholders(prompt_ids: list[int], image_token_id: int, counts: list
         else:
             out.append(t)
     return out
+
+
+def is_vision_language(hf_config) -> bool:
+    """A checkpoint config with a vision tower (Qwen3.5-VL and kin)."""
+    return getattr(hf_config, "vision_config", None) is not None
+
+
+def vision_inputs(image_processor, refs) -> tuple[dict, list[int]]:
+    """The processor's tensors for `refs` and each image's number of vision tokens (patches merged
+    `merge_size` x `merge_size`): what one image placeholder in a prompt stands for."""
+    inputs = image_processor(images=[open_image(r) for r in refs], return_tensors="pt")
+    return inputs, [int(g.prod()) // image_processor.merge_size**2 for g in inputs["image_grid_thw"]]

@@ -128,10 +128,9 @@ class PromptEncoder:
     def image_tokens(self, images) -> int:
         if not images or self.image_processor is None:
             return len(images)  # a text model: nothing is expanded
-        from megatron_zppo.images import open_image
+        from megatron_zppo.images import vision_inputs
 
-        grid = self.image_processor(images=[open_image(i) for i in images], return_tensors="pt")["image_grid_thw"]
-        return sum(int(g.prod()) // self.image_processor.merge_size**2 for g in grid)
+        return sum(vision_inputs(self.image_processor, images)[1])
 
 
 def encode_prompt(tokenizer, text: str, n_images: int = 0) -> list[int]:

@@ -68,7 +68,11 @@ def new_qwen3(out_dir: str | Path, size: str, tokenizer: PreTrainedTokenizerFast
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(cfg).float()
+    return _save(Qwen3ForCausalLM(cfg).float(), tokenizer, out_dir)
+
+
+def _save(model, tokenizer, out_dir: str | Path):
+    """The checkpoint with the tokenizer, generation stopping at the tokenizer's EOS."""
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir)
@@ -111,11 +115,7 @@ def new_qwen35_vl(out_dir: str | Path, tokenizer: PreTrainedTokenizerFast, seed:
     cfg = Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=pad, video_token_id=video,
                         vision_start_token_id=start, vision_end_token_id=end)
     torch.manual_seed(seed)
-    model = Qwen3_5ForConditionalGeneration(cfg).float()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    model = _save(Qwen3_5ForConditionalGeneration(cfg).float(), tok, out_dir)
     # Small images stay small: 32x32 to 128x128 pixels, 16-px patches merged 2x2 into vision tokens.
     Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
                           max_pixels=128 * 128).save_pretrained(out_dir)

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megatron_zppo.data import DataError, SourceConfig, load_source  # noqa: E402
-from megatron_zppo.images import image_problem, open_image  # noqa: E402
+from megatron_zppo.images import open_image  # noqa: E402
 
 PAPER_MAX_ANSWER_CHARS = 512
 PAPER_MIN_SIDE = 100
@@ -38,16 +38,22 @@ def source_config(args) -> SourceConfig:
                         check_images=False)  # judged below, with the size filter and a reason per record
 
 
-def why_dropped(q, max_answer_chars: int, min_side: int, allow_text_only: bool) -> str | None:
+def check(q, max_answer_chars: int, min_side: int, allow_text_only: bool) -> tuple[str | None, list]:
+    """(why the record is dropped or None, its images decoded): each image is read once."""
     if len(q.answer) > max_answer_chars:
-        return f"answer longer than {max_answer_chars} characters"
+        return f"answer longer than {max_answer_chars} characters", []
     if not q.images and not allow_text_only:
-        return "no image"
+        return "no image", []
+    decoded = []
     for ref in q.images:
-        problem = image_problem(ref, min_side)
-        if problem:
-            return "image too small" if "smaller than" in problem else "image unreadable"
-    return None
+        try:
+            img = open_image(ref)
+        except Exception:  # noqa: BLE001 - PIL raises many types for bad files; all mean "unreadable"
+            return "image unreadable", []
+        if min(img.size) < min_side:
+            return "image too small", []
+        decoded.append(img)
+    return None, decoded
 
 
 def prepare(args) -> dict:
@@ -60,15 +66,15 @@ def prepare(args) -> dict:
         examples.setdefault("malformed record", p)
     with open(out / "questions.jsonl.tmp", "w", encoding="utf-8") as f:
         for q in questions:
-            reason = why_dropped(q, args.max_answer_chars, args.min_side, args.allow_text_only)
+            reason, images = check(q, args.max_answer_chars, args.min_side, args.allow_text_only)
             if reason:
                 dropped[reason] += 1
                 examples.setdefault(reason, q.id)
                 continue
             paths = []
-            for k, ref in enumerate(q.images):
+            for k, img in enumerate(images):
                 path = out / "images" / f"{_safe(q.id)}_{k}.png"
-                open_image(ref).save(path)
+                img.save(path)
                 paths.append(str(path.resolve()))
             f.write(json.dumps({"id": q.id, "question": q.text, "answer": q.answer, "images": paths}) + "\n")
             kept += 1

@@ -22,7 +22,7 @@ from transformers import (
     LogitsProcessorList,
 )
 
-from megatron_zppo.images import expand_placeholders, open_image
+from megatron_zppo.images import expand_placeholders, is_vision_language, vision_inputs
 from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, SamplingParams
 
 
@@ -47,7 +47,7 @@ class HFEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         # A vision-language checkpoint (a config with a vision tower) loads with its vision tower
         # (the causal-LM class would keep only the text model) and gets its image processor.
-        vision = getattr(AutoConfig.from_pretrained(model_dir), "vision_config", None) is not None
+        vision = is_vision_language(AutoConfig.from_pretrained(model_dir))
         loader = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         self.model = loader.from_pretrained(model_dir, dtype=dtype).eval()
         self.max_batch, self.seed = max_batch, seed
@@ -87,9 +87,8 @@ class HFEngine:
     def _generate_with_images(self, req: GenerateRequest, params: SamplingParams) -> list[Generation]:
         """The image processor's patches for the request's images, each placeholder expanded to its
         image's vision-token count, then `n` samples of that one prompt."""
-        inputs = self.image_processor(images=[open_image(i) for i in req.images], return_tensors="pt")
+        inputs, counts = vision_inputs(self.image_processor, req.images)
         grid = inputs["image_grid_thw"]
-        counts = [int(g.prod()) // self.image_processor.merge_size**2 for g in grid]
         ids = expand_placeholders(list(req.prompt_ids), self.model.config.image_token_id, counts,
                                   f"{self.name} engine, request {req.request_id!r}")
         n = req.n

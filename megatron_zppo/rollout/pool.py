@@ -40,6 +40,7 @@ class EnginePool:
 
     @property
     def weight_version(self) -> str:
+        """The one version every engine serves; raises if a partial update left them disagreeing."""
         versions = {e.weight_version for e in self.engines}
         if len(versions) != 1:
             raise RuntimeError(f"{self.name} engines serve different weight versions {sorted(versions)}; the "
@@ -56,7 +57,7 @@ class EnginePool:
         return total
 
     def _spread(self, fn, items: Sequence, weights: Sequence[int]) -> list:
-        self.weight_version  # noqa: B018 - refuse before sending anything if the engines disagree
+        _ = self.weight_version  # refuse before sending anything if the engines disagree
         parts = split_balanced(weights, len(self.engines))
         futures = [self._threads.submit(fn, self.engines[k], items[a:b]) for k, (a, b) in enumerate(parts)]
         return [x for f in futures for x in f.result()]
