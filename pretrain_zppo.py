@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         build.check_shared_tokenizer(cfg)
-        build.check_text_student(cfg)
+        build.check_vision_support(cfg)
     except (ConfigError, ValueError) as e:
         print(f"pretrain_zppo: bad configuration: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ checkpoint written to a temporary directory:
    tokens/s and MFU;
 3. weight sync: one bucketed export (``export_hf_weights``) into an in-process HF model
    (``HFEngine.update_weights``), seconds and GB/s;
+4. Qwen3.5-VL (gpu_check_vl.py): log-prob parity with images and a PPO step on rows with images;
 
 and writes all of it as a Markdown table. ``--cpu-smoke`` runs the same code on a tiny model on CPU
 in well under a minute (what the CPU tests run).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -263,6 +265,10 @@ def run(args) -> list[str]:
                 lines += throughput_rows(fp8_trainer, shape, lengths, "fp8", peaks, args)
             else:
                 lines.append(f"| throughput | FP8 | skipped: {why} |")
+            sys.path.insert(0, str(Path(__file__).parent))
+            from gpu_check_vl import vl_rows
+
+            lines += vl_rows(build, trainer_logprobs, _sync, smoke, args.warmup, args.steps)
     finally:
         parallel.destroy()
     return lines

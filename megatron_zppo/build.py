@@ -91,19 +91,27 @@ def check_shared_tokenizer(cfg: Config) -> None:
                          "or chat template); use a teacher of the student's family")
 
 
-def check_text_student(cfg: Config) -> None:
-    """The Megatron trainer has a text path only so far (Qwen3 / Qwen3.5 text): a vision-language
-    student checkpoint would fail deep inside the bridge, or train without its images. Refuse it."""
+def check_vision_support(cfg: Config) -> None:
+    """Refuse the vision-language combinations that would train without the images: the trainer
+    takes Qwen3.5-VL students only, and on-policy distillation scores the student's samples with
+    the teacher engine, whose scoring call takes no images yet."""
     from transformers import AutoConfig
 
     try:
         hf_config = AutoConfig.from_pretrained(cfg.student.hf_path)
     except OSError:
         return  # not readable here; the trainer reports it when it loads the checkpoint
-    if is_vision_language(hf_config):
-        raise ValueError(f"student.hf_path {cfg.student.hf_path} is a vision-language checkpoint "
-                         f"({type(hf_config).__name__}); the Megatron trainer has no vision path yet, only the "
-                         "in-process rollout engine does. Use its text-only checkpoint.")
+    if not is_vision_language(hf_config):
+        return
+    from megatron_zppo.train.qwen35_vl import QWEN35_VL_MODEL_TYPES
+
+    if hf_config.model_type not in QWEN35_VL_MODEL_TYPES:
+        raise ValueError(f"student.hf_path {cfg.student.hf_path} is a {hf_config.model_type!r} vision-language "
+                         f"checkpoint; the trainer's vision path covers {list(QWEN35_VL_MODEL_TYPES)} (Qwen3.5-VL)")
+    if cfg.method.objective == "on_policy_distill":
+        raise ValueError(f"run.algorithm={cfg.run.algorithm!r} with the vision-language student {cfg.student.hf_path}: "
+                         "teacher scoring of the student's samples takes no images yet; use a policy-gradient, "
+                         "off-policy or logit distillation method")
 
 
 def templates(cfg: Config) -> PromptTemplates:

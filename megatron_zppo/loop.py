@@ -40,8 +40,8 @@ class PolicyTrainer(Protocol):
     def distill(self, minibatches: list[list[Sample]]) -> dict[str, float]:
         """Logit distillation: one update per mini-batch towards the teacher's distributions."""
 
-    def sft(self, minibatches: list[list[tuple[list[int], list[int]]]]) -> dict[str, float]:
-        """One supervised (cross-entropy) update per mini-batch of (prompt ids, response ids)."""
+    def sft(self, minibatches: list[list[Sample]]) -> dict[str, float]:
+        """One supervised (cross-entropy) update per mini-batch of (prompt, response) samples."""
 
     def export_hf(self) -> Iterable[tuple[str, torch.Tensor]]: ...
 
@@ -60,8 +60,8 @@ class Rollouts:
     dropped_long: int
     times: dict[str, float] = field(default_factory=dict)
     ncq_listed: dict[str, list[str]] = field(default_factory=dict)  # NCQ group id -> answers listed wrong
-    # Off-policy distillation: (prompt ids, teacher response ids) to fine-tune on.
-    sft_pairs: list[tuple[list[int], list[int]]] = field(default_factory=list)
+    # Off-policy distillation: the teacher's correct responses (with their prompts) to fine-tune on.
+    sft_pairs: list[Sample] = field(default_factory=list)
 
     @property
     def groups(self) -> list[Group]:
@@ -121,7 +121,7 @@ def rollout_phase(ctx: StepContext, step: int) -> Rollouts:
                                                         params, cfg.rollout.max_reformulated_prompt_tokens)
         with timed(times, "reward"):
             score_samples([s for g in reformulated for s in g.samples], ctx.questions, ctx.graders, _judge(ctx))
-    sft_pairs: list[tuple[list[int], list[int]]] = []
+    sft_pairs: list[Sample] = []
     if cfg.method.objective == "off_policy_distill":
         with timed(times, "teacher"):
             sft_pairs = teacher_targets(ctx, [g.question for g in plain], cfg.rollout.teacher_group_size,
@@ -184,13 +184,13 @@ def prefix_specs(ctx: StepContext, hard: list[Group], teacher: dict[str, list[Sa
 
 
 def teacher_targets(ctx: StepContext, questions: list[Question], n: int,
-                    seed: int) -> list[tuple[list[int], list[int]]]:
-    """Off-policy distillation: (prompt, response) token pairs of the teacher's correct rollouts
-    on this step's questions, the student's fine-tuning targets."""
+                    seed: int) -> list[Sample]:
+    """Off-policy distillation: the teacher's correct rollouts on this step's questions, the
+    student's fine-tuning targets (prompt and response ids, and the prompt's images)."""
     teacher = ctx.teacher.rollouts(questions, n, seed)
     samples = [s for ss in teacher.values() for s in ss]
     score_samples(samples, ctx.questions, ctx.graders, _judge(ctx))
-    return [(list(s.prompt_ids), list(s.response_ids)) for s in samples if s.reward >= 1.0 and len(s.response_ids)]
+    return [s for s in samples if s.reward >= 1.0 and len(s.response_ids)]
 
 
 def set_distill_advantages(ctx: StepContext, groups: list[Group]) -> None:

@@ -94,6 +94,9 @@ class Sample:
     # Text forced at the start of the answer through the prompt (Prefix baseline): part of what is
     # graded, never of what is trained on (its tokens are prompt tokens).
     answer_prefix: str = ""
+    # The prompt's images (its question's), one placeholder each in prompt_ids: the trainer feeds
+    # them to a vision-language policy with the tokens.
+    images: tuple[str | bytes, ...] = ()
 
     def __post_init__(self):
         if len(self.logprobs) != len(self.response_ids):

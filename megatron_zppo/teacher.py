@@ -51,7 +51,7 @@ class Teacher:
         for q, req, gens in zip(questions, reqs, self.engine.generate(reqs, self._sampling(seed))):
             out[q.id] = [Sample(q.id, f"{q.id}:teacher", PromptKind.PLAIN, req.prompt_ids, g.response_ids, g.text,
                                 g.logprobs, sampled_by=TEACHER, finish_reason=g.finish_reason,
-                                weight_version=g.weight_version) for g in gens]
+                                weight_version=g.weight_version, images=q.images) for g in gens]
         return out
 
     def hints(self, questions: Sequence[Question], seed: int | None = None) -> list[str]:

@@ -101,6 +101,10 @@ class HFEngine:
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        if "pixel_values" in model_inputs:
+            # Marks the image positions; without it HF's generate silently gives image tokens plain
+            # text positions instead of the multimodal (M-RoPE) ones the model was trained with.
+            model_inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).long()
         processors = LogitsProcessorList()
         if params.presence_penalty:
             processors.append(_PresencePenalty(params.presence_penalty, width))

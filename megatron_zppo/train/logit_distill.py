@@ -68,6 +68,7 @@ def output_logits_fn(model_chunk) -> Callable[[torch.Tensor], torch.Tensor]:
     from megatron.core.utils import unwrap_model
 
     gpt = unwrap_model(model_chunk)
+    gpt = getattr(gpt, "language_model", gpt)  # a vision-language model's text half holds the output layer
     weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
 
     def logits(hidden: torch.Tensor) -> torch.Tensor:
@@ -120,10 +121,11 @@ def forward_teacher_hidden(model, batch: SequenceBatch):
     tokens = batch.tokens
     position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     return model(tokens, position_ids, None, output_processor=response_hidden_processor,
-                 output_processor_context=batch)
+                 output_processor_context=batch, **batch.model_inputs())
 
 
 def forward_kd(model, request: KDRequest):
     tokens = request.batch.tokens
     position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    return model(tokens, position_ids, None, output_processor=kd_processor, output_processor_context=request)
+    return model(tokens, position_ids, None, output_processor=kd_processor, output_processor_context=request,
+                 **request.batch.model_inputs())

@@ -13,6 +13,7 @@ token of sample ``b``; positions past its response length are 0 and masked out.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +23,19 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class SequenceBatch:
-    """Prompt + response token rows, right-padded to a common length ``S``."""
+    """Prompt + response token rows, right-padded to a common length ``S``.
+
+    For a vision-language model, the prompts' image placeholders are already expanded to one token
+    per vision embedding, and ``pixel_values``/``image_grid_thw`` hold the images of all rows in
+    the order their placeholders appear (row by row): the HF image processor's output.
+    """
 
     tokens: torch.Tensor  # [B, S] int64
     prompt_lens: torch.Tensor  # [B]
     response_lens: torch.Tensor  # [B]
     response_width: int  # T: width of response-aligned outputs (>= max response length)
+    pixel_values: torch.Tensor | None = None  # [patches, channels * temporal * patch * patch]
+    image_grid_thw: torch.Tensor | None = None  # [images, 3]
 
     def __post_init__(self) -> None:
         # The first response token is predicted from the last prompt token, so one must exist.
@@ -56,12 +64,18 @@ class SequenceBatch:
         return steps[None, :] < self.response_lens.to(self.tokens.device)[:, None]
 
     def to(self, device) -> "SequenceBatch":
-        return SequenceBatch(
-            self.tokens.to(device),
-            self.prompt_lens.to(device),
-            self.response_lens.to(device),
-            self.response_width,
-        )
+        return dataclasses.replace(
+            self, tokens=self.tokens.to(device), prompt_lens=self.prompt_lens.to(device),
+            response_lens=self.response_lens.to(device),
+            pixel_values=None if self.pixel_values is None else self.pixel_values.to(device),
+            image_grid_thw=None if self.image_grid_thw is None else self.image_grid_thw.to(device),
+        )  # fmt: skip
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for the model's forward besides the tokens: the images, if any."""
+        if self.pixel_values is None:
+            return {}
+        return {"pixel_values": self.pixel_values, "image_grid_thw": self.image_grid_thw}
 
 
 @dataclass(frozen=True)
@@ -159,8 +173,9 @@ def forward_response_logprobs(model, request: LogprobRequest):
     position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     return model(
         tokens,
-        position_ids,
+        position_ids,  # a VL model derives its multimodal positions from the tokens and images instead
         None,  # causal attention; right padding never leaks into earlier positions
         output_processor=response_logprobs_processor,
         output_processor_context=request,
+        **request.batch.model_inputs(),
     )

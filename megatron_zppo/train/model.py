@@ -78,12 +78,15 @@ def _use_local_spec(layer_spec: str) -> bool:
 def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
     from megatron.bridge.models.gpt_provider import local_layer_spec
 
-    from megatron_zppo.train import qwen35_cpu
+    from megatron_zppo.train import qwen35_cpu, qwen35_vl
 
     provider = bridge.to_megatron_provider(load_weights=True)
     local = _use_local_spec(cfg.layer_spec)
-    if qwen35_cpu.is_qwen35(bridge.hf_pretrained.config):  # hybrid GDN/attention: its own local spec
+    hf_config = bridge.hf_pretrained.config
+    if qwen35_cpu.is_qwen35(hf_config):  # hybrid GDN/attention: its own local spec
         qwen35_cpu.configure(provider, local_spec=local)
+    elif qwen35_vl.is_qwen35_vl(hf_config):  # the same language model, plus a vision tower
+        qwen35_vl.configure(provider, local_spec=local)
     elif local:
         provider.transformer_layer_spec = local_layer_spec
     provider.tensor_model_parallel_size = parallel.tensor_parallel
@@ -122,7 +125,8 @@ def build_policy(cfg: ModelConfig, parallel: ParallelConfig, ddp_config=None) ->
         # Without a GPU the model must be created on CPU; on GPU Megatron moves it to the device.
         use_cpu_initialization=not torch.cuda.is_available(),
     )
-    return Policy(bridge=bridge, chunks=chunks, vocab_size=int(bridge.hf_pretrained.config.vocab_size))
+    text_config = bridge.hf_pretrained.config.get_text_config()  # a VL checkpoint nests it
+    return Policy(bridge=bridge, chunks=chunks, vocab_size=int(text_config.vocab_size))
 
 
 def export_hf_weights(

@@ -29,6 +29,7 @@ the installed packages.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear
@@ -95,15 +96,23 @@ class TorchLayerNormColumnParallelLinear(ColumnParallelLinear):
 
     def __init__(self, input_size: int, output_size: int, *, config, **kwargs):
         super().__init__(input_size, output_size, config=config, **kwargs)
-        if config.normalization != "RMSNorm":
-            raise ValueError(f"only RMSNorm is implemented here, not {config.normalization}")
+        if config.normalization not in ("RMSNorm", "LayerNorm"):  # LayerNorm: the Qwen3.5 vision tower
+            raise ValueError(f"only RMSNorm and LayerNorm are implemented here, not {config.normalization}")
         self.zero_centered = bool(config.layernorm_zero_centered_gamma)
         self.eps = config.layernorm_epsilon
         init = torch.zeros if self.zero_centered else torch.ones
         self.layer_norm_weight = torch.nn.Parameter(init(input_size, dtype=config.params_dtype))
+        self.layer_norm_bias = None
+        if config.normalization == "LayerNorm":
+            if self.zero_centered:
+                raise ValueError("a zero-centred LayerNorm is not implemented here")
+            self.layer_norm_bias = torch.nn.Parameter(torch.zeros(input_size, dtype=config.params_dtype))
 
     def forward(self, input_: torch.Tensor, weight=None, runtime_gather_output=None):
-        normed = _rms_norm(input_, self.layer_norm_weight, self.eps, self.zero_centered)
+        if self.layer_norm_bias is None:
+            normed = _rms_norm(input_, self.layer_norm_weight, self.eps, self.zero_centered)
+        else:
+            normed = F.layer_norm(input_, input_.shape[-1:], self.layer_norm_weight, self.layer_norm_bias, self.eps)
         return super().forward(normed, weight=weight, runtime_gather_output=runtime_gather_output)
 
 
@@ -120,13 +129,13 @@ class _LocalFusedNormBackend(LocalSpecProvider):
         return ZeroCenteredRMSNorm
 
 
-def _self_attention_spec(backend):
+def _self_attention_spec(backend, attention=None):
     from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.spec_utils import ModuleSpec
 
     return ModuleSpec(
-        module=SelfAttention,
+        module=attention or SelfAttention,
         params={"attn_mask_type": AttnMaskType.causal},
         submodules=SelfAttentionSubmodules(
             linear_qkv=backend.column_parallel_layer_norm_linear(),
@@ -152,11 +161,12 @@ def _gated_delta_net_spec(backend):
     )
 
 
-def local_block_spec(config, vp_stage: int | None = None, pp_rank: int | None = None):
+def local_block_spec(config, vp_stage: int | None = None, pp_rank: int | None = None, attention=None):
     """This pipeline stage's hybrid GDN/attention decoder block, from local (non-TE) modules.
 
     Same signature as the upstream ``get_transformer_block_with_experimental_attention_variant_spec``
-    (the provider calls it with the finalised config); dense MLPs only.
+    (the provider calls it with the finalised config); dense MLPs only. ``attention`` replaces
+    ``SelfAttention`` in the full-attention layers (the VL model's multimodal-rotary attention).
     """
     from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
     from megatron.core.models.gpt.experimental_attention_variant_module_specs import get_linear_attention_pattern
@@ -181,7 +191,7 @@ def local_block_spec(config, vp_stage: int | None = None, pp_rank: int | None = 
     # Norms are fused into the linears that follow them, so the layer's own norms are identities.
     attention = {
         1: _gated_delta_net_spec(backend),
-        0: _self_attention_spec(backend),
+        0: _self_attention_spec(backend, attention),
     }
     mlp = get_mlp_module_spec_for_backend(backend=backend, num_experts=None)
     offset = get_transformer_layer_offset(config, vp_stage=vp_stage, pp_rank=pp_rank)

@@ -8,6 +8,7 @@ whichever pipeline stage produced them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 
@@ -15,12 +16,14 @@ import torch
 import torch.distributed as dist
 
 from megatron_zppo.config import Config
+from megatron_zppo.images import is_vision_language
 from megatron_zppo.records import PromptKind, Sample
 from megatron_zppo.train import parallel
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.precision import ddp_config_fields
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
+from megatron_zppo.train.vision_batch import expand_images
 
 
 def _pad(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
@@ -51,7 +54,14 @@ class RLTrainer:
         self.optimizer, self.scheduler = build_optimizer(self.policy, ocfg)
         self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size)
         self.loss_cfg, self.micro = cfg.loss, t.micro_batch_size
-        self.pad_id = int(getattr(self.policy.bridge.hf_pretrained.config, "pad_token_id", None) or 0)
+        hf_config = self.policy.bridge.hf_pretrained.config
+        self.pad_id = int(getattr(hf_config.get_text_config(), "pad_token_id", None) or 0)
+        # A vision-language student: its image processor turns samples' images into patches.
+        self.image_processor, self.image_token_id = None, getattr(hf_config, "image_token_id", None)
+        if is_vision_language(hf_config):
+            from transformers import AutoImageProcessor
+
+            self.image_processor = AutoImageProcessor.from_pretrained(model_cfg.hf_path)
         self.teacher = None
         if cfg.method.objective == "logit_distill":  # the teacher inside the trainer, laid out like the student
             from megatron.core.utils import get_model_config
@@ -81,8 +91,12 @@ class RLTrainer:
             chunk = rows[i : i + self.micro]
             prompts = [list(s.prompt_ids) if s else [self.pad_id] for s in chunk]
             responses = [list(s.response_ids) if s else [] for s in chunk]
+            prompts, pixels, grid = expand_images(prompts, [s.images if s else () for s in chunk],
+                                                  self.image_processor, self.image_token_id,
+                                                  [f"sample {s.group_id!r}" if s else "filler" for s in chunk])
             width = max(1, max(len(r) for r in responses))
-            out.append((SequenceBatch.from_lists(prompts, responses, self.pad_id, width), chunk))
+            batch = SequenceBatch.from_lists(prompts, responses, self.pad_id, width)
+            out.append((dataclasses.replace(batch, pixel_values=pixels, image_grid_thw=grid), chunk))
         return out
 
     def _old_logprobs(self, batches) -> list[torch.Tensor]:
@@ -148,15 +162,13 @@ class RLTrainer:
 
     def sft_step(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
         """One supervised update on (prompt ids, response ids) pairs; returns the mean token loss."""
-        return self.sft([pairs]).get("loss", float("nan"))
+        rows = [Sample("sft", "sft", PromptKind.PLAIN, p, r, "", [0.0] * len(r)) for p, r in pairs]
+        return self.sft([rows]).get("loss", float("nan"))
 
-    def sft(self, minibatches: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]]) -> dict[str, float]:
-        """One supervised (mean token cross-entropy) update per mini-batch of (prompt, response) ids;
-        the mean of each statistic over the updates."""
-        per_update = []
-        for pairs in minibatches:
-            rows = [Sample("sft", "sft", PromptKind.PLAIN, p, r, "", [0.0] * len(r)) for p, r in pairs]
-            per_update.append(self.core.sft_step([b for b, _ in self._micro_batches(rows)]))
+    def sft(self, minibatches: Sequence[Sequence[Sample]]) -> dict[str, float]:
+        """One supervised (mean token cross-entropy) update per mini-batch of samples' (prompt,
+        response) tokens, whoever sampled them; the mean of each statistic over the updates."""
+        per_update = [self.core.sft_step([b for b, _ in self._micro_batches(rows)]) for rows in minibatches]
         return self._gather(_mean_stats(per_update))
 
     # -- weights and checkpoints -------------------------------------------------------------

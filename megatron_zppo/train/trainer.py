@@ -15,6 +15,7 @@ called without a token count so it does not rescale the gradients a second time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -134,7 +135,7 @@ def _pad_to_length(batch: SequenceBatch, length: int) -> SequenceBatch:
     if pad == 0:
         return batch
     tokens = torch.nn.functional.pad(batch.tokens, (0, pad))  # right padding is never attended to
-    return SequenceBatch(tokens, batch.prompt_lens, batch.response_lens, batch.response_width)
+    return dataclasses.replace(batch, tokens=tokens)
 
 
 class PolicyTrainer:

@@ -30,6 +30,11 @@ def test_cpu_smoke_runs_every_check_and_writes_the_report(tmp_path):
     assert re.search(r"fp32 PPO step, 1 x 64 tokens \| [\d,]+ tokens/s", report)
     assert re.search(r"weight sync \| .* \| [\d.]+ s for [\d.]+ GB", report)
     assert "FP8 | skipped" in report
+    vl = float(re.search(r"Qwen3.5-VL log-prob parity \| fp32 trainer vs float64 CPU, 2 rows with images \| "
+                         r"max abs diff ([0-9.e+-]+)", report).group(1))
+    assert vl < 1e-5  # the VL policy with images is HF's model
+    assert re.search(r"Qwen3.5-VL throughput \| fp32 PPO step, 2 rows, \d+ tokens \+ \d+ image patches \| [\d,]+ "
+                     r"tokens/s", report)
 
 
 def test_matmul_parameter_count_matches_the_hf_models_linear_layers():

@@ -49,7 +49,9 @@ def save_tiny_qwen35(path: Path, seed: int = 0) -> str:
     return save_with_perturbed_norms(Qwen3_5ForCausalLM(Qwen3_5TextConfig(**TINY)).float(), path)
 
 
-def main() -> None:
+def main(make_micro_batches=None) -> None:
+    """One PPO step under the command line's layout on ``make_micro_batches(hf_dir)`` (default:
+    tiny_qwen3's text mini-batch in micro-batches of two rows)."""
     import torch.distributed as dist
 
     from megatron_zppo.loss import LossConfig
@@ -70,7 +72,7 @@ def main() -> None:
     opt = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # see test_trainer.py for these values
     policy = build_policy(ModelConfig(hf_path=args.hf_dir), layout, ddp_config=ddp_config(opt))
     trainer = PolicyTrainer(policy, *build_optimizer(policy, opt), chunk_size=2)
-    micro_batches = ppo_micro_batches(rows_per_micro=2)
+    micro_batches = (make_micro_batches or (lambda _: ppo_micro_batches(rows_per_micro=2)))(args.hf_dir)
     logprobs = trainer.compute_logprobs([mb.sequences for mb in micro_batches])
     stats = trainer.ppo_step(micro_batches, LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0))
     result = {

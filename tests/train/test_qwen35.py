@@ -134,21 +134,27 @@ def test_ppo_step_matches_a_hand_written_hf_adamw_step(tiny_qwen35_dir, megatron
 
 def test_distributed_checkpoint_resumes_the_hybrid_model_exactly(tiny_qwen35_dir, megatron_world, tmp_path):
     # The fused-norm linears and GDN layers must shard and reload like Megatron's own modules.
+    from tests.train.tiny_qwen3 import ppo_micro_batches
+
+    assert_resume_is_exact(tiny_qwen35_dir, lambda: ppo_micro_batches(rows_per_micro=2), tmp_path / "ckpt")
+
+
+def assert_resume_is_exact(hf_dir: str, micro_batches, ckpt: Path) -> None:
+    """A PPO step, a checkpoint, a fresh trainer loading it: the next step is bit-identical."""
     from megatron_zppo.train.checkpointing import load_checkpoint, save_checkpoint
     from megatron_zppo.train.trainer import PolicyTrainer, build_optimizer, ddp_config
     from tests.train.test_trainer import LOSS, OPT
-    from tests.train.tiny_qwen3 import ppo_micro_batches
 
     def trainer():
-        policy = build_policy(ModelConfig(hf_path=tiny_qwen35_dir), ParallelConfig(), ddp_config=ddp_config(OPT))
+        policy = build_policy(ModelConfig(hf_path=hf_dir), ParallelConfig(), ddp_config=ddp_config(OPT))
         return PolicyTrainer(policy, *build_optimizer(policy, OPT), chunk_size=2)
 
     uninterrupted, resumed = trainer(), trainer()
-    uninterrupted.ppo_step(ppo_micro_batches(rows_per_micro=2), LOSS)
-    save_checkpoint(uninterrupted.policy, uninterrupted.optimizer, uninterrupted.scheduler, str(tmp_path / "ckpt"))
-    load_checkpoint(resumed.policy, resumed.optimizer, resumed.scheduler, str(tmp_path / "ckpt"))
+    uninterrupted.ppo_step(micro_batches(), LOSS)
+    save_checkpoint(uninterrupted.policy, uninterrupted.optimizer, uninterrupted.scheduler, str(ckpt))
+    load_checkpoint(resumed.policy, resumed.optimizer, resumed.scheduler, str(ckpt))
     for t in (uninterrupted, resumed):
-        t.ppo_step(ppo_micro_batches(rows_per_micro=2), LOSS)
+        t.ppo_step(micro_batches(), LOSS)
     expected = dict(pair for bucket in export_hf_weights(uninterrupted.policy) for pair in bucket)
     got = dict(pair for bucket in export_hf_weights(resumed.policy) for pair in bucket)
     for name, tensor in expected.items():
@@ -198,8 +204,11 @@ def single_process_step(tiny_qwen35_dir, tmp_path_factory) -> dict:
 def test_tensor_and_pipeline_parallel_match_single_process(tiny_qwen35_dir, single_process_step, tmp_path, layout):
     # At TP=2 each rank holds half the GDN heads: this fails if the GDN output norm's partial
     # gradients are not summed over TP ranks (its exported weight then differs per rank).
-    reference = single_process_step
-    ranks = _run_layout(tiny_qwen35_dir, tmp_path / "out", 2, *layout)
+    assert_layout_matches(single_process_step, _run_layout(tiny_qwen35_dir, tmp_path / "out", 2, *layout))
+
+
+def assert_layout_matches(reference: dict, ranks: list[dict]) -> None:
+    """Every rank's step under a TP/PP layout equals the single-process one."""
     last = ranks[-1]  # holds the log-probs and loss under either layout
     assert last["logprobs"].keys() == reference["logprobs"].keys()
     for key, lp in reference["logprobs"].items():

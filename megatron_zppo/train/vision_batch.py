@@ -1,0 +1,32 @@
+"""Images into a trainer micro-batch: the checkpoint's HF image processor turns each row's images
+into patches, and each image placeholder of the prompt (one per image, as rollouts carry them) is
+expanded to that image's number of vision tokens, the positions the model fills with its image
+embeddings. Those positions are prompt tokens: the loss, which covers response positions only,
+never sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from megatron_zppo.images import expand_placeholders, vision_inputs
+
+
+def expand_images(prompts: Sequence[Sequence[int]], images: Sequence[Sequence], image_processor,
+                  image_token_id: int, where: Sequence[str]):
+    """(expanded prompts, pixel_values, image_grid_thw) for rows with `images` (a tuple per row;
+    empty for text rows); (prompts, None, None) when no row has an image. `where` names each row
+    in errors."""
+    refs = [ref for row in images for ref in row]
+    if not refs:
+        return [list(p) for p in prompts], None, None
+    if image_processor is None:
+        raise ValueError(f"{where[0]}: samples carry images but the policy is a text-only model")
+    inputs, counts = vision_inputs(image_processor, refs)
+    expanded, k = [], 0
+    for prompt, row, name in zip(prompts, images, where, strict=True):
+        expanded.append(expand_placeholders(list(prompt), image_token_id, counts[k : k + len(row)], name))
+        k += len(row)
+    return expanded, inputs["pixel_values"], inputs["image_grid_thw"].to(torch.long)
