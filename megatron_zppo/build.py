@@ -92,9 +92,9 @@ def check_shared_tokenizer(cfg: Config) -> None:
 
 
 def check_vision_support(cfg: Config) -> None:
-    """Refuse the vision-language combinations that would train without the images: the trainer
-    takes Qwen3.5-VL students only, and on-policy distillation scores the student's samples with
-    the teacher engine, whose scoring call takes no images yet."""
+    """Refuse the vision-language combinations that cannot run: the trainer takes Qwen3.5-VL
+    students only, and on-policy distillation scores the student's samples with the teacher engine,
+    which takes their images in process but not on SGLang yet."""
     from transformers import AutoConfig
 
     try:
@@ -108,10 +108,10 @@ def check_vision_support(cfg: Config) -> None:
     if hf_config.model_type not in QWEN35_VL_MODEL_TYPES:
         raise ValueError(f"student.hf_path {cfg.student.hf_path} is a {hf_config.model_type!r} vision-language "
                          f"checkpoint; the trainer's vision path covers {list(QWEN35_VL_MODEL_TYPES)} (Qwen3.5-VL)")
-    if cfg.method.objective == "on_policy_distill":
-        raise ValueError(f"run.algorithm={cfg.run.algorithm!r} with the vision-language student {cfg.student.hf_path}: "
-                         "teacher scoring of the student's samples takes no images yet; use a policy-gradient, "
-                         "off-policy or logit distillation method")
+    if cfg.method.objective == "on_policy_distill" and cfg.teacher.engine == "sglang":
+        raise ValueError(f"run.algorithm={cfg.run.algorithm!r} with the vision-language student {cfg.student.hf_path} "
+                         "and teacher.engine=sglang: scoring the student's samples with their images is not built for "
+                         "SGLang yet; use teacher.engine=embedded, or another method")
 
 
 def templates(cfg: Config) -> PromptTemplates:

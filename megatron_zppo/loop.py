@@ -197,7 +197,8 @@ def set_distill_advantages(ctx: StepContext, groups: list[Group]) -> None:
     """On-policy distillation: per-token advantages from the teacher's log-probs of the student's
     own tokens (baselines.distill_advantages); the reward plays no part in the gradient."""
     samples = [s for g in groups for s in g.samples]
-    teacher_lp = ctx.teacher.engine.score([s.prompt_ids for s in samples], [s.response_ids for s in samples])
+    images = [s.images for s in samples] if any(s.images for s in samples) else None
+    teacher_lp = ctx.teacher.engine.score([s.prompt_ids for s in samples], [s.response_ids for s in samples], images)
     m = ctx.cfg.method
     for s, t in zip(samples, teacher_lp, strict=True):
         s.token_advantages = distill_advantages(s.logprobs, t, m.divergence, m.jsd_beta).tolist()

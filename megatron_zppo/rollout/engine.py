@@ -71,8 +71,10 @@ class RolloutEngine(Protocol):
     def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
         """`n` generations per request, in request order. Raises rather than return partial groups."""
 
-    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Per-token log-probs of each given response after its prompt."""
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+              images: Sequence[tuple] | None = None) -> list[list[float]]:
+        """Per-token log-probs of each given response after its prompt (and that prompt's images,
+        one placeholder each in its ids, when `images` is given: a tuple per prompt)."""
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
         """Load HF-named tensors (all of them, streamed) and take `version` as the new weight version."""

@@ -135,11 +135,22 @@ class HFEngine:
                           reason, self.weight_version)
 
     @torch.no_grad()
-    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+              images: Sequence[tuple] | None = None) -> list[list[float]]:
         out = []
-        for p, r in zip(prompt_ids, response_ids):
-            ids = torch.tensor([list(p) + list(r)])
-            logits = self.model(input_ids=ids).logits[0, len(p) - 1:-1].float()
+        for k, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+            p, inputs = list(p), {}
+            if images and images[k]:
+                if self.image_processor is None:
+                    raise ValueError(f"{self.name} engine: scoring row {k} has images but this engine serves a "
+                                     "text-only model")
+                vision, counts = vision_inputs(self.image_processor, images[k])
+                p = expand_placeholders(p, self.model.config.image_token_id, counts, f"{self.name} engine, score row {k}")
+                inputs = {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+            ids = torch.tensor([p + list(r)])
+            if inputs:  # see _generate_batch: the image positions, for M-RoPE
+                inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).long()
+            logits = self.model(input_ids=ids, **inputs).logits[0, len(p) - 1:-1].float()
             out.append(logits.log_softmax(-1).gather(-1, torch.tensor(list(r))[:, None])[:, 0].tolist())
         return out
 

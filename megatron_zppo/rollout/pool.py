@@ -65,10 +65,12 @@ class EnginePool:
     def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
         return self._spread(lambda e, reqs: e.generate(reqs, params), list(requests), [r.n for r in requests])
 
-    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        pairs = list(zip(prompt_ids, response_ids, strict=True))
-        return self._spread(lambda e, ps: e.score([p for p, _ in ps], [r for _, r in ps]), pairs,
-                            [len(p) + len(r) for p, r in pairs])
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+              images: Sequence[tuple] | None = None) -> list[list[float]]:
+        rows = list(zip(prompt_ids, response_ids, images or [()] * len(prompt_ids), strict=True))
+        return self._spread(lambda e, rs: e.score([p for p, _, _ in rs], [r for _, r, _ in rs],
+                                                  [i for _, _, i in rs] if images else None),
+                            rows, [len(p) + len(r) for p, r, _ in rows])
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
         """The export stream is read once and held (CPU) while it goes to each engine in turn."""

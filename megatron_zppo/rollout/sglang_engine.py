@@ -234,7 +234,12 @@ class SGLangEngine:
                                     f"of length {len(items) if isinstance(items, list) else '?'}")
         return [parse_generation(item, params.max_new_tokens, where) for item in items]
 
-    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+    def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
+              images: Sequence[tuple] | None = None) -> list[list[float]]:
+        if images and any(images):
+            # The server expands each placeholder to the image's tokens before logprob_start_len applies;
+            # scoring with images is not built (nor checked against a real vision-language server).
+            raise NotImplementedError(f"{self.name} engine: scoring with images is not supported on SGLang yet")
         self._check_usable()
         pairs = list(zip(prompt_ids, response_ids, strict=True))
         return self._loop.run(self._gather_all([self._score_one(list(p), list(r)) for p, r in pairs]))

@@ -97,3 +97,16 @@ def test_length_limits_count_each_image_as_its_vision_tokens(vl):
     assert len(kept) == 1 and not too_long  # exactly at the limit once expanded
     kept, too_long = generate_groups(engine, encode, [spec], 1, GREEDY, len(ids) + 5)  # fits only unexpanded
     assert not kept and too_long == [spec]
+
+
+def test_scoring_with_images_gives_the_engines_own_sampling_logprobs(vl):
+    engine, encode = HFEngine(vl["student"]), build.make_encoder(vl["student"])
+    image = _png("purple", (96, 64))
+    prompt = encode("What colour?", 1)
+    (gen,) = engine.generate([GenerateRequest(prompt, 1, (image,), "q")], GREEDY)[0:1][0]
+    scored = engine.score([prompt], [gen.response_ids], [(image,)])[0]
+    assert scored == pytest.approx(gen.logprobs, abs=1e-5)
+    other = engine.score([prompt], [gen.response_ids], [(_png("yellow", (96, 64)),)])[0]
+    assert max(abs(a - b) for a, b in zip(other, scored)) > 1e-4  # the image is really used
+    with pytest.raises(ValueError, match="0 image placeholder"):
+        engine.score([encode("What colour?")], [gen.response_ids], [(image,)])

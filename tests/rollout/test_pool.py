@@ -74,3 +74,25 @@ def test_make_engine_builds_a_pool_with_one_sync_group_per_server(servers):
             ("zppo_weight_sync_0", 29600), ("zppo_weight_sync_1", 29601)]
     finally:
         pool.shutdown()
+
+
+class _Scorer:
+    """An engine that scores each response token with the number of its prompt's images, + 10 x its own index."""
+
+    weight_version = "v0"
+
+    def __init__(self, index):
+        self.index, self.calls = index, []
+
+    def score(self, prompt_ids, response_ids, images=None):
+        self.calls.append(images)
+        return [[float(len(images[k]) if images else -1) + 10 * self.index] * len(r) for k, r in enumerate(response_ids)]
+
+
+def test_scoring_sends_each_row_its_own_images_and_keeps_the_order():
+    engines = [_Scorer(0), _Scorer(1)]
+    pool = EnginePool(engines)
+    images = [(b"a",), (), (b"b", b"c"), (b"d",)]
+    got = pool.score([[1]] * 4, [[2, 3]] * 4, images)
+    assert got == [[1.0] * 2, [0.0] * 2, [12.0] * 2, [11.0] * 2]  # rows 0-1 on engine 0, 2-3 on engine 1
+    assert pool.score([[1]] * 2, [[2]] * 2) == [[-1.0], [9.0]] and engines[0].calls[-1] is None  # text: as before

@@ -93,6 +93,9 @@ def test_score_of_empty_response_is_empty_and_empty_prompt_is_refused(server, ma
     assert engine.score([[1]], [[]]) == [[]]
     with pytest.raises(ValueError, match="non-empty prompt"):
         engine.score([[]], [[1]])
+    with pytest.raises(NotImplementedError, match="scoring with images is not supported on SGLang"):
+        engine.score([[1]], [[2]], [(b"png",)])
+    assert engine.score([[1]], [[2]], [()]) == engine.score([[1]], [[2]])  # no image: scored as before
 
 
 def test_503_while_starting_is_retried_until_ready(make_engine):
