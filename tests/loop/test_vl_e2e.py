@@ -71,22 +71,18 @@ def test_a_zppo_run_trains_the_vision_language_student_on_its_images(vl_world, t
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_resumed_vision_language_run_reproduces_the_uninterrupted_one(vl_world, tmp_path):
+def test_a_resumed_vision_language_run_reproduces_the_uninterrupted_one(vl_world, tmp_path, monkeypatch):
+    # One CPU thread: with several, a multi-threaded CPU kernel of the VL model sums gradients in a
+    # varying order, and two identical runs differ in the 7th digit of the loss (text runs do not).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     straight, split = tmp_path / "straight", tmp_path / "split"
     _run(_overrides(vl_world, straight, 3))
     _run(_overrides(vl_world, split, 2))
     _run(_overrides(vl_world, split, 3, ["--load", "auto"]))
     a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(split / "metrics.jsonl")
     assert len(a) == len(b) == 3
-    # Rollouts, rewards, buffer and counts identical; trainer floats to 1e-5 (1e-6 absolute): two identical VL runs
-    # already differ in the 7th digit of the loss on this CPU (the text model's runs do not).
     for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x.keys() - TIMING:
-            if isinstance(x[k], float) and isinstance(y[k], float):
-                assert y[k] == pytest.approx(x[k], rel=1e-5, abs=1e-6), k
-            else:
-                assert x[k] == y[k], k
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
 
 
 def test_on_policy_distillation_with_an_sglang_teacher_is_refused_for_a_vision_language_student(vl_world, tmp_path):
