@@ -82,6 +82,23 @@ def is_vision_language(hf_config) -> bool:
     return getattr(hf_config, "vision_config", None) is not None
 
 
+def vision_token_counts(image_processor, refs) -> list[int]:
+    """Each image's number of vision tokens from its size alone, by the processor's own resize rule
+    (what a prompt-length check needs, without resizing and normalising the pixels); processors
+    without that rule process the images."""
+    patches = getattr(image_processor, "get_number_of_image_patches", None)
+    if patches is None:
+        return vision_inputs(image_processor, refs)[1]
+    from PIL import Image
+
+    counts = []
+    for ref in refs:
+        with Image.open(io.BytesIO(image_bytes(ref))) as img:  # reads the header, not the pixels
+            width, height = img.size
+        counts.append(patches(height, width, {}) // image_processor.merge_size**2)
+    return counts
+
+
 def vision_inputs(image_processor, refs) -> tuple[dict, list[int]]:
     """The processor's tensors for `refs` and each image's number of vision tokens (patches merged
     `merge_size` x `merge_size`): what one image placeholder in a prompt stands for."""

@@ -128,9 +128,9 @@ class PromptEncoder:
     def image_tokens(self, images) -> int:
         if not images or self.image_processor is None:
             return len(images)  # a text model: nothing is expanded
-        from megatron_zppo.images import vision_inputs
+        from megatron_zppo.images import vision_token_counts
 
-        return sum(vision_inputs(self.image_processor, images)[1])
+        return sum(vision_token_counts(self.image_processor, images))
 
 
 def encode_prompt(tokenizer, text: str, n_images: int = 0) -> list[int]:

@@ -110,3 +110,15 @@ def test_scoring_with_images_gives_the_engines_own_sampling_logprobs(vl):
     assert max(abs(a - b) for a, b in zip(other, scored)) > 1e-4  # the image is really used
     with pytest.raises(ValueError, match="0 image placeholder"):
         engine.score([encode("What colour?")], [gen.response_ids], [(image,)])
+
+
+def test_vision_token_counts_from_the_size_alone_equal_the_processors(vl):
+    from transformers import AutoImageProcessor
+
+    from megatron_zppo.images import vision_inputs, vision_token_counts
+
+    processor = AutoImageProcessor.from_pretrained(vl["student"])
+    # Below the minimum, odd sizes, a long strip, above the maximum (resized down).
+    images = [_png("red", size) for size in [(10, 10), (64, 48), (97, 33), (300, 20), (400, 400)]]
+    counts = vision_token_counts(processor, images)
+    assert counts == vision_inputs(processor, images)[1] and len(set(counts)) > 2
