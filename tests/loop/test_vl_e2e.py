@@ -106,3 +106,14 @@ def test_distillation_baselines_train_the_vision_language_student(vl_world, tmp_
         assert all(m["kl"] > 0 and m["loss"] > 0 for m in trained)
     elif algorithm == "off_policy_distill":  # cross-entropy
         assert all(m["n_sft_targets"] > 0 and m["loss"] > 0 for m in trained)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("layout", ["train.tensor_parallel=2", "train.pipeline_parallel=2"], ids=["tp2", "pp2"])
+def test_torchrun_two_processes_train_the_vision_language_student(vl_world, tmp_path, layout):
+    _run(_overrides(vl_world, tmp_path / "run", 2, [layout]), torchrun=2)
+    metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [0, 1]
+    _check_contract(metrics)
+    assert all(m["logprob_diff_mean"] < 1e-5 and m["grad_norm"] > 0 for m in metrics)
