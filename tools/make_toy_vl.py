@@ -108,14 +108,16 @@ def train_one(path: Path, samples: list, steps: int, recipe: Recipe, seed: int) 
     from megatron_zppo.train.rl_trainer import RLTrainer
 
     cfg = load_config(None, [f"student.hf_path={path}", "run.algorithm=grpo", f"run.seed={seed}",
-                             f"train.lr={recipe.lr}", "train.weight_decay=0.0", f"train.micro_batch_size={recipe.batch}"])
+                             f"train.lr={recipe.lr}", "train.weight_decay=0.0",
+                             f"train.micro_batch_size={recipe.batch}"])
     trainer = RLTrainer(cfg)
     rng = random.Random(seed)
     t0 = time.perf_counter()
     for step in range(steps):
         loss = trainer.sft([rng.sample(samples, recipe.batch)])["loss"]
         if step % 50 == 0 or step == steps - 1:
-            print(f"  {path.name}: step {step + 1}/{steps} loss {loss:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(f"  {path.name}: step {step + 1}/{steps} loss {loss:.3f} ({time.perf_counter() - t0:.0f}s)",
+                  flush=True)
     save_file({name: t.contiguous() for name, t in trainer.export_hf()}, str(path / "model.safetensors"),
               metadata={"format": "pt"})
     trainer.close()

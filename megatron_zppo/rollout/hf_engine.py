@@ -145,7 +145,8 @@ class HFEngine:
                     raise ValueError(f"{self.name} engine: scoring row {k} has images but this engine serves a "
                                      "text-only model")
                 vision, counts = vision_inputs(self.image_processor, images[k])
-                p = expand_placeholders(p, self.model.config.image_token_id, counts, f"{self.name} engine, score row {k}")
+                where = f"{self.name} engine, score row {k}"
+                p = expand_placeholders(p, self.model.config.image_token_id, counts, where)
                 inputs = {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
             ids = torch.tensor([p + list(r)])
             if inputs:  # see _generate_batch: the image positions, for M-RoPE

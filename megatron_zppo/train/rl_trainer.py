@@ -58,6 +58,7 @@ class RLTrainer:
         self.pad_id = int(getattr(hf_config.get_text_config(), "pad_token_id", None) or 0)
         # A vision-language student: its image processor turns samples' images into patches.
         self.image_processor, self.image_token_id = None, getattr(hf_config, "image_token_id", None)
+        self.vision_start_id = getattr(hf_config, "vision_start_token_id", None)
         if is_vision_language(hf_config):
             from transformers import AutoImageProcessor
 
@@ -93,7 +94,8 @@ class RLTrainer:
             responses = [list(s.response_ids) if s else [] for s in chunk]
             prompts, pixels, grid = expand_images(prompts, [s.images if s else () for s in chunk],
                                                   self.image_processor, self.image_token_id,
-                                                  [f"sample {s.group_id!r}" if s else "filler" for s in chunk])
+                                                  [f"sample {s.group_id!r}" if s else "filler" for s in chunk],
+                                                  self.vision_start_id)
             width = max(1, max(len(r) for r in responses))
             batch = SequenceBatch.from_lists(prompts, responses, self.pad_id, width)
             out.append((dataclasses.replace(batch, pixel_values=pixels, image_grid_thw=grid), chunk))

@@ -15,10 +15,12 @@ from megatron_zppo.images import expand_placeholders, vision_inputs
 
 
 def expand_images(prompts: Sequence[Sequence[int]], images: Sequence[Sequence], image_processor,
-                  image_token_id: int, where: Sequence[str]):
+                  image_token_id: int, where: Sequence[str], vision_start_id: int | None = None):
     """(expanded prompts, pixel_values, image_grid_thw) for rows with `images` (a tuple per row;
     empty for text rows); (prompts, None, None) when no row has an image. `where` names each row
-    in errors."""
+    in errors. With `vision_start_id`, every placeholder must follow that token, as Qwen's chat
+    template writes it: Megatron's Qwen3-VL finds images by it for their multimodal positions,
+    while HF's model does not, so without it the two would silently disagree."""
     refs = [ref for row in images for ref in row]
     if not refs:
         return [list(p) for p in prompts], None, None
@@ -27,6 +29,14 @@ def expand_images(prompts: Sequence[Sequence[int]], images: Sequence[Sequence], 
     inputs, counts = vision_inputs(image_processor, refs)
     expanded, k = [], 0
     for prompt, row, name in zip(prompts, images, where, strict=True):
+        if vision_start_id is not None:
+            prompt = list(prompt)
+            bad = [i for i, t in enumerate(prompt) if t == image_token_id
+                   and (i == 0 or prompt[i - 1] != vision_start_id)]  # fmt: skip
+            if bad:
+                raise ValueError(f"{name}: image placeholder at position {bad[0]} does not follow the vision-start "
+                                 f"token {vision_start_id}; prompts must place images as the checkpoint's chat "
+                                 "template does")
         expanded.append(expand_placeholders(list(prompt), image_token_id, counts[k : k + len(row)], name))
         k += len(row)
     return expanded, inputs["pixel_values"], inputs["image_grid_thw"].to(torch.long)

@@ -88,7 +88,8 @@ def test_a_resumed_vision_language_run_reproduces_the_uninterrupted_one(vl_world
 def test_on_policy_distillation_with_an_sglang_teacher_is_refused_for_a_vision_language_student(vl_world, tmp_path):
     proc = subprocess.run([sys.executable, "pretrain_zppo.py", *_overrides(vl_world, tmp_path, 1),
                            "run.algorithm=on_policy_distill", "teacher.engine=sglang", "teacher.url=http://127.0.0.1:9"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and "with their images is not built for SGLang yet" in proc.stderr
 
 

@@ -35,25 +35,54 @@ def _safetensors(directory: Path) -> dict:
 
 def test_hf_to_megatron_to_hf_round_trip_is_bit_exact_and_verified(tiny_qwen3_dir, tmp_path):
     source = Path(tiny_qwen3_dir)
-    megatron_dir, hf_out = tmp_path / "megatron", tmp_path / "hf_out"
+    original, converted = _round_trip(source, tmp_path)
+    assert len(original) == 25 and converted.keys() == original.keys()
+    for name, tensor in original.items():
+        assert converted[name].dtype == tensor.dtype and torch.equal(converted[name], tensor), name
+    for name in ("config.json", "generation_config.json"):  # non-weight files come from --hf-config
+        assert (tmp_path / "hf_out" / name).read_bytes() == (source / name).read_bytes()
 
+
+def _round_trip(source: Path, tmp_path: Path, picture: bool = False) -> tuple[dict, dict]:
+    """HF -> Megatron at TP=2 -> HF at TP=1, both legs with --verify; the original and final weights."""
+    megatron_dir, hf_out = tmp_path / "megatron", tmp_path / "hf_out"
     to_megatron = _run(2, "hf_to_megatron.py", "--hf", str(source), "--out", str(megatron_dir), "--tp", "2",
                        "--verify")  # fmt: skip
     assert to_megatron.returncode == 0, to_megatron.stderr[-4000:]
     assert "verify OK" in to_megatron.stdout and "max |logit diff| = " in to_megatron.stdout
+    assert ("and a picture" in to_megatron.stdout) == picture
     assert (megatron_dir / "metadata.json").is_file()
 
     to_hf = _run(1, "megatron_to_hf.py", "--megatron", str(megatron_dir), "--hf-config", str(source),
                  "--out", str(hf_out), "--verify")  # fmt: skip
     assert to_hf.returncode == 0, to_hf.stderr[-4000:]
     assert "verify OK" in to_hf.stdout
+    return _safetensors(source), _safetensors(hf_out)
 
-    original, converted = _safetensors(source), _safetensors(hf_out)
-    assert len(original) == 25 and converted.keys() == original.keys()
+
+@pytest.mark.slow
+def test_a_vision_language_round_trip_is_bit_exact_and_verified_with_a_picture(tmp_path):
+    from tests.train.qwen35_vl_worker import save_tiny_qwen35_vl
+
+    source = Path(save_tiny_qwen35_vl(tmp_path / "vl"))
+    original, converted = _round_trip(source, tmp_path, picture=True)
+    assert converted.keys() == original.keys() and any(name.startswith("model.visual.") for name in original)
     for name, tensor in original.items():
         assert converted[name].dtype == tensor.dtype and torch.equal(converted[name], tensor), name
-    for name in ("config.json", "generation_config.json"):  # non-weight files come from --hf-config
-        assert (hf_out / name).read_bytes() == (source / name).read_bytes()
+
+
+def test_verify_of_a_vision_language_checkpoint_checks_the_vision_tower(megatron_world, tmp_path):
+    from megatron_zppo.train.model import ModelConfig, build_policy
+    from megatron_zppo.train.parallel import ParallelConfig
+    from tests.train.qwen35_vl_worker import save_tiny_qwen35_vl
+
+    vl_dir = save_tiny_qwen35_vl(tmp_path / "vl")
+    logit_check = _logit_check()
+    policy = build_policy(ModelConfig(hf_path=vl_dir), ParallelConfig())
+    assert logit_check.max_logit_difference(policy, vl_dir) < 1e-4  # the tools' default tolerance
+    with torch.no_grad():  # a change only the picture's tokens can see
+        policy.chunks[0].vision_model.merger.linear_fc2.bias.add_(0.1)
+    assert logit_check.max_logit_difference(policy, vl_dir) > 1e-2
 
 
 def _logit_check():

@@ -174,3 +174,21 @@ def test_tensor_and_pipeline_parallel_match_single_process(vl_dir, single_proces
     # TP=2 splits the vision tower's heads and MLP too; PP=2 puts the vision tower on the first
     # stage only, while every stage derives the multimodal positions from tokens and image grids.
     assert_layout_matches(single_process_step, run_worker("qwen35_vl_worker.py", vl_dir, tmp_path / "out", 2, *layout))
+
+
+def test_an_image_placeholder_without_its_vision_start_token_is_refused(vl_dir):
+    from transformers import AutoImageProcessor
+
+    from megatron_zppo.train.vision_batch import expand_images
+    from tests.train.qwen35_vl_worker import START, row_images
+
+    processor = AutoImageProcessor.from_pretrained(vl_dir)
+    image = row_images()[0]
+    ok, _, _ = expand_images([[5, START, IMAGE, 6]], [image], processor, IMAGE, ["row"], START)
+    assert ok[0][:2] == [5, START] and ok[0].count(IMAGE) == 4
+    with pytest.raises(ValueError, match="sample 'g1': image placeholder at position 1 does not follow the vision-st"):
+        expand_images([[5, IMAGE, 6]], [image], processor, IMAGE, ["sample 'g1'"], START)
+    with pytest.raises(ValueError, match="samples carry images but the policy is a text-only model"):
+        expand_images([[5, START, IMAGE]], [image], None, IMAGE, ["row"])
+    with pytest.raises(ValueError, match="holds 0 image placeholder"):
+        expand_images([[5, 6]], [image], processor, IMAGE, ["row"], START)
