@@ -68,6 +68,19 @@ def test_a_zppo_run_trains_the_vision_language_student_on_its_images(vl_world, t
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval"]["dots"]["n"] == 8 and (run / "checkpoints" / "latest").read_text() == "step_000002"
 
+    # tools/evaluate.py on the final run checkpoint scores what the run's own final eval scored.
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("decoding: {temperature: 0.0, top_p: 1.0, top_k: -1, presence_penalty: 0.0, max_new_tokens: 8}\n"
+                     "templates: examples/cpu_toy/templates\nbenchmarks:\n  dots: {family: in_corpus, "
+                     f"grader: 'tests.loop.slow_graders:parity', sources: [{{kind: jsonl, path: {vl_world['data']}}}]}}\n")
+    proc = subprocess.run([sys.executable, "tools/evaluate.py", "--model", vl_world["student"], "--megatron",
+                           str(run / "checkpoints" / "step_000002"), "--suite", str(suite), "--out", str(tmp_path / "ev")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())["benchmarks"]["dots"]
+    assert result["n"] == 8 and result["accuracy"] == summary["eval"]["dots"]["after"]
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
