@@ -147,7 +147,6 @@ def flops_per_token(shape: dict, seq_len: int) -> float:
 
 def time_ppo_step(trainer, vocab: int, seq_len: int, warmup: int, steps: int) -> float:
     """Median seconds of one PPO update on one row of ``seq_len`` tokens."""
-    from megatron_zppo.loss import LossConfig
     from megatron_zppo.train.logprobs import SequenceBatch
     from megatron_zppo.train.trainer import PPOMicroBatch
 
@@ -155,14 +154,21 @@ def time_ppo_step(trainer, vocab: int, seq_len: int, warmup: int, steps: int) ->
     g = torch.Generator().manual_seed(seq_len)
     seq = SequenceBatch(torch.randint(0, vocab, (1, seq_len), generator=g), torch.tensor([prompt]),
                         torch.tensor([seq_len - prompt]), seq_len - prompt)
-    mb = [PPOMicroBatch(seq, torch.full((1, seq_len - prompt), -3.0), torch.ones(1))]
+    return time_steps(trainer, [PPOMicroBatch(seq, torch.full((1, seq_len - prompt), -3.0), torch.ones(1))],
+                      warmup, steps)
+
+
+def time_steps(trainer, micro_batches, warmup: int, steps: int) -> float:
+    """Median seconds of one PPO update on ``micro_batches``, after ``warmup`` untimed ones."""
+    from megatron_zppo.loss import LossConfig
+
     for chunk in trainer.policy.chunks:
         chunk.train()
     times = []
     for i in range(warmup + steps):
         _sync()
         t0 = time.perf_counter()
-        trainer.ppo_step(mb, LossConfig())
+        trainer.ppo_step(micro_batches, LossConfig())
         _sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
@@ -268,7 +274,7 @@ def run(args) -> list[str]:
             sys.path.insert(0, str(Path(__file__).parent))
             from gpu_check_vl import vl_rows
 
-            lines += vl_rows(build, trainer_logprobs, _sync, smoke, args.warmup, args.steps)
+            lines += vl_rows(build, trainer_logprobs, time_steps, smoke, args.warmup, args.steps)
     finally:
         parallel.destroy()
     return lines

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -91,11 +89,10 @@ def reference_logprobs(hf_dir: str, batch) -> torch.Tensor:
     return out
 
 
-def vl_rows(build, trainer_logprobs, sync, smoke: bool, warmup: int, steps: int) -> list[str]:
-    """The Markdown rows; ``build``, ``trainer_logprobs`` and ``sync`` are gpu_check.py's."""
+def vl_rows(build, trainer_logprobs, time_steps, smoke: bool, warmup: int, steps: int) -> list[str]:
+    """The Markdown rows; ``build``, ``trainer_logprobs`` and ``time_steps`` are gpu_check.py's."""
     import tempfile
 
-    from megatron_zppo.loss import LossConfig
     from megatron_zppo.train.trainer import PPOMicroBatch
 
     rows = []
@@ -113,18 +110,8 @@ def vl_rows(build, trainer_logprobs, sync, smoke: bool, warmup: int, steps: int)
                             f"max abs diff {diff:.2e} |")
                 del policy
             _, trainer = build(hf_dir, kind, train=True)
-            for chunk in trainer.policy.chunks:
-                chunk.train()
             mb = [PPOMicroBatch(batch, torch.full(batch.response_mask().shape, -3.0), torch.ones(2))]
-            times = []
-            for i in range(warmup + steps):
-                sync()
-                t0 = time.perf_counter()
-                trainer.ppo_step(mb, LossConfig())
-                sync()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-            seconds = statistics.median(times)
+            seconds = time_steps(trainer, mb, warmup, steps)
             tokens, patches = int(batch.tokens.numel()), int(batch.pixel_values.shape[0])
             rows.append(f"| Qwen3.5-VL throughput | {kind} PPO step, 2 rows, {tokens} tokens + {patches} image "
                         f"patches | {tokens / seconds:,.0f} tokens/s ({seconds * 1e3:.1f} ms) |")

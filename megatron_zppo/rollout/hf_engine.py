@@ -85,15 +85,25 @@ class HFEngine:
         return out
 
     def _generate_with_images(self, req: GenerateRequest, params: SamplingParams) -> list[Generation]:
-        """The image processor's patches for the request's images, each placeholder expanded to its
-        image's vision-token count, then `n` samples of that one prompt."""
-        inputs, counts = vision_inputs(self.image_processor, req.images)
-        grid = inputs["image_grid_thw"]
-        ids = expand_placeholders(list(req.prompt_ids), self.model.config.image_token_id, counts,
-                                  f"{self.name} engine, request {req.request_id!r}")
+        """`n` samples of one prompt with images (they share the image inputs)."""
+        ids, inputs = self._with_images(req.prompt_ids, req.images, f"request {req.request_id!r}")
         n = req.n
-        return self._generate_batch([ids] * n, params, pixel_values=inputs["pixel_values"].repeat(n, 1),
-                                    image_grid_thw=grid.repeat(n, 1))
+        return self._generate_batch([ids] * n, params, **{k: v.repeat(n, 1) for k, v in inputs.items()})
+
+    def _with_images(self, prompt_ids: Sequence[int], images, where: str) -> tuple[list[int], dict]:
+        """The prompt with each placeholder expanded to its image's vision-token count, and the
+        image processor's tensors for the images."""
+        if self.image_processor is None:
+            raise ValueError(f"{self.name} engine: {where} has images but this engine serves a text-only model")
+        vision, counts = vision_inputs(self.image_processor, images)
+        ids = expand_placeholders(list(prompt_ids), self.model.config.image_token_id, counts,
+                                  f"{self.name} engine, {where}")
+        return ids, {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+
+    def _image_positions(self, ids: torch.Tensor) -> torch.Tensor:
+        """HF's ``mm_token_type_ids``: without it, HF's Qwen-VL models silently give image tokens
+        plain text positions instead of the multimodal (M-RoPE) ones the model was trained with."""
+        return (ids == self.model.config.image_token_id).long()
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, **model_inputs) -> list[Generation]:
@@ -102,9 +112,7 @@ class HFEngine:
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         if "pixel_values" in model_inputs:
-            # Marks the image positions; without it HF's generate silently gives image tokens plain
-            # text positions instead of the multimodal (M-RoPE) ones the model was trained with.
-            model_inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).long()
+            model_inputs["mm_token_type_ids"] = self._image_positions(ids)
         processors = LogitsProcessorList()
         if params.presence_penalty:
             processors.append(_PresencePenalty(params.presence_penalty, width))
@@ -139,18 +147,11 @@ class HFEngine:
               images: Sequence[tuple] | None = None) -> list[list[float]]:
         out = []
         for k, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-            p, inputs = list(p), {}
-            if images and images[k]:
-                if self.image_processor is None:
-                    raise ValueError(f"{self.name} engine: scoring row {k} has images but this engine serves a "
-                                     "text-only model")
-                vision, counts = vision_inputs(self.image_processor, images[k])
-                where = f"{self.name} engine, score row {k}"
-                p = expand_placeholders(p, self.model.config.image_token_id, counts, where)
-                inputs = {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+            p, inputs = (self._with_images(p, images[k], f"score row {k}") if images and images[k]
+                         else (list(p), {}))  # fmt: skip
             ids = torch.tensor([p + list(r)])
-            if inputs:  # see _generate_batch: the image positions, for M-RoPE
-                inputs["mm_token_type_ids"] = (ids == self.model.config.image_token_id).long()
+            if inputs:
+                inputs["mm_token_type_ids"] = self._image_positions(ids)
             logits = self.model(input_ids=ids, **inputs).logits[0, len(p) - 1:-1].float()
             out.append(logits.log_softmax(-1).gather(-1, torch.tensor(list(r))[:, None])[:, 0].tolist())
         return out
