@@ -15,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from megatron_zppo.errors import RunError
 
-class ConfigError(ValueError):
+
+class ConfigError(RunError, ValueError):
     pass
 
 
