@@ -12,6 +12,7 @@ from megatron_zppo.train.logprobs import (
 )
 from megatron_zppo.train.model import ModelConfig, build_policy
 from megatron_zppo.train.parallel import ParallelConfig
+from tests.train.tolerances import FP32_VS_FP64
 
 PROMPTS = [[5, 17, 3], [9], [100, 101, 102, 103, 104]]
 RESPONSES = [[7, 8, 9, 10, 11, 12], [42, 43], [200, 249, 0]]
@@ -26,14 +27,14 @@ def policy(tiny_qwen3_dir, megatron_world):
 def hf_model(tiny_qwen3_dir):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_qwen3_dir, dtype=torch.float64).eval()  # tests/train/tolerances.py
 
 
 def _hf_response_stats(hf_model, prompt, response):
     """Log-probs and entropies of one unpadded sample, straight from HF logits."""
     tokens = torch.tensor([prompt + response])
     with torch.no_grad():
-        logits = hf_model(tokens).logits[0].float()
+        logits = hf_model(tokens).logits[0]
     logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
     chosen = logp.gather(-1, torch.tensor(response)[:, None])[:, 0]
     return chosen, -(logp.exp() * logp).sum(-1)
@@ -55,8 +56,8 @@ def test_megatron_logprobs_and_entropy_match_hf_for_variable_length_responses(po
     for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
         ref_lp, ref_ent = _hf_response_stats(hf_model, prompt, response)
         n = len(response)
-        torch.testing.assert_close(logprobs[i, :n], ref_lp, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(entropy[i, :n], ref_ent, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logprobs[i, :n].double(), ref_lp, **FP32_VS_FP64)
+        torch.testing.assert_close(entropy[i, :n].double(), ref_ent, **FP32_VS_FP64)
 
 
 def test_chunked_logprobs_and_gradients_equal_unchunked(policy):

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from megatron_zppo.train.logprobs import LogprobRequest, SequenceBatch, forward_response_logprobs
+from tests.train.tolerances import FP32_VS_FP64
 from megatron_zppo.train.model import ModelConfig, Policy, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig
 from tests.train.qwen35_worker import LAYER_TYPES, save_tiny_qwen35
@@ -43,11 +44,11 @@ def policy(tiny_qwen35_dir, megatron_world) -> Policy:
 def _hf_logprobs_and_entropy(hf_dir: str, batch: SequenceBatch):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float64)  # reference: tests/train/tolerances.py
     with torch.no_grad():
-        logp = torch.log_softmax(model(batch.tokens).logits.float(), dim=-1)
+        logp = torch.log_softmax(model(batch.tokens).logits, dim=-1)
     width = batch.response_width
-    lps, ents = torch.zeros(len(PROMPTS), width), torch.zeros(len(PROMPTS), width)
+    lps, ents = torch.zeros(len(PROMPTS), width, dtype=torch.float64), torch.zeros(len(PROMPTS), width, dtype=torch.float64)
     for i, (p, n) in enumerate(zip(batch.prompt_lens.tolist(), batch.response_lens.tolist())):
         rows = logp[i, p - 1 : p - 1 + n]
         lps[i, :n] = rows.gather(-1, batch.tokens[i, p : p + n, None])[:, 0]
@@ -73,8 +74,8 @@ def test_logprobs_and_entropy_match_hf_in_fp32(policy, tiny_qwen35_dir):
         logprobs, entropy = forward_response_logprobs(chunk, LogprobRequest(batch, policy.vocab_size, 4, True))
     expected_lp, expected_ent = _hf_logprobs_and_entropy(tiny_qwen35_dir, batch)
     assert expected_lp.min() < -8.0  # far from uniform (log 250 = 5.5): the layers really matter
-    torch.testing.assert_close(logprobs, expected_lp, atol=1e-5, rtol=1e-6)
-    torch.testing.assert_close(entropy, expected_ent, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(logprobs.double(), expected_lp, **FP32_VS_FP64)
+    torch.testing.assert_close(entropy.double(), expected_ent, **FP32_VS_FP64)
 
 
 def test_export_returns_every_hf_tensor_bit_exact(policy, tiny_qwen35_dir):
