@@ -8,9 +8,10 @@ YAML or on the command line win over the preset.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from megatron_zppo.baselines import DIVERGENCES
-from megatron_zppo.config_io import ConfigError, from_dict, load_tree
+from megatron_zppo.config_io import ConfigError, Range, from_dict, load_tree
 from megatron_zppo.data import SourceConfig
 from megatron_zppo.loss import LossConfig
 from megatron_zppo.reformulate import ZppoConfig
@@ -49,11 +50,11 @@ MODES = ("train", "rollout_only", "train_only")
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = "runs/zppo"
-    seed: int = 0
-    steps: int = 200
-    updates_per_step: int = 4  # I: mini-batches (optimizer steps) per rollout step
-    save_every: int = 50
-    eval_every: int = 0  # 0: evaluate before and after training only
+    seed: Annotated[int, Range(ge=0)] = 0
+    steps: Annotated[int, Range(ge=0)] = 200
+    updates_per_step: Annotated[int, Range(ge=1)] = 4  # I: mini-batches (optimizer steps) per rollout step
+    save_every: Annotated[int, Range(ge=1)] = 50
+    eval_every: Annotated[int, Range(ge=0)] = 0  # 0: evaluate before and after training only
     algorithm: str = "zppo"
     load: str = ""  # a checkpoint directory, or "auto" for the latest one under dir/checkpoints
     # rollout_only: generate and write rollouts to dir/rollouts, no training.
@@ -67,9 +68,6 @@ class RunConfig:
             raise ValueError(f"run.algorithm {self.algorithm!r} unknown; expected one of {sorted(PRESETS)}")
         if self.mode not in MODES:
             raise ValueError(f"run.mode {self.mode!r} unknown; expected one of {MODES}")
-        if self.updates_per_step < 1 or self.steps < 0:
-            raise ValueError(f"run.updates_per_step must be >= 1 and run.steps >= 0, got "
-                             f"{self.updates_per_step!r}/{self.steps!r}")
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,10 @@ class MethodConfig:
     objective: str = "policy_gradient"
     hard_prompts: str = "zppo"  # zppo: BCQ/NCQ (zppo section) | hint | prefix
     divergence: str = "reverse_kl"  # on-policy distillation: reverse_kl | jsd
-    jsd_beta: float = 0.5
-    prefix_fraction: float = 0.4  # Prefix baseline: share of a correct teacher response given
-    kd_temperature: float = 1.0  # logit distillation: softmax temperature of both models (no T^2 factor)
-    kd_top_k: int = 0  # logit distillation: 0 = the teacher's full distribution, else its top k
+    jsd_beta: Annotated[float, Range(gt=0, lt=1)] = 0.5
+    prefix_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.4  # Prefix baseline: share of a correct teacher response given
+    kd_temperature: Annotated[float, Range(gt=0)] = 1.0  # logit distillation: softmax temperature of both models (no T^2 factor)
+    kd_top_k: Annotated[int, Range(ge=0)] = 0  # logit distillation: 0 = the teacher's full distribution, else its top k
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -91,12 +89,6 @@ class MethodConfig:
             raise ValueError(f"method.hard_prompts {self.hard_prompts!r} unknown; expected one of {HARD_PROMPTS}")
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"method.divergence {self.divergence!r} unknown; expected one of {DIVERGENCES}")
-        if self.kd_temperature <= 0 or self.kd_top_k < 0:
-            raise ValueError(f"method.kd_temperature must be > 0 and method.kd_top_k >= 0, got "
-                             f"{self.kd_temperature!r}/{self.kd_top_k!r}")
-        if not 0 < self.jsd_beta < 1 or not 0 < self.prefix_fraction < 1:
-            raise ValueError(f"method.jsd_beta and method.prefix_fraction must be in (0, 1), got "
-                             f"{self.jsd_beta!r}/{self.prefix_fraction!r}")
 
     @property
     def uses_teacher_tokens(self) -> bool:
@@ -113,8 +105,8 @@ class EngineConfig:
     addresses: str = ""  # ... or the JSON file tools/launch_sglang.py writes
     api_key: str = ""
     admin_api_key: str = ""  # SGLang's --admin-api-key (weight updates, cache, abort); default api_key
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: Annotated[float, Range(ge=0)] = 1.0
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)  # SGLang student only
     # Co-located SGLang student (same GPUs as the trainer, server started with --enable-memory-saver):
     # the server releases its GPU memory while the trainer trains and takes it back around the sync.
@@ -135,23 +127,21 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    n_new: int = 384  # new questions per rollout step
-    group_size: int = 8  # G_S: student rollouts per prompt
-    teacher_group_size: int = 4  # G_T
-    max_new_tokens: int = 12288
-    max_prompt_tokens: int = 4096  # plain prompts; longer questions are skipped and counted
-    max_reformulated_prompt_tokens: int = 16384  # BCQ/NCQ carry candidates, so they may be longer
-
-    def __post_init__(self):
-        if min(self.n_new, self.group_size, self.teacher_group_size, self.max_new_tokens) < 1:
-            raise ValueError(f"rollout sizes must be >= 1: {self}")
+    n_new: Annotated[int, Range(ge=1)] = 384  # new questions per rollout step
+    # G_S: student rollouts per prompt; a group of one always has advantage 0 (nothing to learn)
+    group_size: Annotated[int, Range(ge=2)] = 8
+    teacher_group_size: Annotated[int, Range(ge=1)] = 4  # G_T
+    max_new_tokens: Annotated[int, Range(ge=1)] = 12288
+    max_prompt_tokens: Annotated[int, Range(ge=1)] = 4096  # plain prompts; longer questions are skipped and counted
+    max_reformulated_prompt_tokens: Annotated[int, Range(ge=1)] = 16384  # BCQ/NCQ carry candidates, so they may be longer
 
 
 @dataclass(frozen=True)
 class RewardConfig:
     grader: str = "auto"  # auto: each question's metadata["grader"], else "math" (mathruler)
-    workers: int = 2
-    timeout_s: float = 10.0
+    workers: Annotated[int, Range(ge=1)] = 2
+    # per grade, from when a ready worker takes it (worker start-up does not count)
+    timeout_s: Annotated[float, Range(gt=0)] = 10.0
 
 
 @dataclass(frozen=True)
@@ -166,29 +156,29 @@ class DataConfig:
 class EvalConfig:
     """Decoding for evaluation; defaults are the paper's (SPEC.md "Sampling")."""
 
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 20
-    presence_penalty: float = 1.5
-    max_new_tokens: int = 12288
-    samples_per_question: int = 1
+    temperature: Annotated[float, Range(ge=0)] = 0.6
+    top_p: Annotated[float, Range(gt=0, le=1)] = 0.95
+    top_k: Annotated[int, Range(ge=-1)] = 20  # -1: off
+    presence_penalty: Annotated[float, Range(ge=-2, le=2)] = 1.5
+    max_new_tokens: Annotated[int, Range(ge=1)] = 12288
+    samples_per_question: Annotated[int, Range(ge=1)] = 1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Settings of the Megatron trainer (passed to megatron_zppo.train)."""
 
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    micro_batch_size: int = 8
+    tensor_parallel: Annotated[int, Range(ge=1)] = 1
+    pipeline_parallel: Annotated[int, Range(ge=1)] = 1
+    micro_batch_size: Annotated[int, Range(ge=1)] = 8
     layer_spec: str = "auto"  # auto | local | transformer_engine
-    lr: float = 1e-6
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    logprob_chunk_size: int = 512
+    lr: Annotated[float, Range(ge=0)] = 1e-6
+    weight_decay: Annotated[float, Range(ge=0)] = 0.1
+    adam_beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
+    adam_beta2: Annotated[float, Range(ge=0, lt=1)] = 0.999
+    adam_eps: Annotated[float, Range(gt=0)] = 1e-8
+    clip_grad: Annotated[float, Range(ge=0)] = 1.0  # 0: no clipping
+    logprob_chunk_size: Annotated[int, Range(ge=1)] = 512
     recompute: str = "none"  # activation recomputation: none | selective (attention core) | full (whole layers)
     use_distributed_optimizer: bool = True
 

@@ -8,6 +8,7 @@ names the key path and the offending value, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -22,13 +23,36 @@ class ConfigError(RunError, ValueError):
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field, declared beside it and checked at load:
+    `save_every: Annotated[int, Range(ge=1)] = 50`. Every numeric field of the run's config has one
+    (tests/loop/test_config_ranges.py), so no value can be accepted only to crash or mislead later."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def check(self, value, where: str) -> None:
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        if not ok or not math.isfinite(value):  # no field means NaN or infinity
+            raise ConfigError(f"{where}: {value!r} is out of range; expected a value {self}")
+
+    def __str__(self) -> str:
+        parts = [f"{op} {b:g}" for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if b is not None]
+        return " and ".join(parts)
+
+
 def from_dict(cls, data: Any, where: str = ""):
     """Build dataclass `cls` from a (nested) dict, checking keys and types."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r:.80}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -45,6 +69,12 @@ def from_dict(cls, data: Any, where: str = ""):
 
 def _convert(tp, value, where: str):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        value = _convert(args[0], value, where)
+        for rule in args[1:]:
+            if isinstance(rule, Range) and value is not None:
+                rule.check(value, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

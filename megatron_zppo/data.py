@@ -13,8 +13,9 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from megatron_zppo.config_io import Range
 from megatron_zppo.images import image_problem
 from megatron_zppo.records import Question
 
@@ -32,8 +33,8 @@ class SourceConfig:
     id_field: str = "id"
     grader: str = ""  # stored in metadata["grader"]; empty: the reward's default
     task: str = ""  # reasoning_gym task name
-    size: int = 0  # reasoning_gym: number of questions
-    seed: int = 0
+    size: Annotated[int, Range(ge=0)] = 0  # reasoning_gym: number of questions
+    seed: Annotated[int, Range(ge=0)] = 0
     task_config: dict[str, Any] = field(default_factory=dict)
     skip_bad_records: bool = False  # false: a bad record stops the run, naming it; true: skip and log it
     check_images: bool = True  # decode every image once at load time (a bad one is a bad record)

@@ -9,8 +9,11 @@ then its share of the mini-batch mean, and summing the shares gives exactly that
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+
+from megatron_zppo.config_io import Range
 
 AGGREGATIONS = ("token_mean", "seq_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -18,13 +21,13 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 
 @dataclass(frozen=True)
 class LossConfig:
-    eps_low: float = 0.20
-    eps_high: float = 0.28
-    dual_clip_c: float | None = 10.0  # lower bound c*A on the objective for A < 0; None = off
+    eps_low: Annotated[float, Range(ge=0, lt=1)] = 0.20
+    eps_high: Annotated[float, Range(ge=0)] = 0.28
+    dual_clip_c: Annotated[float | None, Range(gt=1)] = 10.0  # lower bound c*A on the objective for A < 0; None = off
     aggregation: str = "token_mean"
-    kl_coef: float = 0.0  # the paper uses no KL term
+    kl_coef: Annotated[float, Range(ge=0)] = 0.0  # the paper uses no KL term
     kl_estimator: str = "k3"
-    tis_cap: float | None = None  # truncated importance weight trainer/rollout-engine; None = off
+    tis_cap: Annotated[float | None, Range(gt=0)] = None  # truncated importance weight trainer/rollout-engine; None = off
     check_finite: bool = True
 
     def __post_init__(self):
@@ -32,13 +35,6 @@ class LossConfig:
             raise ValueError(f"loss.aggregation {self.aggregation!r} unknown; expected one of {AGGREGATIONS}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"loss.kl_estimator {self.kl_estimator!r} unknown; expected one of {KL_ESTIMATORS}")
-        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
-            raise ValueError(f"loss.eps_low/eps_high must satisfy 0 <= eps_low < 1, eps_high >= 0; got "
-                             f"{self.eps_low!r}/{self.eps_high!r}")
-        if self.dual_clip_c is not None and self.dual_clip_c <= 1:
-            raise ValueError(f"loss.dual_clip_c must be > 1 (or null), got {self.dual_clip_c!r}")
-        if self.tis_cap is not None and self.tis_cap <= 0:
-            raise ValueError(f"loss.tis_cap must be > 0 (or null), got {self.tis_cap!r}")
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:

@@ -16,25 +16,21 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 from megatron_zppo.answers import wrong_answer_list
+from megatron_zppo.config_io import Range
 from megatron_zppo.prompts import PromptTemplates
 from megatron_zppo.records import TEACHER, Group, PromptKind, Question, Sample
 
 
 @dataclass(frozen=True)
 class ZppoConfig:
-    tau: float = 0.5  # hard if acc(x) < tau; graduation threshold of the buffer too
-    rho_aug: float = 0.25  # cap on hard questions and on BCQ+NCQ prompts, as a fraction of N_new
+    tau: Annotated[float, Range(gt=0, le=1)] = 0.5  # hard if acc(x) < tau; graduation threshold of the buffer too
+    rho_aug: Annotated[float, Range(ge=0)] = 0.25  # cap on hard questions and on BCQ+NCQ prompts, as a fraction of N_new
     bcq: bool = True
     ncq: bool = True
     compression: bool = True  # the teacher summarises candidates before they enter a prompt
-
-    def __post_init__(self):
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError(f"zppo.tau must be in (0, 1], got {self.tau!r}")
-        if self.rho_aug < 0:
-            raise ValueError(f"zppo.rho_aug must be >= 0, got {self.rho_aug!r}")
 
 
 def fraction_count(rho: float, n: int) -> int:

@@ -11,8 +11,9 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from megatron_zppo.config_io import Range
 from megatron_zppo.records import Group, PromptKind, Question
 
 STATE_VERSION = 1
@@ -21,14 +22,8 @@ STATE_VERSION = 1
 @dataclass(frozen=True)
 class BufferConfig:
     enabled: bool = True
-    capacity: int = 10_000
-    rho_replay: float = 0.25  # replayed questions per step, as a fraction of N_new
-
-    def __post_init__(self):
-        if self.capacity < 1:
-            raise ValueError(f"buffer.capacity must be >= 1, got {self.capacity!r}")
-        if self.rho_replay < 0:
-            raise ValueError(f"buffer.rho_replay must be >= 0, got {self.rho_replay!r}")
+    capacity: Annotated[int, Range(ge=1)] = 10_000
+    rho_replay: Annotated[float, Range(ge=0)] = 0.25  # replayed questions per step, as a fraction of N_new
 
 
 @dataclass

@@ -22,12 +22,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 from torch.distributed import distributed_c10d as c10d
+
+from megatron_zppo.config_io import Range
 
 DEFAULT_BUCKET_BYTES = 512 * 1024 * 1024
 
@@ -195,18 +197,18 @@ class WeightSyncConfig:
     # "distributed": process-group broadcast | "disk": safetensors files | "ipc": CUDA-IPC handles to a
     # server on the same GPUs (co-located; GPU only)
     strategy: str = "distributed"
-    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    bucket_bytes: Annotated[int, Range(ge=1)] = DEFAULT_BUCKET_BYTES
     # distributed
     backend: str = "nccl"  # "gloo" for CPU servers and tests
     master_addr: str = "127.0.0.1"  # an address of the trainer that the server can reach
-    master_port: int = 0  # 0: pick a free port when the group is first made
-    server_world_size: int = 1  # the server's tp_size: its ranks are 1..server_world_size
+    master_port: Annotated[int, Range(ge=0, le=65535)] = 0  # 0: pick a free port when the group is first made
+    server_world_size: Annotated[int, Range(ge=1)] = 1  # the server's tp_size: its ranks are 1..server_world_size
     group_name: str = "zppo_weight_sync"
     # None: one broadcast per tensor; "flattened_bucket": one per bucket (SGLang's flat layout).
     # Per tensor is the default: on CPU/gloo it measured faster (benchmarks/bench_weight_sync.py),
     # since the flat path adds a copy on each side; with thousands of tensors on NCCL, try flat.
     load_format: str | None = None
-    timeout_s: float = 600.0  # bounds every rendezvous and broadcast, so a dead peer cannot hang us
+    timeout_s: Annotated[float, Range(gt=0)] = 600.0  # bounds every rendezvous and broadcast, so a dead peer cannot hang us
     # disk
     disk_dir: str | None = None  # a directory the server can read; one sub-directory per version
     disk_support_dir: str | None = None  # HF model dir whose config/tokenizer files are copied along
@@ -216,8 +218,6 @@ class WeightSyncConfig:
             raise ValueError(f"weight_sync.strategy must be 'distributed', 'disk' or 'ipc', got {self.strategy!r}")
         if self.strategy == "disk" and not self.disk_dir:
             raise ValueError("weight_sync.disk_dir is required when weight_sync.strategy is 'disk'")
-        if self.bucket_bytes <= 0 or self.server_world_size < 1:
-            raise ValueError("weight_sync.bucket_bytes and weight_sync.server_world_size must be positive")
 
 
 _SAFE_VERSION = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # no leading dot: "..", and our temp dirs

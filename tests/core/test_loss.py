@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from megatron_zppo.config_io import from_dict
 from megatron_zppo.loss import LossConfig, kl_penalty, policy_loss
 
 OLD = torch.full((1, 3), -1.0, dtype=torch.float64)
@@ -120,5 +121,5 @@ def test_non_finite_inputs_name_the_tensor():
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="aggregation 'sum'"):
         LossConfig(aggregation="sum")
-    with pytest.raises(ValueError, match="dual_clip_c"):
-        LossConfig(dual_clip_c=0.5)
+    with pytest.raises(ValueError, match="loss.dual_clip_c: 0.5 is out of range"):
+        from_dict(LossConfig, {"dual_clip_c": 0.5}, "loss")  # ranges are checked where configs are read

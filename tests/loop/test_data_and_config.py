@@ -114,7 +114,7 @@ def test_baseline_settings_that_contradict_each_other_are_refused():
         load_config(None, BASE + ["run.algorithm=on_policy_distill", "zppo.ncq=true"])
     with pytest.raises(ConfigError, match="method.divergence 'kl' unknown"):
         load_config(None, BASE + ["run.algorithm=on_policy_distill", "method.divergence=kl"])
-    with pytest.raises(ConfigError, match="prefix_fraction must be in"):
+    with pytest.raises(ConfigError, match="method.prefix_fraction: 1.0 is out of range"):
         load_config(None, BASE + ["run.algorithm=prefix", "method.prefix_fraction=1.0"])
     with pytest.raises(ConfigError, match="uses the teacher"):
         load_config(None, ["student.hf_path=s", "run.algorithm=off_policy_distill"])
