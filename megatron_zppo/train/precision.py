@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
 
+from megatron_zppo.errors import RunError
+
 DTYPES = {"bf16": "bf16", "bfloat16": "bf16", "fp32": "fp32", "float32": "fp32"}
 FP8_RECIPES = ("none", "delayed", "tensorwise", "blockwise", "mxfp8")
 
@@ -44,7 +46,7 @@ MIN_CUDA = {"blockwise": "12.9"}
 _WHO = {(8, 9): "Ada or Hopper (sm_89+)", (9, 0): "Hopper (sm_90+)", (10, 0): "Blackwell (sm_100)"}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(RunError, ValueError):
     """A precision setting this machine cannot run; the message names the setting and the gap."""
 
 
@@ -94,6 +96,11 @@ def check_precision(
     ``cuda_version``: torch's CUDA version; checked only when given (blockwise needs 12.9).
     """
     if cfg.fp8 == "none":
+        if cfg.dtype == "bf16" and gpu_capability is None:
+            # Megatron's bf16 attention softmax is a CUDA kernel (scaled_masked_softmax_cuda): without
+            # this check the run would die inside Megatron's first forward with a ModuleNotFoundError.
+            raise PrecisionError("precision.dtype='bf16' needs a CUDA GPU, and none is visible (Megatron's bf16 "
+                                 "softmax is CUDA-only); use precision.dtype=fp32 on CPU")
         return
     where = f"precision.fp8={cfg.fp8!r}"
     if layer_spec == "local":

@@ -42,9 +42,14 @@ def test_unknown_values_are_refused_by_name(kwargs, words):
 
 
 # -- check_precision: what is accepted -------------------------------------------------------------
-def test_no_fp8_needs_nothing_at_all():
+def test_no_fp8_needs_nothing_but_a_gpu_for_bf16():
     check_precision(PrecisionConfig("fp32"), None, None)  # a CPU box without TE
-    check_precision(PrecisionConfig("bf16"), None, None, layer_spec="local")
+    check_precision(PrecisionConfig("bf16"), None, H100, layer_spec="local")
+
+
+def test_bf16_without_a_gpu_is_refused_before_megatron_fails_inside():
+    msg = refuse(PrecisionConfig("bf16"), None, None, layer_spec="local")
+    assert "precision.dtype='bf16'" in msg and "none is visible" in msg and "fp32" in msg
 
 
 @pytest.mark.parametrize("recipe, gpu", [
