@@ -16,7 +16,7 @@ from megatron_zppo.data import QuestionStream, load_questions
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
 from megatron_zppo.replay_buffer import ReplayBuffer
-from megatron_zppo.rewards import GraderPool
+from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 from megatron_zppo.teacher import Teacher
 

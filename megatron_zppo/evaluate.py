@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from megatron_zppo.prompts import PromptTemplates
 from megatron_zppo.records import Question
-from megatron_zppo.rewards import GraderPool
+from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 
 

@@ -27,7 +27,7 @@ from megatron_zppo.prompts import PromptTemplates
 from megatron_zppo.records import Group, PromptKind, Question, Sample
 from megatron_zppo.reformulate import fraction_count, plan_reformulations, render, select_hard
 from megatron_zppo.replay_buffer import ReplayBuffer
-from megatron_zppo.rewards import GraderPool
+from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.collect import PromptSpec, generate_groups, score_samples
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 from megatron_zppo.teacher import Teacher

@@ -1,18 +1,16 @@
 """Binary rewards: the student's final answer graded against the gold answer.
 
-Every grader is a pure function `(response, question) -> float`, run in worker processes with a
-time limit: a pathological answer (a huge expression sympy chokes on) can neither hang nor kill
-training. A grade that times out or raises scores 0 and is counted.
+Every grader is a pure function `(response, question) -> float` returning 0 or 1, run by
+`grader_pool.GraderPool` in worker processes with a time limit: a pathological answer (a huge
+expression sympy chokes on) can neither hang nor kill training.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 from megatron_zppo.answers import last_boxed
+from megatron_zppo.errors import RunError
 from megatron_zppo.records import Question
 
 _DEGREE_PERCENT = re.compile(r"\^\s*\{?\\circ\}?|°|\\%|%")
@@ -71,10 +69,12 @@ def grade_task(response: str, q: Question) -> float:
     return 1.0 if score >= 1.0 else 0.0  # binary reward: partial credit counts as wrong
 
 
-# Free-form answers: graded by the teacher as an LLM judge (teacher.Teacher.judge), not in a worker.
-JUDGE = "judge"
 GRADERS = {"math": grade_math, "math_verify": grade_math_verify, "exact": grade_exact,
            "choice": grade_choice, "task": grade_task}
+
+
+class GraderError(RunError, ValueError):
+    pass
 
 
 def resolve_grader(name: str):
@@ -85,73 +85,11 @@ def resolve_grader(name: str):
         import importlib
 
         module, fn = name.split(":", 1)
-        return getattr(importlib.import_module(module), fn)
-    raise ValueError(f"grader {name!r} unknown; expected one of {sorted(GRADERS)} or 'module:function'")
-
-
-def _grade_one(args):
-    name, response, question = args
-    return resolve_grader(name)(response, question)
-
-
-@dataclass
-class GradeStats:
-    timeouts: int = 0
-    errors: int = 0
-
-
-class GraderPool:
-    """Grades batches in worker processes, each item under `timeout_s`.
-
-    A timed-out item scores 0; the pool is then replaced, since its worker may be stuck for good.
-    `grader` names one of GRADERS, or "auto": the question's metadata["grader"], else "math".
-    """
-
-    def __init__(self, grader: str = "auto", workers: int = 2, timeout_s: float = 10.0):
-        if grader not in ("auto", JUDGE):
-            resolve_grader(grader)  # fail at start-up, not in a worker
-        self.grader, self.workers, self.timeout_s = grader, workers, timeout_s
-        self.stats = GradeStats()
-        self._pool = None
-
-    def wants_judge(self, q: Question) -> bool:
-        return self.grader == JUDGE or (self.grader == "auto" and q.metadata.get("grader") == JUDGE)
-
-    def _name(self, q: Question) -> str:
-        name = self.grader if self.grader != "auto" else q.metadata.get("grader") or "math"
-        if name not in GRADERS and ":" not in name:
-            raise ValueError(f"question {q.id!r}: grader {name!r} unknown; expected one of {sorted(GRADERS)} "
-                             "or 'module:function'")
-        return name
-
-    def grade(self, responses: Sequence[str], questions: Sequence[Question]) -> list[float]:
-        if len(responses) != len(questions):
-            raise ValueError(f"{len(responses)} responses for {len(questions)} questions")
-        jobs = [(self._name(q), r, q) for r, q in zip(responses, questions)]
-        scores: list[float] = [0.0] * len(jobs)
-        todo = list(range(len(jobs)))
-        while todo:  # each round settles at least one item, so this ends
-            if self._pool is None:
-                self._pool = mp.get_context("spawn").Pool(self.workers)
-            pending = [(i, self._pool.apply_async(_grade_one, (jobs[i],))) for i in todo]
-            todo, stuck = [], False
-            for i, p in pending:
-                if stuck and not p.ready():
-                    todo.append(i)  # queued behind a stuck worker: retry in a fresh pool
-                    continue
-                try:
-                    scores[i] = float(p.get(timeout=0 if stuck else self.timeout_s))
-                except mp.TimeoutError:
-                    self.stats.timeouts += 1
-                    stuck = True
-                except Exception:  # a grader crash on odd input is a wrong answer, not a dead run
-                    self.stats.errors += 1
-            if stuck:
-                self._pool.terminate()
-                self._pool = None
-        return scores
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool = None
+        try:
+            found = getattr(importlib.import_module(module), fn)
+        except (ImportError, AttributeError) as e:
+            raise GraderError(f"grader {name!r}: cannot import {fn!r} from module {module!r} ({e})") from None
+        if not callable(found):
+            raise GraderError(f"grader {name!r}: {module}.{fn} is not a function")
+        return found
+    raise GraderError(f"grader {name!r} unknown; expected one of {sorted(GRADERS)} or 'module:function'")

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     from megatron_zppo.data import load_questions
     from megatron_zppo.evaluate import evaluate
     from megatron_zppo.prompts import DEFAULT_DIR, PromptTemplates
-    from megatron_zppo.rewards import GraderPool
+    from megatron_zppo.grader_pool import GraderPool
 
     suite = load_suite(args.suite)
     params = build.eval_sampling(suite.decoding, suite.seed)

@@ -90,7 +90,7 @@ def measure(path: Path, templates, n: int) -> dict[str, dict[str, float]]:
     """Greedy and sampled (8 per question) accuracy per task family, on evaluation seeds."""
     from megatron_zppo.build import make_encoder
     from megatron_zppo.evaluate import evaluate
-    from megatron_zppo.rewards import GraderPool
+    from megatron_zppo.grader_pool import GraderPool
     from megatron_zppo.rollout.engine import SamplingParams
     from megatron_zppo.rollout.hf_engine import HFEngine
     from megatron_zppo.toy_corpus import HELD_OUT, RL_TASK, questions

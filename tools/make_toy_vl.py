@@ -127,7 +127,7 @@ def measure(path: Path, questions, templates) -> float:
     """Greedy accuracy on `questions` with the in-process engine and the math grader."""
     from megatron_zppo.build import make_encoder
     from megatron_zppo.evaluate import evaluate
-    from megatron_zppo.rewards import GraderPool
+    from megatron_zppo.grader_pool import GraderPool
     from megatron_zppo.rollout.engine import SamplingParams
     from megatron_zppo.rollout.hf_engine import HFEngine
 

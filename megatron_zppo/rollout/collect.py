@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from megatron_zppo.answers import last_boxed
 from megatron_zppo.records import Group, PromptKind, Question, Sample
-from megatron_zppo.rewards import GraderPool
+from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 
 

@@ -31,3 +31,34 @@ def parity(response, question):
 def never(response, question):
     """Every answer wrong: every question is hard, and NCQ prompts are certain to be built."""
     return 0.0
+
+
+def stubborn(response, question):
+    """Ignores SIGTERM and hangs; writes its pid to the file named after 'STUBBORN:'."""
+    import signal
+
+    if response.startswith("STUBBORN:"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(response.split(":", 1)[1], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(3600)
+    return 1.0
+
+
+def pid(response, question):
+    """Appends the worker's pid to the file named by the response, and scores it right."""
+    with open(response, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return 1.0
+
+
+def returns_text(response, question):
+    return "1"
+
+
+def returns_none(response, question):
+    return None
+
+
+def returns_two(response, question):
+    return 2.0

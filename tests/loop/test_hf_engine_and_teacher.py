@@ -106,7 +106,7 @@ def test_judge_reads_strict_json_and_malformed_scores_zero(toy_world):
 
 def test_llm_judge_questions_are_routed_to_the_teacher(toy_world):
     from megatron_zppo.records import PromptKind, Sample
-    from megatron_zppo.rewards import GraderPool
+    from megatron_zppo.grader_pool import GraderPool
     from megatron_zppo.rollout.collect import score_samples
 
     q = Question("q", "Name the colour", "red", metadata={"grader": "judge"})

@@ -1,7 +1,7 @@
 import pytest
 
 from megatron_zppo.records import Question
-from megatron_zppo.rewards import GraderPool, grade_choice, grade_exact, grade_math, grade_math_verify, grade_task
+from megatron_zppo.rewards import grade_choice, grade_exact, grade_math, grade_math_verify, grade_task
 
 Q = Question("q", "What is half of one?", "\\frac{1}{2}")
 
@@ -31,37 +31,3 @@ def test_task_grader_uses_reasoning_gyms_scorer():
     assert grade_task(f"\\boxed{{{int(q.answer) + 1}}}", q) == 0.0
     with pytest.raises(ValueError, match="metadata\\['entry'\\]"):
         grade_task("\\boxed{1}", Q)
-
-
-@pytest.mark.timeout(60)
-def test_a_hanging_grader_scores_zero_within_its_limit_and_the_rest_still_grade():
-    pool = GraderPool("tests.loop.slow_graders:hang", workers=2, timeout_s=1.0)
-    try:
-        scores = pool.grade(["ok", "HANG", "ok", "ok", "ok"], [Q] * 5)
-        assert scores == [1.0, 0.0, 1.0, 1.0, 1.0] and pool.stats.timeouts == 1
-        assert pool.grade(["ok"], [Q]) == [1.0]  # the pool was replaced and works
-    finally:
-        pool.close()
-
-
-@pytest.mark.timeout(60)
-def test_a_crashing_or_dying_grader_scores_zero_and_is_counted():
-    pool = GraderPool("tests.loop.slow_graders:crash", workers=1, timeout_s=5.0)
-    try:
-        assert pool.grade(["CRASH", "ok"], [Q, Q]) == [0.0, 1.0] and pool.stats.errors == 1
-    finally:
-        pool.close()
-    pool = GraderPool("tests.loop.slow_graders:die", workers=1, timeout_s=2.0)
-    try:
-        assert pool.grade(["ok", "DIE", "ok"], [Q] * 3) == [1.0, 0.0, 1.0]
-        assert pool.stats.timeouts + pool.stats.errors >= 1
-    finally:
-        pool.close()
-
-
-def test_unknown_grader_is_rejected_at_start_up():
-    with pytest.raises(ValueError, match="grader 'mathz' unknown"):
-        GraderPool("mathz")
-    pool = GraderPool("auto")
-    with pytest.raises(ValueError, match="question 'x': grader 'nope' unknown"):
-        pool.grade(["a"], [Question("x", "t", "1", metadata={"grader": "nope"})])

@@ -11,7 +11,7 @@ from megatron_zppo.config import load_config
 from megatron_zppo.data import QuestionStream
 from megatron_zppo.loop import StepContext, rollout_phase
 from megatron_zppo.records import PromptKind, Question
-from megatron_zppo.rewards import GraderPool
+from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
 
