@@ -1,17 +1,18 @@
 """Grading in worker processes, each grade under its own time limit, no worker outliving the run.
 
 A grader is arbitrary code on arbitrary text (sympy on a huge expression, a user's module), so it
-runs in worker processes that can be killed: one that overruns its limit is stopped (SIGTERM,
-SIGKILL after a short grace) and replaced while the other workers go on, so W workers time out W
-grades at once instead of one by one. The limit counts from when a *ready* worker takes the
-grade: starting a worker (importing the graders) is not charged to it. A grade that times out,
-raises or kills its worker scores 0 and is counted (`stats`; the loop logs the counts per step).
-A grader that returns anything but 0 or 1 is a bug in that grader and stops the run with its
-name, the question and the value — in training and evaluation alike.
+runs where it can be killed. Each worker is a small supervisor holding one grading process that
+it forked after importing the graders: a grade that overruns its limit gets that process stopped
+(SIGTERM, SIGKILL after a short grace) and a fresh fork in its place within milliseconds, while
+the other workers go on, so W workers time out W grades at once. The limit counts from when a
+ready worker takes the grade: starting workers (importing the graders) is not charged to it. A
+grade that times out, raises or kills its process scores 0 and is counted (`stats`; the loop logs
+the counts per step). A grader that returns anything but 0 or 1 is a bug in that grader and stops
+the run with its name, the question and the value — in training and evaluation alike.
 
 Workers are plain `python -m megatron_zppo.grader_pool` subprocesses speaking length-prefixed
 pickles over their stdin/stdout (not multiprocessing: its spawn start re-imports the main script,
-torch included, in every worker, and its resource tracker outlives a killed parent). Each worker
+torch included, in every worker, and its resource tracker outlives a killed parent). Every process
 dies with its parent: PR_SET_PDEATHSIG on Linux, and a watchdog thread that polls the parent pid.
 """
 
@@ -38,6 +39,7 @@ from megatron_zppo.rewards import GRADERS, GraderError, resolve_grader
 JUDGE = "judge"  # free-form answers: graded by the teacher as an LLM judge, not in a worker
 KILL_GRACE_S = 0.5  # after SIGTERM, before SIGKILL
 START_TIMEOUT_S = 120.0  # a worker that cannot even import the graders in this long is broken
+BACKSTOP_S = 30.0  # a worker silent this long past a grade's limit is itself stuck: replaced
 _HEADER = struct.Struct("<I")
 
 
@@ -160,12 +162,12 @@ class GraderPool:
     def _dispatch(self, w: _Worker, todo: deque, jobs) -> int:
         i = todo.popleft()
         try:
-            _send(w.proc.stdin, (i, *jobs[i]))
+            _send(w.proc.stdin, (i, *jobs[i], self.timeout_s))
         except (BrokenPipeError, OSError):  # it died while idle: the grade was never started
             todo.appendleft(i)
             self._drop(w)
             return 0
-        w.job, w.deadline = i, time.monotonic() + self.timeout_s
+        w.job, w.deadline = i, time.monotonic() + self.timeout_s + BACKSTOP_S
         self.stats.max_in_flight = max(self.stats.max_in_flight, sum(x.job is not None for x in self._workers))
         return 1
 
@@ -182,18 +184,23 @@ class GraderPool:
         if msg == "ready":
             w.ready = True
             return 0
-        i, ok, value = msg
+        i, status, value = msg
         w.job, w.deadline = None, float("inf")
-        if not ok:
+        if status == "ok":
+            scores[i] = self._checked(value, jobs[i])
+        elif status == "timeout":
+            self._fail(i, jobs, "timeouts", f"the grade took longer than reward.timeout_s={self.timeout_s:g} s")
+        elif status == "crash":
+            self._fail(i, jobs, "crashes", f"the grading process died ({value})")
+        else:
             self._fail(i, jobs, "errors", f"the grader raised {value}")
-            return 1
-        scores[i] = self._checked(value, jobs[i])
         return 1
 
     def _on_overdue(self, w: _Worker, jobs) -> int:
         now = time.monotonic()
         if w.job is not None and now >= w.deadline:
-            self._fail(w.job, jobs, "timeouts", f"the grade took longer than reward.timeout_s={self.timeout_s:g} s")
+            self._fail(w.job, jobs, "timeouts", f"the grader's worker stopped answering ({BACKSTOP_S:g} s past "
+                                                f"reward.timeout_s={self.timeout_s:g} s)")
             self._drop(w)
             return 1
         if not w.ready and now >= w.started + START_TIMEOUT_S:
@@ -232,13 +239,18 @@ class GraderPool:
 
 
 def _die_with_parent(parent: int) -> None:
-    """The kernel kills us when the parent dies (Linux; strictly, when the parent's thread that
-    started us ends: workers are started by the thread calling `grade`); the thread covers the
-    start-up race and other systems. No worker survives its run, even one killed with SIGKILL."""
+    """The kernel kills us when the parent dies (Linux: PR_SET_PDEATHSIG; strictly, when the
+    parent's thread that started us ends: workers are started by the thread calling `grade`);
+    elsewhere a watchdog thread polls the parent pid. No process survives its run, even one
+    killed with SIGKILL. Ctrl-C is the parent's to handle: it reaches the whole process group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0:  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # it died before the call
+                os._exit(1)
+            return
     except (OSError, AttributeError):
         pass
 
@@ -250,23 +262,86 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+class _Grader:
+    """The forked process that runs graders, one grade at a time, for its supervisor."""
+
+    def __init__(self):
+        jobs_r, self._jobs = os.pipe()
+        self._results, results_w = os.pipe()
+        supervisor = os.getpid()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: grade until the pipe closes
+            os.close(self._jobs)
+            os.close(self._results)
+            _die_with_parent(supervisor)
+            read, out = os.fdopen(jobs_r, "rb", buffering=0).read, os.fdopen(results_w, "wb", buffering=0)
+            while (job := _receive(read)) is not None:
+                name, response, question = job
+                try:
+                    reply = ("ok", resolve_grader(name)(response, question))
+                    pickle.dumps(reply)
+                except Exception as e:  # noqa: BLE001 - a grader's failure on odd input is that grade's
+                    reply = ("error", f"{type(e).__name__}: {e}"[:300])
+                _send(out, reply)
+            os._exit(0)
+        os.close(jobs_r)
+        os.close(results_w)
+        self._out = os.fdopen(self._jobs, "wb", buffering=0)
+        self._read = os.fdopen(self._results, "rb", buffering=0)
+
+    def grade(self, job, timeout_s: float) -> tuple[str, object]:
+        try:
+            _send(self._out, job)
+        except BrokenPipeError:
+            return "crash", self._reap()
+        ready, _, _ = select.select([self._read], [], [], timeout_s)
+        if not ready:
+            self.stop()
+            return "timeout", None
+        reply = _receive(self._read.read)
+        return reply if reply is not None else ("crash", self._reap())
+
+    def _reap(self) -> str:
+        _, status = os.waitpid(self.pid, 0)
+        self._close()
+        code = os.waitstatus_to_exitcode(status)
+        return f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not gone within the grace (a grader may ignore SIGTERM)."""
+        os.kill(self.pid, signal.SIGTERM)
+        end = time.monotonic() + KILL_GRACE_S
+        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > end:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                break
+            time.sleep(0.01)
+        self._close()
+
+    def _close(self) -> None:
+        self._out.close()
+        self._read.close()
+
+
 def _serve(parent: int) -> None:
+    """A worker: imports the graders once, then forks the process that runs them, again after
+    every grade that had to be stopped or that killed it."""
     _die_with_parent(parent)
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # a grader's prints go to stderr, never into the protocol
     read = sys.stdin.buffer.raw.read
-    import mathruler.grader  # noqa: F401 - the default graders' imports, paid before "ready"
+    import mathruler.grader  # noqa: F401 - the default graders' imports, paid once, before "ready"
     import math_verify  # noqa: F401
 
+    grader = _Grader()
     _send(out, "ready")
     while (msg := _receive(read)) is not None:
-        i, name, response, question = msg
-        try:
-            reply = (i, True, resolve_grader(name)(response, question))
-            pickle.dumps(reply)
-        except Exception as e:  # noqa: BLE001 - a grader's failure on odd input is that grade's, not ours
-            reply = (i, False, f"{type(e).__name__}: {e}"[:300])
-        _send(out, reply)
+        i, name, response, question, timeout_s = msg
+        status, value = grader.grade((name, response, question), timeout_s)
+        if status in ("timeout", "crash"):
+            grader = _Grader()
+        _send(out, (i, status, value))
 
 
 if __name__ == "__main__":
