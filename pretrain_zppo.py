@@ -23,10 +23,12 @@ import torch
 
 from megatron_zppo import build, checkpoint
 from megatron_zppo.config import Config, load_config
-from megatron_zppo.config_io import ConfigError, dump_yaml
+from megatron_zppo.config_io import dump_yaml
+from megatron_zppo.errors import RunError
 from megatron_zppo.evaluate import evaluate
 from megatron_zppo.loop import StepContext, rollout_metrics, rollout_phase, sync_weights, train_then_sync
 from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
+from megatron_zppo.shutdown import StopRequest
 
 
 def parse_args(argv):
@@ -74,16 +76,25 @@ def save_rollouts(rollouts, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    """The main job; a problem with its inputs is one line and exit code 2, Ctrl-C one line and 130."""
     args = parse_args(argv if argv is not None else sys.argv[1:])
     try:
-        cfg = load_config(args.config, args.overrides)
-        build.check_shared_tokenizer(cfg)
-        build.check_vision_support(cfg)
-    except (ConfigError, ValueError) as e:
-        print(f"pretrain_zppo: bad configuration: {e}", file=sys.stderr)
+        return run(args)
+    except RunError as e:
+        print(f"pretrain_zppo: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pretrain_zppo: interrupted (SIGINT); the last complete checkpoint under run.dir/checkpoints "
+              "still loads (--load auto)", file=sys.stderr)
+        return 130
+
+
+def run(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    build.check_inputs(cfg)
     from megatron_zppo.train.rl_trainer import RLTrainer
 
+    stop = StopRequest()
     trainer = RLTrainer(cfg)  # initialises torch.distributed and Megatron's parallel groups
     is_main = trainer.is_main
     run_dir = Path(cfg.run.dir)
@@ -96,6 +107,16 @@ def main(argv=None) -> int:
         ctx = StepContext(cfg, build.make_engine(cfg.student, "student", cfg.run.seed), build.make_teacher(cfg, tmpl),
                           build.make_encoder(cfg.student.hf_path), build.make_graders(cfg), stream,
                           build.make_buffer(cfg), tmpl, questions, build.make_decoder(cfg.student.hf_path))
+    try:
+        return train(cfg, trainer, ctx, stop, run_dir)
+    finally:
+        if is_main:
+            ctx.graders.close()
+        stop.restore()
+
+
+def train(cfg: Config, trainer, ctx: StepContext | None, stop: StopRequest, run_dir: Path) -> int:
+    is_main = ctx is not None
     start, summary = 0, {"eval": {}}
     ckpt = checkpoint.resolve(cfg.run.load, run_dir)
     if ckpt is not None:
@@ -105,6 +126,8 @@ def main(argv=None) -> int:
             ctx.buffer.load_state_dict(state["buffer"])
             ctx.stream.load_state_dict(state["stream"])
             print(f"resumed from {ckpt} at step {start}")
+    elif cfg.run.load == "auto" and is_main:
+        print(f"run.load=auto: no checkpoint under {run_dir / 'checkpoints'}; starting at step 0")
     version = f"step-{start}"
     sync_weights(trainer, ctx.student if is_main else None, version)
     if is_main:
@@ -131,14 +154,24 @@ def main(argv=None) -> int:
                 ctx.buffer.update(rollouts.plain)
             m = {**dict.fromkeys(TRAIN_STATS, float("nan")), **rollout_metrics(rollouts, ctx.buffer), **stats}
             m.update({f"t_{k}": times.get(k, 0.0) for k in ("rollout", "reward", "teacher", "zppo", "train", "sync")})
+            m.update(periodic_evals(cfg, ctx, step, summary))
             m["t_step"] = time.perf_counter() - t_step
             m["tokens_per_s"] = m["tokens_generated"] / max(m["t_rollout"], 1e-9)
             logger.log(m)
-        if (step + 1) % cfg.run.save_every == 0 or step + 1 == cfg.run.steps:
+            report_problems(rollouts, ctx.graders, summary)
+        stopping = stop.stop_now()
+        if (step + 1) % cfg.run.save_every == 0 or step + 1 == cfg.run.steps or stopping:
             state = {"step": step + 1, "summary": summary}  # rank 0 writes it, with the buffer and data position
             if is_main:
                 state.update(buffer=ctx.buffer.state_dict(), stream=ctx.stream.state_dict())
-            checkpoint.save(run_dir, step + 1, trainer, state)
+            saved = checkpoint.save(run_dir, step + 1, trainer, state)
+        if stopping and step + 1 < cfg.run.steps:
+            if is_main:
+                logger.close()
+                print(f"pretrain_zppo: stopped by {stop.signal_name} after step {step + 1} of {cfg.run.steps}; "
+                      f"checkpoint {saved}; resume with --load auto", flush=True)
+            trainer.close()
+            return 143  # 128 + SIGTERM: the run did not finish
 
     if is_main:
         for name, r in run_evals(cfg, ctx).items():
@@ -152,9 +185,37 @@ def main(argv=None) -> int:
         print(f"run directory: {run_dir}\n  metrics: {run_dir / 'metrics.jsonl'}\n  plot: {run_dir / 'curves.png'}\n"
               f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}")
         logger.close()
-        ctx.graders.close()
     trainer.close()
     return 0
+
+
+def periodic_evals(cfg: Config, ctx: StepContext, step: int, summary: dict) -> dict[str, float]:
+    """Every `run.eval_every` steps (not after the last: the final evaluation follows), the eval
+    sets' accuracies: into this step's metrics (and so TensorBoard) and the summary."""
+    every = cfg.run.eval_every
+    if not every or (step + 1) % every or step + 1 == cfg.run.steps:
+        return {}
+    out = {}
+    for name, r in run_evals(cfg, ctx).items():
+        out[f"eval_{name}"] = r["accuracy"]
+        entry = summary["eval"].setdefault(name, {"family": r["family"], "n": r["n"], "before": None})
+        entry.setdefault("during", []).append({"step": step + 1, "accuracy": r["accuracy"], "ci95": r["ci95"]})
+    return out
+
+
+def report_problems(rollouts, graders, summary: dict) -> None:
+    """Grades that failed (scored 0) and prompts that were dropped: counted in the summary and
+    said on the terminal, every step they happen."""
+    failed = {k: v for k, v in rollouts.grade_failures.items() if v}
+    totals = summary.setdefault("grader_failures", {})
+    for k, v in failed.items():
+        totals[k] = totals.get(k, 0) + v
+    if failed:
+        counts = ", ".join(f"{v} {k.removeprefix('grader_')}" for k, v in failed.items())
+        print(f"  warning: step {rollouts.step}: grades scored 0 after failing ({counts}); first: "
+              f"{graders.stats.first_problem}", flush=True)
+    for why in rollouts.dropped:
+        print(f"  warning: step {rollouts.step}: dropped {why}", flush=True)
 
 
 def _finite(x):

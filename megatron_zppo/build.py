@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from megatron_zppo.config import Config, EngineConfig, EvalConfig
+from megatron_zppo.config_io import ConfigError
 from megatron_zppo.data import QuestionStream, load_questions
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
@@ -77,6 +78,16 @@ def make_decoder(hf_path: str) -> Callable[[list[int]], str]:
     return partial(tok.decode, skip_special_tokens=True)
 
 
+def check_inputs(cfg: Config) -> None:
+    """What can be refused before anything starts: combinations the run cannot carry out here."""
+    from megatron_zppo.train.precision import check_precision, detect
+
+    te_version, capability, cuda = detect()
+    check_precision(cfg.precision, te_version, capability, cuda_version=cuda, layer_spec=cfg.train.layer_spec)
+    check_shared_tokenizer(cfg)
+    check_vision_support(cfg)
+
+
 def check_shared_tokenizer(cfg: Config) -> None:
     """Methods that move token ids between teacher and student (distillation, Prefix) need one
     vocabulary; a mismatch would train on garbage without any error, so refuse it up front."""
@@ -86,7 +97,7 @@ def check_shared_tokenizer(cfg: Config) -> None:
 
     student, teacher = (AutoTokenizer.from_pretrained(p) for p in (cfg.student.hf_path, cfg.teacher.hf_path))
     if student.get_vocab() != teacher.get_vocab() or student.chat_template != teacher.chat_template:
-        raise ValueError(f"run.algorithm={cfg.run.algorithm!r} passes token ids between teacher and student, but "
+        raise ConfigError(f"run.algorithm={cfg.run.algorithm!r} passes token ids between teacher and student, but "
                          f"the tokenizers of {cfg.student.hf_path} and {cfg.teacher.hf_path} differ (vocabulary "
                          "or chat template); use a teacher of the student's family")
 
@@ -106,10 +117,10 @@ def check_vision_support(cfg: Config) -> None:
     from megatron_zppo.train.qwen35_vl import QWEN35_VL_MODEL_TYPES
 
     if hf_config.model_type not in QWEN35_VL_MODEL_TYPES:
-        raise ValueError(f"student.hf_path {cfg.student.hf_path} is a {hf_config.model_type!r} vision-language "
+        raise ConfigError(f"student.hf_path {cfg.student.hf_path} is a {hf_config.model_type!r} vision-language "
                          f"checkpoint; the trainer's vision path covers {list(QWEN35_VL_MODEL_TYPES)} (Qwen3.5-VL)")
     if cfg.method.objective == "on_policy_distill" and cfg.teacher.engine == "sglang":
-        raise ValueError(f"run.algorithm={cfg.run.algorithm!r} with the vision-language student {cfg.student.hf_path} "
+        raise ConfigError(f"run.algorithm={cfg.run.algorithm!r} with the vision-language student {cfg.student.hf_path} "
                          "and teacher.engine=sglang: scoring the student's samples with their images is not built for "
                          "SGLang yet; use teacher.engine=embedded, or another method")
 

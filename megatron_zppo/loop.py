@@ -8,6 +8,7 @@ with weight sync, the buffer update, logging and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,6 +24,7 @@ from megatron_zppo.baselines import distill_advantages, prefix_length
 from megatron_zppo.batch import split_minibatches, training_samples
 from megatron_zppo.config import Config
 from megatron_zppo.data import QuestionStream
+from megatron_zppo.errors import RunError
 from megatron_zppo.prompts import PromptTemplates
 from megatron_zppo.records import Group, PromptKind, Question, Sample
 from megatron_zppo.reformulate import fraction_count, plan_reformulations, render, select_hard
@@ -57,11 +59,13 @@ class Rollouts:
     n_replay: int
     n_hard: int  # before the cap
     teacher_acc_hard: float
-    dropped_long: int
+    dropped_long: int  # prompts over their length limit, plain and reformulated: never sent
     times: dict[str, float] = field(default_factory=dict)
     ncq_listed: dict[str, list[str]] = field(default_factory=dict)  # NCQ group id -> answers listed wrong
     # Off-policy distillation: the teacher's correct responses (with their prompts) to fine-tune on.
     sft_pairs: list[Sample] = field(default_factory=list)
+    grade_failures: dict[str, int] = field(default_factory=dict)  # this step's timeouts, errors, crashes
+    dropped: list[str] = field(default_factory=list)  # why prompts were dropped, for the terminal
 
     @property
     def groups(self) -> list[Group]:
@@ -95,12 +99,11 @@ def step_seed(seed: int, step: int, phase: int) -> int:
 
 
 def rollout_phase(ctx: StepContext, step: int) -> Rollouts:
-    cfg, times = ctx.cfg, {}
+    cfg, times, graded_before = ctx.cfg, {}, dataclasses.replace(ctx.graders.stats)
     n_new = cfg.rollout.n_new
     new = ctx.stream.next(n_new)
-    replay = ctx.buffer.sample(fraction_count(cfg.buffer.rho_replay, n_new)) if cfg.buffer.enabled else []
-    new_ids = {q.id for q in new}
-    replay = [q for q in replay if q.id not in new_ids]  # drawn as new this step already
+    n_replay = fraction_count(cfg.buffer.rho_replay, n_new) if cfg.buffer.enabled else 0
+    replay = ctx.buffer.sample(n_replay, exclude={q.id for q in new})  # a new question is rolled out anyway
     student_params = SamplingParams(cfg.student.temperature, cfg.student.top_p,
                                     max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, step, 0))
     specs = [PromptSpec(q, PromptKind.PLAIN, f"{step}:{q.id}", ctx.templates.plain(q.text)) for q in new + replay]
@@ -131,8 +134,14 @@ def rollout_phase(ctx: StepContext, step: int) -> Rollouts:
             set_distill_advantages(ctx, plain)
     else:
         assign_advantages(plain + reformulated, cfg.advantage)
+    dropped = [f"{len(long)} of {len(long) + len(kept)} {what} prompts longer than rollout.{key}={limit}"
+               for long, kept, what, key, limit in (
+                   (long_plain, plain, "plain", "max_prompt_tokens", cfg.rollout.max_prompt_tokens),
+                   (long_reform, reformulated, "reformulated", "max_reformulated_prompt_tokens",
+                    cfg.rollout.max_reformulated_prompt_tokens)) if long]
     return Rollouts(step, plain, reformulated, len(new), len(replay), len(all_hard), teacher_acc,
-                    len(long_plain) + len(long_reform), times, listed, sft_pairs)
+                    len(long_plain) + len(long_reform), times, listed, sft_pairs,
+                    ctx.graders.stats.since(graded_before), dropped)
 
 
 def hard_prompt_specs(ctx: StepContext, hard: list[Group], cap: int, step: int,
@@ -215,7 +224,12 @@ def train_phase(cfg: Config, trainer: PolicyTrainer, r: Rollouts, weight_version
         if not r.sft_pairs:
             return {}
         return trainer.sft(split_minibatches(r.sft_pairs, min(cfg.run.updates_per_step, len(r.sft_pairs)), rng))
-    minibatches = split_minibatches(training_samples(r.groups, weight_version), cfg.run.updates_per_step, rng)
+    samples = training_samples(r.groups, weight_version)
+    if not samples:
+        raise RunError(f"step {r.step}: nothing to train on: no prompt was rolled out"
+                       + (f" ({'; '.join(r.dropped)})" if r.dropped else "")
+                       + "; raise the limit or filter the data (tools/prepare_vl_data.py, the source's filters)")
+    minibatches = split_minibatches(samples, min(cfg.run.updates_per_step, len(samples)), rng)
     if cfg.method.objective == "logit_distill":  # the teacher's distributions on the student's own samples
         return trainer.distill(minibatches)
     return trainer.train(minibatches)
@@ -267,6 +281,7 @@ def rollout_metrics(r: Rollouts, buffer: ReplayBuffer) -> dict[str, float]:
         "reward_mean": sum(all_rewards) / len(all_rewards) if all_rewards else float("nan"),
         "tokens_generated": sum(len(s.response_ids) for g in r.groups for s in g.samples),
         "dropped_long_prompts": r.dropped_long,
+        **r.grade_failures,
         "ncq_repeats_listed_answer": _ncq_repeat_rate(r),
     }
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatron_zppo.answers import last_boxed
+from megatron_zppo.errors import RunError
 
 DEFAULT_DIR = Path(__file__).parent / "templates"
 
@@ -27,9 +28,13 @@ REQUIRED = {
 OPTIONAL = {
     "hint_request": {"question"},  # asks the teacher for an answer-free hint
     "hint": {"question", "hint"},  # the student's prompt with the hint
+    "ncq_no_answers": {"question", "candidates"},  # NCQ when no wrong rollout stated a final answer
 }
 _PLACEHOLDER = re.compile(r"\{(question|candidates|wrong_answers|response|hint)\}")
-NO_WRONG_ANSWER = "(none stated)"
+
+
+class TemplateError(RunError, ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class PromptTemplates:
     compress: str
     hint_request: str = ""
     hint: str = ""
+    ncq_no_answers: str = ""
 
     @classmethod
     def load(cls, directory: str | Path = DEFAULT_DIR) -> PromptTemplates:
@@ -50,11 +56,14 @@ class PromptTemplates:
             if name in OPTIONAL and not path.is_file():
                 path = DEFAULT_DIR / path.name
             if not path.is_file():
-                raise FileNotFoundError(f"prompt template {path} is missing (need {sorted(REQUIRED)} .txt files)")
-            text = path.read_text(encoding="utf-8").strip()
+                raise TemplateError(f"prompt template {path} is missing (need {sorted(REQUIRED)} .txt files)")
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise TemplateError(f"prompt template {path} cannot be read as UTF-8 text: {e}") from None
             found = set(_PLACEHOLDER.findall(text))
             if found != needed:
-                raise ValueError(
+                raise TemplateError(
                     f"prompt template {path}: placeholders {sorted(found)} found, expected exactly "
                     f"{sorted(needed)} (written as {{name}})"
                 )
@@ -74,8 +83,11 @@ class PromptTemplates:
     def ncq_prompt(self, question: str, candidates: list[str], wrong_answers: list[str]) -> str:
         if not candidates:
             raise ValueError("an NCQ prompt needs at least one wrong candidate")
-        listed = ", ".join(f"\\boxed{{{a}}}" for a in wrong_answers) or NO_WRONG_ANSWER
-        body = _fill(self.ncq, question=question, candidates=_candidate_block(candidates), wrong_answers=listed)
+        if not wrong_answers:  # nothing to list: its own wording, not "answers (none stated) are incorrect"
+            body = _fill(self.ncq_no_answers, question=question, candidates=_candidate_block(candidates))
+        else:
+            listed = ", ".join(f"\\boxed{{{a}}}" for a in wrong_answers)
+            body = _fill(self.ncq, question=question, candidates=_candidate_block(candidates), wrong_answers=listed)
         return f"{body}\n\n{self.closer}"
 
     def hint_request_prompt(self, question: str) -> str:

@@ -55,10 +55,12 @@ class ReplayBuffer:
     def question_ids(self) -> list[str]:
         return list(self._entries)
 
-    def sample(self, n: int) -> list[Question]:
-        """Up to `n` distinct questions, uniformly at random; fewer if the buffer holds fewer."""
-        k = min(max(n, 0), len(self._entries))
-        ids = self._rng.sample(list(self._entries), k)
+    def sample(self, n: int, exclude: Iterable[str] = ()) -> list[Question]:
+        """Up to `n` distinct questions, uniformly at random from those not in `exclude` (the
+        step's new questions, which are rolled out anyway); fewer if the buffer holds fewer."""
+        skip = set(exclude)
+        candidates = [qid for qid in self._entries if qid not in skip]
+        ids = self._rng.sample(candidates, min(max(n, 0), len(candidates)))
         return [self._entries[i].question for i in ids]
 
     def update(self, plain_groups: Iterable[Group], tau: float | None = None) -> None:
@@ -68,9 +70,11 @@ class ReplayBuffer:
         student can answer the question alone.
         """
         tau = self.tau if tau is None else tau
-        for g in plain_groups:
+        plain_groups = list(plain_groups)
+        for g in plain_groups:  # all checked before any is applied: a refused update changes nothing
             if g.kind is not PromptKind.PLAIN:
                 raise ValueError(f"replay buffer updates from plain groups only; group {g.id!r} is {g.kind.value}")
+        for g in plain_groups:
             qid, acc = g.question.id, g.accuracy
             entry = self._entries.get(qid)
             if entry is not None and acc >= tau:

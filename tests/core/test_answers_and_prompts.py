@@ -1,7 +1,7 @@
 import pytest
 
 from megatron_zppo.answers import last_boxed, wrong_answer_list
-from megatron_zppo.prompts import NO_WRONG_ANSWER, PromptTemplates, parse_summary
+from megatron_zppo.prompts import PromptTemplates, TemplateError, parse_summary
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,8 @@ def test_ncq_prompt_lists_wrong_answers_boxed_and_comma_joined():
     p = t.ncq_prompt("Q?", ["w1", "w2"], ["3", "x+1"])
     assert "\\boxed{3}, \\boxed{x+1}" in p and "WRONG" in p
     assert p.count("<candidate>\n") == 2
-    assert NO_WRONG_ANSWER in t.ncq_prompt("Q?", ["w1"], [])
+    unstated = t.ncq_prompt("Q?", ["w1"], [])  # no wrong rollout stated an answer: nothing to list
+    assert "none of them reached a final answer" in unstated and "\\boxed" not in unstated.split("<candidate>")[0] and "WRONG" in unstated
 
 
 def test_placeholders_are_filled_once_so_question_text_is_not_expanded():
@@ -61,7 +62,7 @@ def test_template_missing_a_placeholder_is_rejected_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"ncq\.txt.*wrong_answers"):
         PromptTemplates.load(tmp_path)
     (tmp_path / "bcq.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="bcq.txt"):
+    with pytest.raises(TemplateError, match="bcq.txt"):
         PromptTemplates.load(tmp_path)
 
 

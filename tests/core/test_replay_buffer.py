@@ -39,6 +39,22 @@ def test_only_plain_groups_update_the_buffer():
         buf.update([group(q, [0], gid="q:bcq", kind=PromptKind.BCQ)])
 
 
+def test_a_refused_update_changes_nothing():
+    buf = ReplayBuffer()
+    with pytest.raises(ValueError, match="plain groups only"):
+        buf.update([group(question("a"), [0]), group(question("b"), [0], gid="b:ncq", kind=PromptKind.NCQ)])
+    assert len(buf) == 0 and buf.admitted == 0  # "a" came first but was not admitted either
+
+
+def test_replay_draws_exclude_this_steps_new_questions_and_still_fill_the_quota():
+    buf = ReplayBuffer(capacity=100, seed=3)
+    buf.update([group(question(f"q{i}"), [0]) for i in range(6)])
+    for _ in range(20):
+        drawn = [q.id for q in buf.sample(3, exclude={"q0", "q1", "q2"})]
+        assert len(drawn) == 3 and sorted(drawn) == ["q3", "q4", "q5"]
+    assert len(buf.sample(5, exclude={"q0"})) == 5
+
+
 def test_sample_is_distinct_uniform_and_never_more_than_held():
     buf = ReplayBuffer(capacity=100, seed=1)
     buf.update([group(question(f"q{i}"), [0]) for i in range(4)])
