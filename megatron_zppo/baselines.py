@@ -24,10 +24,11 @@ it and only its own continuation is trained on.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 import numpy as np
+
+from megatron_zppo.answers import boxes
 
 DIVERGENCES = ("reverse_kl", "jsd")
 
@@ -59,20 +60,14 @@ def prefix_length(n_tokens: int, fraction: float) -> int:
     return min(max(1, math.floor(fraction * n_tokens + 0.5)), n_tokens - 1)
 
 
-_BOXED = re.compile(r"\\boxed\{")
-
-
 def redact_answers(text: str) -> str:
-    """`text` with every `\\boxed{...}` (balanced braces) removed: what makes a hint answer-free."""
+    """`text` with every answer box removed (`answers.boxes`: `\\boxed{...}`, `\\fbox{...}`,
+    `\\boxed 5`; an unclosed one to the end): what makes a hint answer-free."""
     out, i = [], 0
-    for m in _BOXED.finditer(text):
-        if m.start() < i:
-            continue
-        out.append(text[i:m.start()])
-        depth, j = 1, m.end()
-        while j < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            j += 1
-        i = j
+    for b in boxes(text):
+        out.append(text[i:b.start])
+        i = b.end
+        if b.content is None:
+            break
     out.append(text[i:])
     return "".join(out).strip()

@@ -33,12 +33,14 @@ def grade_math(response: str, q: Question) -> float:
 
 
 def grade_math_verify(response: str, q: Question) -> float:
+    """Math-Verify on the last boxed answer, handed to it boxed: its `$...$` form cannot span a
+    line, so a multi-line answer (a matrix) fell back to a loose parse that could match by chance."""
     from math_verify import parse, verify
 
     given = last_boxed(response)
     if given is None:
         return 0.0
-    return float(verify(parse(f"${q.answer}$"), parse(f"${given}$")))
+    return float(verify(parse(f"\\boxed{{{q.answer}}}"), parse(f"\\boxed{{{given}}}")))
 
 
 def grade_exact(response: str, q: Question) -> float:

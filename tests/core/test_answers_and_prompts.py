@@ -14,6 +14,14 @@ from megatron_zppo.prompts import PromptTemplates, TemplateError, parse_summary
         ("no box here", None),
         ("\\boxed{7} and a cut-off \\boxed{\\frac{1", "7"),  # unclosed last box: earlier one wins
         ("\\boxed{}", ""),
+        # Math-Verify's extraction accepts these, so an NCQ list or a hint's redaction must too:
+        ("so \\boxed 5.", "5"),
+        ("\\boxed {5}", "5"),
+        ("\\boxed\n{5}", "5"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed{\n\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}\n}", "\n\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}\n"),
+        ("\\boxedx{5}", None),  # another command, not a box
+        ("\\boxed{\\frac{1 cut} then \\boxed{2}", "2"),  # an unclosed box does not hide a later one
     ],
 )
 def test_last_boxed_takes_the_last_balanced_box(text, expected):

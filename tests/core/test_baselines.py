@@ -72,3 +72,5 @@ def test_hints_lose_every_boxed_answer_including_nested_braces():
     assert redact_answers(r"\boxed{\frac{1}{2}} and \boxed{3} left") == "and  left"
     assert redact_answers("no answer here") == "no answer here"
     assert redact_answers(r"cut \boxed{unclosed") == "cut"
+    for spelled in (r"\boxed 42", r"\boxed {42}", "\\boxed\n{42}", r"\fbox{42}"):  # Math-Verify reads all four
+        assert "42" not in redact_answers(f"So {spelled}. Done"), spelled

@@ -15,6 +15,17 @@ def test_math_grader_uses_the_last_box_and_strips_degree_and_percent_on_retry():
     assert grade_math_verify("\\boxed{0.5}", Q) == 1.0 and grade_math_verify("\\boxed{2}", Q) == 0.0
 
 
+@pytest.mark.parametrize("response, gold, right", [
+    ("\\boxed{\n\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}\n}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", 1.0),
+    ("\\boxed{\n\\begin{pmatrix} 3 \\\\ -1 \\end{pmatrix}\n}", "-1", 0.0),  # a loose parse once said "-1"
+    ("\\boxed{\\frac{1}\n{2}}", "1/2", 1.0),
+    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{3}", "4", 0.0),
+])
+def test_math_verify_grader_reads_multi_line_boxes(response, gold, right):
+    assert grade_math_verify(response, Question("q", "t", gold)) == right
+
+
 def test_exact_and_choice_graders():
     q = Question("c", "Pick", "B")
     assert grade_choice("\\boxed{(B)}", q) == 1.0 and grade_choice("\\boxed{b.}", q) == 1.0
