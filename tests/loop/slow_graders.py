@@ -62,3 +62,10 @@ def returns_none(response, question):
 
 def returns_two(response, question):
     return 2.0
+
+
+def sometimes_raises(response, question):
+    """Raises on about a third of the answers (a grader with a bug on some inputs), else parity."""
+    if len(response) % 3 == 0:
+        raise ValueError("cannot parse this answer")
+    return float(len(response) % 2 == 0)
