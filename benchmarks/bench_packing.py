@@ -53,7 +53,8 @@ def paper_lengths(seed: int = 0, scale: float = 1.0, questions: int | None = Non
 
 def simulate() -> dict[str, object]:
     lengths = [a + b for a, b in paper_lengths()]
-    today = plan_cost(lengths, stride_plan(len(lengths), PAPER["dp"], PAPER["micro"]), "rank")
+    today = plan_cost(lengths, stride_plan(len(lengths), PAPER["dp"], PAPER["micro"]), "rank",
+                      PAPER["micro"])
     plan = pack(lengths, PAPER["budget"], PAPER["dp"], MAX_SEQ_LEN)
     return {"lengths": lengths, "today": today, "new": plan_cost(lengths, plan, "micro"),
             "packed": plan_cost(lengths, plan, "none"), "micro_batches": plan.micro_batches_per_rank}

@@ -145,16 +145,16 @@ def stride_plan(n_samples: int, dp_size: int, rows_per_micro: int) -> PackingPla
     return PackingPlan(tuple(ranks))
 
 
-def plan_cost(lengths: Sequence[int], plan: PackingPlan, pad_to: str) -> PlanCost:
-    """Cost of ``plan`` when rows are padded to the rank's longest (``"rank"``, with fixed-size
-    micro-batches of the longest micro-batch's row count: the fixed-rows trainer path), to their
-    micro-batch's longest (``"micro"``), or not padded at all (``"none"``: sequences packed)."""
+def plan_cost(lengths: Sequence[int], plan: PackingPlan, pad_to: str, rows_per_micro: int = 1) -> PlanCost:
+    """Cost of ``plan`` when rows are padded to the rank's longest (``"rank"``, micro-batches filled
+    to ``rows_per_micro`` rows: the fixed-rows trainer path), to their micro-batch's longest
+    (``"micro"``), or not padded at all (``"none"``: sequences packed)."""
     if pad_to not in ("rank", "micro", "none"):
         raise ValueError(f"plan_cost: pad_to {pad_to!r} unknown; expected rank, micro or none")
     per_rank = []
     for micros in plan.ranks:
         if pad_to == "rank":
-            rows = max(1, max(len(m) for m in micros))
+            rows = max(rows_per_micro, max(len(m) for m in micros))
             longest = max([lengths[i] for m in micros for i in m], default=1)
             per_rank.append(len(micros) * rows * longest)
         else:

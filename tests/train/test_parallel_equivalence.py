@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.train.tiny_qwen3 import PACK_BUDGET
 from tests.train.workers import run_worker
 
 
@@ -72,3 +73,14 @@ def test_data_parallel_2_matches_single_process(tiny_qwen3_dir, reference, tmp_p
     _assert_same_step(ranks, reference, compare_grads=False)
     # Each rank's loss is its share of the mini-batch mean (normalised by the global token count).
     assert sum(r["stats"]["loss"] for r in ranks) == pytest.approx(reference["stats"]["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [("--pp", "2"), ()], ids=["pp2", "dp2"])
+def test_packed_micro_batches_under_pp_2_and_dp_2_match_single_process(tiny_qwen3_dir, reference, tmp_path, layout):
+    # Budget 16 over lengths 9, 3, 8, 6: at PP=2 micro-batches of 1 and 2 rows at their own lengths
+    # (Megatron sends each activation's shape ahead of it); at DP=2 ranks of 9 + 3 and 8 + 6 tokens.
+    ranks = _run_layout(tiny_qwen3_dir, tmp_path / "out", 2, "--pack-budget", str(PACK_BUDGET), *layout)
+    _assert_same_step(ranks, reference, compare_grads=bool(layout))
+    losses = [r["stats"]["loss"] for r in ranks if "loss" in r["stats"]]
+    assert sum(losses) == pytest.approx(reference["stats"]["loss"], rel=1e-5)
