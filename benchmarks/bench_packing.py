@@ -26,9 +26,16 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import tempfile
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
+import torch  # noqa: E402
+
+from benchmarks.bench_trainer import _interleaved_medians  # noqa: E402
+from megatron_zppo.loss import LossConfig  # noqa: E402
+from megatron_zppo.records import PromptKind, Sample  # noqa: E402
+from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches  # noqa: E402
 from megatron_zppo.train.packing import pack, plan_cost, stride_plan  # noqa: E402
 
 PAPER = dict(questions=96, rollouts=8, reformulated=0.25, prompt=(200, 1200), teacher=(1000, 3000),
@@ -60,6 +67,74 @@ def simulate() -> dict[str, object]:
             "packed": plan_cost(lengths, plan, "none"), "micro_batches": plan.micro_batches_per_rank}
 
 
+# (b): a small Qwen3 and the paper's lengths divided by SCALE (budget too), one rank.
+TOY = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+           head_dim=32, vocab_size=1000, max_position_embeddings=1024, tie_word_embeddings=False)
+SCALE, TOY_QUESTIONS = 32, 8
+
+
+def _toy_samples(seed: int = 0) -> list[Sample]:
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i, (p, r) in enumerate(paper_lengths(seed, SCALE, TOY_QUESTIONS)):
+        prompt = torch.randint(0, TOY["vocab_size"], (p,), generator=gen).tolist()
+        response = torch.randint(0, TOY["vocab_size"], (r,), generator=gen).tolist()
+        logprobs = (-3.0 + 0.3 * torch.randn(r, generator=gen)).tolist()
+        adv = float(torch.randn((), generator=gen))
+        out.append(Sample(f"q{i // 8}", f"q{i // 8}/{i % 8}", PromptKind.PLAIN, prompt, response, "", logprobs,
+                          advantage=adv))
+    return out
+
+
+def _update(hf_dir: str, samples: list[Sample], budget: int | None):
+    """One PPO update per call over ``samples`` as the trainer cuts them (old = rollout log-probs)."""
+    from megatron_zppo.train.model import ModelConfig, build_policy
+    from megatron_zppo.train.parallel import ParallelConfig
+    from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
+
+    opt = OptimizerConfig(lr=1e-5)
+    policy = build_policy(ModelConfig(hf_path=hf_dir), ParallelConfig(), ddp_config=ddp_config(opt))
+    trainer = PolicyTrainer(policy, *build_optimizer(policy, opt), with_entropy=False,
+                            variable_shapes=budget is not None)
+    rule = BatchRule(PAPER["micro"], budget, TOY["max_position_embeddings"])
+    batches, cost = rank_micro_batches(samples, rule, 0, 1)
+    micro = []
+    for seq, rows in batches:
+        old = torch.zeros(len(rows), seq.response_width)
+        for j, s in enumerate(rows):
+            if s is not None:
+                old[j, : len(s.logprobs)] = torch.tensor(s.logprobs)
+        micro.append(PPOMicroBatch(seq, old, torch.tensor([s.advantage if s else 0.0 for s in rows])))
+    return (lambda: trainer.ppo_step(micro, LossConfig())), cost
+
+
+def measure(steps: int) -> float:
+    """Real tokens/s of the packed update over that of the fixed-rows padded one (same run)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from megatron_zppo.train import parallel
+
+    samples = _toy_samples()
+    parallel.initialize(parallel.ParallelConfig())
+    try:
+        with tempfile.TemporaryDirectory() as hf_dir:
+            torch.manual_seed(0)
+            Qwen3ForCausalLM(Qwen3Config(**TOY)).float().save_pretrained(hf_dir)
+            padded, padded_cost = _update(hf_dir, samples, None)
+            packed, packed_cost = _update(hf_dir, samples, PAPER["budget"] // SCALE)
+            medians = _interleaved_medians({"padded": padded, "packed": packed}, warmup=1, steps=steps)
+    finally:
+        parallel.destroy()
+    real = padded_cost.real_tokens
+    print(f"(b) toy Qwen3 {TOY['hidden_size']}x{TOY['num_hidden_layers']} on CPU ({torch.get_num_threads()} "
+          f"threads): {len(samples)} samples, {real} real tokens, budget {PAPER['budget'] // SCALE}")
+    for name, cost in (("padded", padded_cost), ("packed", packed_cost)):
+        t = medians[name]
+        print(f"  {name}: {t * 1e3:.0f} ms/update, {real / t:.0f} real tokens/s, "
+              f"padding_efficiency={cost.padding_efficiency:.3f}")
+    return medians["padded"] / medians["packed"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=3)
@@ -77,8 +152,6 @@ def main() -> None:
           f"(today: {-(-len(lengths) // PAPER['dp'] // PAPER['micro'])})")
     ratio = None
     if not args.skip_model:
-        from benchmarks.bench_packing_model import measure
-
         ratio = measure(args.steps)
     print(f"padding_efficiency={sim['new'].padding_efficiency:.3f}")
     print(f"dp_imbalance={sim['new'].dp_imbalance:.3f}")

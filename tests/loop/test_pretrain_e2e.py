@@ -123,5 +123,7 @@ def test_a_run_with_packed_micro_batches_keeps_the_contract_and_logs_its_padding
     _check_contract(metrics)
     for m in metrics:
         assert 0 < m["real_tokens"] <= m["computed_tokens"]
-        assert m["padding_efficiency"] == pytest.approx(m["real_tokens"] / m["computed_tokens"])
+        # A mean over the step's updates of each one's real / computed (short prompts and responses
+        # of similar lengths: sorted into micro-batches, next to no padding is left).
+        assert 0.9 <= m["padding_efficiency"] <= 1.0
         assert m["dp_imbalance"] == pytest.approx(1.0)  # one rank
