@@ -4,8 +4,9 @@ Two rules (see packing.py): fixed rows (``train.micro_batch_size``, samples deal
 micro-batches filled with empty rows) or a token budget (``train.max_tokens_per_micro_batch``:
 packed micro-batches, ranks balanced by tokens, empty micro-batches where a rank has fewer).
 Every rank computes the same plan from the whole mini-batch, so no rank needs to ask another.
-Each micro-batch is right-padded to its own longest row; the fixed-rows path is further padded
-to the rank's longest row by the trainer (one shape for the pipeline), the packed one is not.
+Under a budget, a text model's micro-batch runs as one packed row (its sequences back to back,
+``pack_rows``), a vision-language model's as rows padded to the micro-batch's longest. The
+fixed-rows path is padded to the rank's longest row by the trainer (one shape for the pipeline).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class BatchRule:
     image_processor: object = None  # a vision-language student's, else None
     image_token_id: int | None = None
     vision_start_id: int | None = None
+    # Under a budget: each micro-batch's sequences back to back in one row (no padding computed;
+    # packed_sequences.py), else rows padded to the micro-batch's longest. Text models only.
+    pack_rows: bool = False
 
 
 def _name(s: Sample) -> str:
@@ -53,8 +57,8 @@ def plan_for(samples: Sequence[Sample], rule: BatchRule, dp_size: int):
     if rule.budget is None:  # the fixed-rows path as it always was (no length check of its own)
         plan = stride_plan(len(samples), dp_size, rule.rows_per_micro)
         return plan, plan_cost(lengths, plan, "rank", rule.rows_per_micro)
-    plan = pack(lengths, rule.budget, dp_size, rule.max_seq_len, names=names)
-    return plan, plan_cost(lengths, plan, "micro")
+    plan = pack(lengths, rule.budget, dp_size, rule.max_seq_len, padded=not rule.pack_rows, names=names)
+    return plan, plan_cost(lengths, plan, "none" if rule.pack_rows else "micro")
 
 
 def rank_micro_batches(samples: Sequence[Sample], rule: BatchRule, dp_rank: int, dp_size: int
@@ -79,4 +83,5 @@ def _build(rows: Sequence[Sample | None], rule: BatchRule) -> SequenceBatch:
                                           rule.vision_start_id)
     width = max(1, max(len(r) for r in responses))
     batch = SequenceBatch.from_lists(prompts, responses, rule.pad_id, width)
-    return replace(batch, pixel_values=pixels, image_grid_thw=grid)
+    packed = rule.budget is not None and rule.pack_rows
+    return replace(batch, pixel_values=pixels, image_grid_thw=grid, packed=packed)

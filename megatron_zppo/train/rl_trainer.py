@@ -8,6 +8,7 @@ whichever pipeline stage produced them.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -65,7 +66,8 @@ class RLTrainer:
                               int(getattr(text_config, "max_position_embeddings", None) or 1 << 30),
                               int(getattr(text_config, "pad_token_id", None) or 0), image_processor,
                               getattr(hf_config, "image_token_id", None),
-                              getattr(hf_config, "vision_start_token_id", None))
+                              getattr(hf_config, "vision_start_token_id", None),
+                              pack_rows=image_processor is None)  # M-RoPE positions are per row
         self.teacher = None
         if cfg.method.objective == "logit_distill":  # the teacher inside the trainer, laid out like the student
             from megatron.core.utils import get_model_config
@@ -84,11 +86,12 @@ class RLTrainer:
         return dist.get_rank() == 0
 
     # -- batches ---------------------------------------------------------------------------
-    def _micro_batches(self, samples: Sequence[Sample]) -> tuple[list[tuple[SequenceBatch, list[Sample | None]]],
-                                                                 dict[str, float]]:
+    def _micro_batches(self, samples: Sequence[Sample], pack_rows: bool = True
+                       ) -> tuple[list[tuple[SequenceBatch, list[Sample | None]]], dict[str, float]]:
         """This rank's share of the mini-batch as micro-batches (train.micro_batch_size rows each, or
         packed under train.max_tokens_per_micro_batch), and the plan's token stats (every rank's)."""
-        batches, cost = rank_micro_batches(samples, self.rule, self.dp_rank, self.dp_size)
+        rule = self.rule if pack_rows else dataclasses.replace(self.rule, pack_rows=False)
+        batches, cost = rank_micro_batches(samples, rule, self.dp_rank, self.dp_size)
         return batches, cost.as_stats()
 
     def _old_logprobs(self, batches) -> list[torch.Tensor]:
@@ -146,7 +149,7 @@ class RLTrainer:
             raise ValueError("distill() needs method.objective=logit_distill (the teacher is built only then)")
         per_update = []
         for mb in minibatches:
-            cut, cost = self._micro_batches(mb)
+            cut, cost = self._micro_batches(mb, pack_rows=False)  # the KD forward takes padded rows
             batches = [b for b, _ in cut]
             hidden = self.core.teacher_hidden(self.teacher, batches)
             items = [KDMicroBatch(b, h) for b, h in zip(batches, hidden)]

@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--pack-budget", type=int, default=None, help="micro-batches packed under this token budget")
+    ap.add_argument("--pack-rows", action="store_true", help="each packed micro-batch as one THD row")
     args = ap.parse_args()
 
     layout = parallel.ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
@@ -58,7 +59,7 @@ def main() -> None:
     trainer = PolicyTrainer(policy, *build_optimizer(policy, OPT), chunk_size=2, variable_shapes=packed)
     dp_rank = parallel_state.get_data_parallel_rank()
     if packed:  # the packer's plan: this rank's micro-batches, of varying rows and lengths
-        mine, rows = zip(*packed_ppo_micro_batches(args.pack_budget, dp_rank, dp_size))
+        mine, rows = zip(*packed_ppo_micro_batches(args.pack_budget, dp_rank, dp_size, args.pack_rows))
     else:  # one row per micro-batch; data-parallel ranks take every dp_size-th one
         mine = ppo_micro_batches(rows_per_micro=1)[dp_rank::dp_size]
         rows = [[dp_rank + i * dp_size] for i in range(len(mine))]

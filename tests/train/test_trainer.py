@@ -86,10 +86,16 @@ def test_ppo_step_is_invariant_to_the_micro_batch_split(tiny_qwen3_dir, megatron
         torch.testing.assert_close(weights_four[name], weights_one[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_ppo_step_on_packed_micro_batches_equals_the_padded_fixed_rows_step(tiny_qwen3_dir, megatron_world):
-    packed = packed_ppo_micro_batches()
+@pytest.mark.parametrize("rows", ["padded", "packed"])
+def test_ppo_step_on_packed_micro_batches_equals_the_padded_fixed_rows_step(tiny_qwen3_dir, megatron_world, rows):
+    # "padded": each micro-batch's rows padded to its own longest; "packed": its sequences back to
+    # back in one row (THD, no padding at all).
+    packed = packed_ppo_micro_batches(pack_rows=rows == "packed")
     shapes = [tuple(mb.sequences.tokens.shape) for mb, _ in packed]
-    assert len(set(shapes)) == len(shapes) and {s[0] for s in shapes} == {1, 2}  # own rows, own length each
+    if rows == "padded":
+        assert len(set(shapes)) == len(shapes) and {s[0] for s in shapes} == {1, 2}  # own rows, own length each
+    else:
+        assert all(mb.sequences.packed for mb, _ in packed) and {s[0] for s in shapes} == {2}  # 2 sequences a row
     # An empty filler micro-batch (a short rank's, so that every rank runs the same count) adds nothing.
     filler = PPOMicroBatch(SequenceBatch.from_lists([[0]], [[]], response_width=1), torch.zeros(1, 1), torch.zeros(1))
     results = []
