@@ -8,10 +8,11 @@
     - today's rule (``train.micro_batch_size``): 2 rows per micro-batch, samples dealt to ranks by
       stride, every row padded to the longest of its rank's share (trainer.py ``_run``);
     - the new rule (``train.max_tokens_per_micro_batch``, budget 16,384 as in examples/paper):
-      token-balanced ranks, micro-batches packed under the budget, each padded only to its own
-      longest row (what the trainer runs); the fully packed cost (no padding) is printed too.
+      token-balanced ranks, micro-batches packed under the budget, each micro-batch's sequences
+      back to back in one row (what the trainer runs for a text student); also printed: the
+      same budget with rows padded to their micro-batch's longest (a vision-language student).
     padding_efficiency = real / computed tokens; dp_imbalance = max / mean computed tokens per rank.
-(b) The toy Qwen3 on this CPU, the same shape scaled down by 32 in length (responses capped at
+(b) The toy Qwen3 on this CPU (packed rows, as for a text student), the same shape scaled down by 32 in length (responses capped at
     384, median 64; prompts 6-38 plus 31-94 for reformulated ones) and to 64 samples on one rank:
     real tokens per second of one PPO update, the packed path vs today's padded path, timed
     alternately in the same run (median of ``--steps``).
@@ -62,9 +63,10 @@ def simulate() -> dict[str, object]:
     lengths = [a + b for a, b in paper_lengths()]
     today = plan_cost(lengths, stride_plan(len(lengths), PAPER["dp"], PAPER["micro"]), "rank",
                       PAPER["micro"])
-    plan = pack(lengths, PAPER["budget"], PAPER["dp"], MAX_SEQ_LEN)
-    return {"lengths": lengths, "today": today, "new": plan_cost(lengths, plan, "micro"),
-            "packed": plan_cost(lengths, plan, "none"), "micro_batches": plan.micro_batches_per_rank}
+    plan = pack(lengths, PAPER["budget"], PAPER["dp"], MAX_SEQ_LEN, padded=False)
+    padded = pack(lengths, PAPER["budget"], PAPER["dp"], MAX_SEQ_LEN, padded=True)
+    return {"lengths": lengths, "today": today, "new": plan_cost(lengths, plan, "none"),
+            "padded_rows": plan_cost(lengths, padded, "micro"), "micro_batches": plan.micro_batches_per_rank}
 
 
 # (b): a small Qwen3 and the paper's lengths divided by SCALE (budget too), one rank.
@@ -96,7 +98,7 @@ def _update(hf_dir: str, samples: list[Sample], budget: int | None):
     policy = build_policy(ModelConfig(hf_path=hf_dir), ParallelConfig(), ddp_config=ddp_config(opt))
     trainer = PolicyTrainer(policy, *build_optimizer(policy, opt), with_entropy=False,
                             variable_shapes=budget is not None)
-    rule = BatchRule(PAPER["micro"], budget, TOY["max_position_embeddings"])
+    rule = BatchRule(PAPER["micro"], budget, TOY["max_position_embeddings"], pack_rows=True)
     batches, cost = rank_micro_batches(samples, rule, 0, 1)
     micro = []
     for seq, rows in batches:
@@ -144,9 +146,9 @@ def main() -> None:
     lengths = sim["lengths"]
     print(f"(a) paper shape: {len(lengths)} samples, mean {sum(lengths) / len(lengths):.0f} tokens, "
           f"max {max(lengths)}, DP={PAPER['dp']}, budget {PAPER['budget']}")
-    for name in ("today", "new", "packed"):
+    for name in ("today", "new", "padded_rows"):
         c = sim[name]
-        print(f"  {name:7s} real={c.real_tokens} computed={c.computed_tokens} "
+        print(f"  {name:11s} real={c.real_tokens} computed={c.computed_tokens} "
               f"padding_efficiency={c.padding_efficiency:.3f} dp_imbalance={c.dp_imbalance:.3f}")
     print(f"  new rule: {sim['micro_batches']} micro-batches per rank "
           f"(today: {-(-len(lengths) // PAPER['dp'] // PAPER['micro'])})")
