@@ -27,9 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/bench_packing.py` from anywhere
 
 import torch  # noqa: E402
 
