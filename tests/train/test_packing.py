@@ -65,3 +65,11 @@ def test_costs_of_the_fixed_rows_rule_pad_every_row_to_the_ranks_longest():
     assert cost.computed_tokens == 2 * 90 + 2 * 30
     assert cost.padding_efficiency == pytest.approx(150 / 240)
     assert cost.dp_imbalance == pytest.approx(180 / 120)
+
+
+def test_the_budget_setting_refuses_a_non_positive_value():
+    from megatron_zppo.config import TrainConfig
+
+    assert TrainConfig().max_tokens_per_micro_batch is None  # off unless set
+    with pytest.raises(ValueError, match="train.max_tokens_per_micro_batch must be >= 1"):
+        TrainConfig(max_tokens_per_micro_batch=0)
