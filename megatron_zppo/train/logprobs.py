@@ -36,6 +36,9 @@ class SequenceBatch:
     response_width: int  # T: width of response-aligned outputs (>= max response length)
     pixel_values: torch.Tensor | None = None  # [patches, channels * temporal * patch * patch]
     image_grid_thw: torch.Tensor | None = None  # [images, 3]
+    # Run the model on the rows back to back in one packed (THD) row, no padding computed; outputs
+    # stay response-aligned [B, T] (see packed_sequences.py).
+    packed: bool = False
 
     def __post_init__(self) -> None:
         # The first response token is predicted from the last prompt token, so one must exist.
@@ -86,13 +89,18 @@ class LogprobRequest:
     vocab_size: int  # the tokenizer's; Megatron's padded output rows beyond it are excluded
     chunk_size: int = 512
     with_entropy: bool = False
+    row: object = None  # the batch as one packed row (packed_sequences.PackedRow), if batch.packed
 
 
-def _response_positions(batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T, B] indices of the hidden state that predicts each response token, and of the token."""
+def _response_positions(batch: SequenceBatch, row=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T, B] indices of the hidden state that predicts each response token, and of the token:
+    along each row's sequence dim, or along the one packed row when ``row`` is given."""
     steps = torch.arange(batch.response_width, device=batch.tokens.device)[:, None]
-    last = batch.tokens.shape[1] - 1
-    target_pos = (batch.prompt_lens.to(steps.device)[None, :] + steps).clamp(max=last)
+    first = batch.prompt_lens.to(steps.device)
+    if row is not None:
+        first = first + row.starts.to(steps.device)
+    last = (batch.tokens.shape[1] if row is None else row.tokens.shape[1]) - 1
+    target_pos = (first[None, :] + steps).clamp(max=last)
     # Clamped positions only occur past a row's response and are masked out afterwards.
     return (target_pos - 1).clamp(min=0), target_pos
 
@@ -142,10 +150,13 @@ def _chunk_stats(hidden, targets, output_layer, output_weight, vocab_size: int, 
 
 def response_logprobs_processor(*, hidden_states, output_layer, output_weight, context: LogprobRequest, **_):
     """GPTModel ``output_processor``: response-aligned (logprobs [B, T], entropy [B, T] | None)."""
-    batch = context.batch
-    hidden_pos, target_pos = _response_positions(batch)  # [T, B]
-    hidden = hidden_states.gather(0, hidden_pos.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
-    targets = batch.tokens.t().gather(0, target_pos)
+    batch, row = context.batch, context.row
+    hidden_pos, target_pos = _response_positions(batch, row)  # [T, B]
+    if row is None:
+        hidden = hidden_states.gather(0, hidden_pos.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1]))
+        targets = batch.tokens.t().gather(0, target_pos)
+    else:  # hidden_states [L, 1, H] of the packed row
+        hidden, targets = hidden_states[hidden_pos, 0], row.tokens[0, target_pos]
     logprobs, entropies = [], []
     for start in range(0, batch.response_width, context.chunk_size):
         chunk = slice(start, start + context.chunk_size)
@@ -169,6 +180,16 @@ def forward_response_logprobs(model, request: LogprobRequest):
 
     Returns (logprobs, entropy) on the last pipeline stage and the hidden states on other stages.
     """
+    batch = request.batch
+    if batch.packed:
+        if batch.pixel_values is not None:
+            raise NotImplementedError("packed rows with images: Qwen3.5-VL's multimodal positions are per row")
+        from megatron_zppo.train.packed_sequences import packed_row
+
+        row = packed_row(batch.tokens, batch.prompt_lens + batch.response_lens)
+        return model(row.tokens, row.position_ids, None, packed_seq_params=row.params,
+                     output_processor=response_logprobs_processor,
+                     output_processor_context=dataclasses.replace(request, row=row))
     tokens = request.batch.tokens
     position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     return model(

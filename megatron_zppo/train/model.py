@@ -76,10 +76,10 @@ def _use_local_spec(layer_spec: str) -> bool:
 
 
 def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
-    from megatron.bridge.models.gpt_provider import local_layer_spec
-
     from megatron_zppo.train import qwen35_cpu, qwen35_vl
+    from megatron_zppo.train.packed_sequences import packed_local_layer_spec, register_with_bridge
 
+    register_with_bridge()
     provider = bridge.to_megatron_provider(load_weights=True)
     local = _use_local_spec(cfg.layer_spec)
     hf_config = bridge.hf_pretrained.config
@@ -87,8 +87,8 @@ def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
         qwen35_cpu.configure(provider, local_spec=local)
     elif qwen35_vl.is_qwen35_vl(hf_config):  # the same language model, plus a vision tower
         qwen35_vl.configure(provider, local_spec=local)
-    elif local:
-        provider.transformer_layer_spec = local_layer_spec
+    elif local:  # Megatron's local layers, with a core attention that also takes packed (THD) rows
+        provider.transformer_layer_spec = packed_local_layer_spec
     provider.tensor_model_parallel_size = parallel.tensor_parallel
     provider.pipeline_model_parallel_size = parallel.pipeline_parallel
     te_version, capability, cuda = detect()  # FP8 without TE or on the wrong GPU: an error, not a fallback

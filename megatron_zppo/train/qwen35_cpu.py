@@ -128,6 +128,11 @@ class _LocalFusedNormBackend(LocalSpecProvider):
     def layer_norm(self, rms_norm: bool = False, for_qk: bool = False, has_residual: bool = False):
         return ZeroCenteredRMSNorm
 
+    def core_attention(self):
+        from megatron_zppo.train.packed_sequences import PackedCausalAttention
+
+        return PackedCausalAttention  # DotProductAttention that also takes packed (THD) rows
+
 
 def _self_attention_spec(backend, attention=None):
     from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
@@ -148,11 +153,13 @@ def _self_attention_spec(backend, attention=None):
 
 
 def _gated_delta_net_spec(backend):
-    from megatron.core.ssm.gated_delta_net import GatedDeltaNet, GatedDeltaNetSubmodules
+    from megatron.core.ssm.gated_delta_net import GatedDeltaNetSubmodules
     from megatron.core.transformer.spec_utils import ModuleSpec
 
+    from megatron_zppo.train.packed_sequences import SegmentedGatedDeltaNet
+
     return ModuleSpec(
-        module=GatedDeltaNet,
+        module=SegmentedGatedDeltaNet,  # GatedDeltaNet, run per sequence of a packed row on CPU
         submodules=GatedDeltaNetSubmodules(
             in_proj=backend.column_parallel_layer_norm_linear(),
             out_norm=HeadParallelRMSNorm,

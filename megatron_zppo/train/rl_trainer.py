@@ -9,7 +9,6 @@ whichever pipeline stage produced them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -20,10 +19,10 @@ from megatron_zppo.images import is_vision_language
 from megatron_zppo.records import PromptKind, Sample
 from megatron_zppo.train import parallel
 from megatron_zppo.train.logprobs import SequenceBatch
+from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches
 from megatron_zppo.train.precision import ddp_config_fields
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
-from megatron_zppo.train.vision_batch import expand_images
 
 
 def _pad(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
@@ -52,17 +51,23 @@ class RLTrainer:
             setattr(ddp, key, value)
         self.policy = build_policy(model_cfg, pcfg, ddp)
         self.optimizer, self.scheduler = build_optimizer(self.policy, ocfg)
-        self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size)
-        self.loss_cfg, self.micro = cfg.loss, t.micro_batch_size
+        self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size,
+                                  variable_shapes=t.max_tokens_per_micro_batch is not None)
+        self.loss_cfg = cfg.loss
         hf_config = self.policy.bridge.hf_pretrained.config
-        self.pad_id = int(getattr(hf_config.get_text_config(), "pad_token_id", None) or 0)
+        text_config = hf_config.get_text_config()
         # A vision-language student: its image processor turns samples' images into patches.
-        self.image_processor, self.image_token_id = None, getattr(hf_config, "image_token_id", None)
-        self.vision_start_id = getattr(hf_config, "vision_start_token_id", None)
+        image_processor = None
         if is_vision_language(hf_config):
             from transformers import AutoImageProcessor
 
-            self.image_processor = AutoImageProcessor.from_pretrained(model_cfg.hf_path)
+            image_processor = AutoImageProcessor.from_pretrained(model_cfg.hf_path)
+        self.rule = BatchRule(t.micro_batch_size, t.max_tokens_per_micro_batch,
+                              int(getattr(text_config, "max_position_embeddings", None) or 1 << 30),
+                              int(getattr(text_config, "pad_token_id", None) or 0), image_processor,
+                              getattr(hf_config, "image_token_id", None),
+                              getattr(hf_config, "vision_start_token_id", None),
+                              pack_rows=image_processor is None)  # M-RoPE positions are per row
         self.teacher = None
         if cfg.method.objective == "logit_distill":  # the teacher inside the trainer, laid out like the student
             from megatron.core.utils import get_model_config
@@ -81,25 +86,13 @@ class RLTrainer:
         return dist.get_rank() == 0
 
     # -- batches ---------------------------------------------------------------------------
-    def _micro_batches(self, samples: Sequence[Sample]) -> list[tuple[SequenceBatch, list[Sample | None]]]:
-        """This rank's share cut into equal-size micro-batches; short ones are filled with empty
-        rows (no response tokens), which the loss masks out entirely."""
-        mine = list(samples[self.dp_rank :: self.dp_size])
-        n_micro = max(1, math.ceil(len(mine) / self.micro))
-        rows: list[Sample | None] = mine + [None] * (n_micro * self.micro - len(mine))
-        out = []
-        for i in range(0, len(rows), self.micro):
-            chunk = rows[i : i + self.micro]
-            prompts = [list(s.prompt_ids) if s else [self.pad_id] for s in chunk]
-            responses = [list(s.response_ids) if s else [] for s in chunk]
-            prompts, pixels, grid = expand_images(prompts, [s.images if s else () for s in chunk],
-                                                  self.image_processor, self.image_token_id,
-                                                  [f"sample {s.group_id!r}" if s else "filler" for s in chunk],
-                                                  self.vision_start_id)
-            width = max(1, max(len(r) for r in responses))
-            batch = SequenceBatch.from_lists(prompts, responses, self.pad_id, width)
-            out.append((dataclasses.replace(batch, pixel_values=pixels, image_grid_thw=grid), chunk))
-        return out
+    def _micro_batches(self, samples: Sequence[Sample], pack_rows: bool = True
+                       ) -> tuple[list[tuple[SequenceBatch, list[Sample | None]]], dict[str, float]]:
+        """This rank's share of the mini-batch as micro-batches (train.micro_batch_size rows each, or
+        packed under train.max_tokens_per_micro_batch), and the plan's token stats (every rank's)."""
+        rule = self.rule if pack_rows else dataclasses.replace(self.rule, pack_rows=False)
+        batches, cost = rank_micro_batches(samples, rule, self.dp_rank, self.dp_size)
+        return batches, cost.as_stats()
 
     def _old_logprobs(self, batches) -> list[torch.Tensor]:
         outputs = self.core.compute_logprobs([b for b, _ in batches])
@@ -111,10 +104,10 @@ class RLTrainer:
     def train(self, minibatches: list[list[Sample]]) -> dict[str, float]:
         """Old log-probs for every sample first (all under the same, pre-update weights), then one
         optimizer update per mini-batch. Returns the mean of each statistic over the updates."""
-        cut = [self._micro_batches(mb) for mb in minibatches]
+        cut, costs = zip(*[self._micro_batches(mb) for mb in minibatches])
         olds = [self._old_logprobs(batches) for batches in cut]
         diffs, per_update = [], []
-        for batches, old in zip(cut, olds):
+        for batches, old, cost in zip(cut, olds, costs):
             mbs = []
             for (seq, rows), old_lp in zip(batches, old):
                 rollout = _pad([s.logprobs if s else [] for s in rows], seq.response_width)
@@ -123,7 +116,7 @@ class RLTrainer:
                 mask = seq.response_mask()
                 if self.last_stage and mask.any():
                     diffs.append((old_lp - rollout).abs()[mask])
-            per_update.append(self.core.ppo_step(mbs, self.loss_cfg))
+            per_update.append({**self.core.ppo_step(mbs, self.loss_cfg), **cost})
         local = _mean_stats(per_update)
         if diffs:
             d = torch.cat(diffs)
@@ -156,10 +149,11 @@ class RLTrainer:
             raise ValueError("distill() needs method.objective=logit_distill (the teacher is built only then)")
         per_update = []
         for mb in minibatches:
-            batches = [b for b, _ in self._micro_batches(mb)]
+            cut, cost = self._micro_batches(mb, pack_rows=False)  # the KD forward takes padded rows
+            batches = [b for b, _ in cut]
             hidden = self.core.teacher_hidden(self.teacher, batches)
             items = [KDMicroBatch(b, h) for b, h in zip(batches, hidden)]
-            per_update.append(self.core.kd_step(items, self._teacher_logits, self._criterion))
+            per_update.append({**self.core.kd_step(items, self._teacher_logits, self._criterion), **cost})
         return self._gather(_mean_stats(per_update))
 
     def sft_step(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> float:
@@ -170,7 +164,10 @@ class RLTrainer:
     def sft(self, minibatches: Sequence[Sequence[Sample]]) -> dict[str, float]:
         """One supervised (mean token cross-entropy) update per mini-batch of samples' (prompt,
         response) tokens, whoever sampled them; the mean of each statistic over the updates."""
-        per_update = [self.core.sft_step([b for b, _ in self._micro_batches(rows)]) for rows in minibatches]
+        per_update = []
+        for rows in minibatches:
+            cut, cost = self._micro_batches(rows)
+            per_update.append({**self.core.sft_step([b for b, _ in cut]), **cost})
         return self._gather(_mean_stats(per_update))
 
     # -- weights and checkpoints -------------------------------------------------------------

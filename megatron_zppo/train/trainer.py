@@ -142,17 +142,21 @@ class PolicyTrainer:
     """Owns the optimiser step for one policy; the loss itself is a pure function passed in.
 
     All ranks of a tensor/pipeline-parallel group must pass the same micro-batches; each
-    data-parallel rank passes its own share of the mini-batch.
+    data-parallel rank passes its own share of the mini-batch, and every rank the same number.
+    With ``variable_shapes`` (packed micro-batches), micro-batches may differ in rows and length and
+    each runs at its own shape (Megatron's pipeline then sends each activation's shape ahead of it);
+    otherwise all share one row count and are padded to the longest.
     """
 
     def __init__(
-        self, policy: Policy, optimizer, scheduler, *, chunk_size: int = 512, with_entropy: bool = True
+        self, policy: Policy, optimizer, scheduler, *, chunk_size: int = 512, with_entropy: bool = True,
+        variable_shapes: bool = False,
     ):
         from megatron.core import parallel_state
         from megatron.core.utils import get_model_config
 
         self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
-        self.chunk_size, self.with_entropy = chunk_size, with_entropy
+        self.chunk_size, self.with_entropy, self.variable_shapes = chunk_size, with_entropy, variable_shapes
         self.dp_group = parallel_state.get_data_parallel_group()
         config = get_model_config(policy.chunks[0])
         config.finalize_model_grads_func = _finalize_grads_without_token_scaling
@@ -250,7 +254,10 @@ class PolicyTrainer:
         per_micro = self._run(batches, items, loss_func, with_entropy, False, forward)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        return _summarise(per_micro, grad_norm)
+        # Micro-batches without a response token (a short rank's fillers) add nothing to the loss
+        # and would drag the means of per-micro-batch stats towards 0.
+        real = [m for m, b in zip(per_micro, batches) if int(b.response_lens.sum()) > 0]
+        return _summarise(real if real else per_micro, grad_norm)
 
     def _run(self, batches, items, loss_func, with_entropy: bool, forward_only: bool, forward=None,
              chunks=None) -> list[dict]:
@@ -259,17 +266,22 @@ class PolicyTrainer:
         last stage's stats."""
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
-        sizes = {b.tokens.shape[0] for b in batches}
-        if len(sizes) != 1:
-            raise ValueError(f"micro-batches must share one batch size for the pipeline; got {sorted(sizes)}")
-        # Pipeline stages exchange [S, B, H] activations of one fixed shape, so pad every row to S.
-        seq_len = max(b.tokens.shape[1] for b in batches)
+        from megatron.core.utils import get_model_config
 
+        chunks = chunks or self.policy.chunks
+        sizes = {b.tokens.shape[0] for b in batches}
+        if len(sizes) != 1 and not self.variable_shapes:
+            raise ValueError(f"micro-batches must share one batch size for the pipeline; got {sorted(sizes)}")
+        # Without variable shapes, pipeline stages exchange [S, B, H] activations of one fixed
+        # shape, so every row is padded to the longest S; with them, each micro-batch keeps its own.
+        seq_len = max(b.tokens.shape[1] for b in batches)
+        get_model_config(chunks[0]).variable_seq_lengths = self.variable_shapes
         device = _device()
 
         def forward_step(data_iterator, model):
             item = next(data_iterator).to(device)
-            batch = _pad_to_length(item if isinstance(item, SequenceBatch) else item.sequences, seq_len)
+            batch = item if isinstance(item, SequenceBatch) else item.sequences
+            batch = batch if self.variable_shapes else _pad_to_length(batch, seq_len)
             if forward is not None:
                 return forward(model, batch, item), partial(loss_func, item)
             request = LogprobRequest(batch, self.policy.vocab_size, self.chunk_size, with_entropy)
@@ -278,10 +290,10 @@ class PolicyTrainer:
         return get_forward_backward_func()(
             forward_step_func=forward_step,
             data_iterator=iter(items),
-            model=chunks or self.policy.chunks,
+            model=chunks,
             num_microbatches=len(items),
-            seq_length=seq_len,
-            micro_batch_size=sizes.pop(),
+            seq_length=seq_len,  # ignored with variable shapes
+            micro_batch_size=max(sizes),
             forward_only=forward_only,
         )
 

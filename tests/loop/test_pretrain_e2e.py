@@ -111,3 +111,19 @@ def test_rollout_only_then_train_only_replays_the_dumped_rollouts(toy_world, tmp
     for a, b in zip(rolled, trained):  # the same rollouts, now trained on
         assert (a["acc_plain"], a["n_hard"], a["tokens_generated"]) == (b["acc_plain"], b["n_hard"], b["tokens_generated"])
         assert b["loss"] is not None and b["grad_norm"] is not None  # trained (all-zero rewards: zero grad)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_run_with_packed_micro_batches_keeps_the_contract_and_logs_its_padding(toy_world, tmp_path):
+    run = tmp_path / "run"
+    _run(["--config", "examples/cpu_toy/zppo.yaml"]
+         + _overrides(toy_world, run, 2, ["train.max_tokens_per_micro_batch=1024"]))
+    metrics = read_metrics(run / "metrics.jsonl")
+    _check_contract(metrics)
+    for m in metrics:
+        assert 0 < m["real_tokens"] <= m["computed_tokens"]
+        # A mean over the step's updates of each one's real / computed (short prompts and responses
+        # of similar lengths: sorted into micro-batches, next to no padding is left).
+        assert 0.9 <= m["padding_efficiency"] <= 1.0
+        assert m["dp_imbalance"] == pytest.approx(1.0)  # one rank

@@ -22,7 +22,7 @@ from megatron_zppo.train.trainer import (  # noqa: E402
     build_optimizer,
     ddp_config,
 )
-from tests.train.tiny_qwen3 import ppo_micro_batches  # noqa: E402
+from tests.train.tiny_qwen3 import packed_ppo_micro_batches, ppo_micro_batches  # noqa: E402
 
 OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # see test_trainer.py for these values
 LOSS = LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)
@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--pack-budget", type=int, default=None, help="micro-batches packed under this token budget")
+    ap.add_argument("--pack-rows", action="store_true", help="each packed micro-batch as one THD row")
     args = ap.parse_args()
 
     layout = parallel.ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
@@ -53,14 +55,21 @@ def main() -> None:
     from megatron.core import parallel_state
 
     policy = build_policy(ModelConfig(hf_path=args.hf_dir), layout, ddp_config=ddp_config(OPT))
-    trainer = PolicyTrainer(policy, *build_optimizer(policy, OPT), chunk_size=2)
-    # One row per micro-batch; data-parallel ranks take every dp_size-th one.
+    packed = args.pack_budget is not None
+    trainer = PolicyTrainer(policy, *build_optimizer(policy, OPT), chunk_size=2, variable_shapes=packed)
     dp_rank = parallel_state.get_data_parallel_rank()
-    mine = ppo_micro_batches(rows_per_micro=1)[dp_rank::dp_size]
+    if packed:  # the packer's plan: this rank's micro-batches, of varying rows and lengths
+        mine, rows = zip(*packed_ppo_micro_batches(args.pack_budget, dp_rank, dp_size, args.pack_rows))
+    else:  # one row per micro-batch; data-parallel ranks take every dp_size-th one
+        mine = ppo_micro_batches(rows_per_micro=1)[dp_rank::dp_size]
+        rows = [[dp_rank + i * dp_size] for i in range(len(mine))]
     logprobs = trainer.compute_logprobs([mb.sequences for mb in mine])
     stats = trainer.ppo_step(mine, LOSS)
+    width = ppo_micro_batches(rows_per_micro=1)[0].sequences.response_width
     result = {
-        "logprobs": {f"row{dp_rank + i * dp_size}": lp for i, (lp, _) in enumerate(logprobs)},
+        # Each sample's row, at the whole mini-batch's response width (positions past it are 0).
+        "logprobs": {f"row{r}": torch.nn.functional.pad(lp[j : j + 1], (0, width - lp.shape[1]))
+                     for (lp, _), micro in zip(logprobs, rows) for j, r in enumerate(micro)},
         "qk_norm_grads": _qk_norm_grads(policy),
         "stats": stats,
         "weights": {name: t for bucket in export_hf_weights(policy) for name, t in bucket},

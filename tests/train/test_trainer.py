@@ -7,8 +7,9 @@ from megatron_zppo.loss import LossConfig, policy_loss
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig
-from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
-from tests.train.tiny_qwen3 import ADVANTAGES, PROMPTS, RESPONSES, old_logprobs, ppo_micro_batches
+from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
+from tests.train.tiny_qwen3 import ADVANTAGES, PROMPTS, RESPONSES, old_logprobs, packed_ppo_micro_batches, \
+    ppo_micro_batches
 
 # A large lr makes the update visible far above float32 noise; clipping at 0.1 is active here.
 # eps=1e-4 instead of 1e-8: with a tiny eps, Adam's first step is lr*g/|g|, which turns the
@@ -18,9 +19,9 @@ OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)
 LOSS = LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)
 
 
-def _trainer(tiny_qwen3_dir, opt=OPT):
+def _trainer(tiny_qwen3_dir, opt=OPT, variable_shapes=False):
     policy = build_policy(ModelConfig(hf_path=tiny_qwen3_dir), ParallelConfig(), ddp_config=ddp_config(opt))
-    return PolicyTrainer(policy, *build_optimizer(policy, opt), chunk_size=2)
+    return PolicyTrainer(policy, *build_optimizer(policy, opt), chunk_size=2, variable_shapes=variable_shapes)
 
 
 def _exported(policy):
@@ -83,6 +84,30 @@ def test_ppo_step_is_invariant_to_the_micro_batch_split(tiny_qwen3_dir, megatron
     assert stats_one["grad_norm"] == pytest.approx(stats_four["grad_norm"], rel=1e-5)
     for name in weights_one:
         torch.testing.assert_close(weights_four[name], weights_one[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("rows", ["padded", "packed"])
+def test_ppo_step_on_packed_micro_batches_equals_the_padded_fixed_rows_step(tiny_qwen3_dir, megatron_world, rows):
+    # "padded": each micro-batch's rows padded to its own longest; "packed": its sequences back to
+    # back in one row (THD, no padding at all).
+    packed = packed_ppo_micro_batches(pack_rows=rows == "packed")
+    shapes = [tuple(mb.sequences.tokens.shape) for mb, _ in packed]
+    if rows == "padded":
+        assert len(set(shapes)) == len(shapes) and {s[0] for s in shapes} == {1, 2}  # own rows, own length each
+    else:
+        assert all(mb.sequences.packed for mb, _ in packed) and {s[0] for s in shapes} == {2}  # 2 sequences a row
+    # An empty filler micro-batch (a short rank's, so that every rank runs the same count) adds nothing.
+    filler = PPOMicroBatch(SequenceBatch.from_lists([[0]], [[]], response_width=1), torch.zeros(1, 1), torch.zeros(1))
+    results = []
+    for variable, micro_batches in ((False, ppo_micro_batches(rows_per_micro=2)),
+                                    (True, [mb for mb, _ in packed] + [filler])):
+        trainer = _trainer(tiny_qwen3_dir, variable_shapes=variable)
+        results.append((trainer.ppo_step(micro_batches, LOSS), _exported(trainer.policy)))
+    (padded, w_padded), (stats, w_packed) = results
+    assert stats["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    assert stats["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-5) and stats["grad_norm"] > OPT.clip_grad
+    for name, w in w_padded.items():
+        torch.testing.assert_close(w_packed[name], w, atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_sft_steps_lower_the_response_cross_entropy(tiny_qwen3_dir, megatron_world):

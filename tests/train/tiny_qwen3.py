@@ -62,3 +62,32 @@ def ppo_micro_batches(rows_per_micro: int):
         seq = SequenceBatch.from_lists(PROMPTS[rows], RESPONSES[rows], response_width=full.response_width)
         out.append(PPOMicroBatch(seq, old[rows], ADVANTAGES[rows]))
     return out
+
+
+PACK_BUDGET = 16  # the mini-batch's lengths are 9, 3, 8, 6: packed micro-batches of 1 and 2 rows
+
+
+def packed_ppo_micro_batches(budget: int = PACK_BUDGET, dp_rank: int = 0, dp_size: int = 1, pack_rows: bool = False):
+    """The same mini-batch under the token-budget rule: this rank's (micro-batch, sample indices),
+    each micro-batch at its own rows and lengths (or, ``pack_rows``, as one packed row), an empty
+    filler where the rank has fewer."""
+    import dataclasses
+
+    from megatron_zppo.train.logprobs import SequenceBatch
+    from megatron_zppo.train.packing import pack
+    from megatron_zppo.train.trainer import PPOMicroBatch
+
+    _, old = old_logprobs()
+    lengths = [len(p) + len(r) for p, r in zip(PROMPTS, RESPONSES)]
+    plan = pack(lengths, budget, dp_size, max_seq_len=TINY["max_position_embeddings"], padded=not pack_rows)
+    out = []
+    for micro in plan.ranks[dp_rank]:
+        rows = list(micro)
+        if not rows:
+            empty = SequenceBatch.from_lists([[0]], [[]], response_width=1)
+            out.append((PPOMicroBatch(empty, torch.zeros(1, 1), torch.zeros(1)), rows))
+            continue
+        seq = SequenceBatch.from_lists([PROMPTS[i] for i in rows], [RESPONSES[i] for i in rows])
+        seq = dataclasses.replace(seq, packed=pack_rows)
+        out.append((PPOMicroBatch(seq, old[rows, : seq.response_width], ADVANTAGES[rows]), rows))
+    return out
