@@ -183,12 +183,9 @@ class TrainConfig:
     use_distributed_optimizer: bool = True
     # Token budget of a micro-batch (prompt + response, images expanded); set: micro-batches are packed
     # under it and balanced across DP ranks by tokens (micro_batch_size is then unused). null: fixed rows.
-    max_tokens_per_micro_batch: int | None = None
+    max_tokens_per_micro_batch: Annotated[int | None, Range(ge=1)] = None
 
     def __post_init__(self):
-        if self.max_tokens_per_micro_batch is not None and self.max_tokens_per_micro_batch < 1:
-            raise ValueError(f"train.max_tokens_per_micro_batch must be >= 1 (or null), got "
-                             f"{self.max_tokens_per_micro_batch!r}")
         if self.recompute not in ("none", "selective", "full"):
             raise ValueError(f"train.recompute {self.recompute!r} unknown; expected none, selective or full")
 
