@@ -1,0 +1,94 @@
+"""A hostile-but-fair probe of what a user can hand the main job: each case is one bad input and the
+one clear error (a `RunError` naming the file/field/server, the value found and what was expected)
+it must end in, instead of a raw traceback from inside a library, a silent acceptance or a hang.
+
+Data, model paths and checkpoints here; the SGLang server's garbage answers are probed in
+tests/rollout/test_sglang_engine.py against the fake server, and the trainer-side checkpoint
+checks in tests/train/test_checkpointing.py.
+"""
+
+import json
+import os
+
+import pytest
+
+from megatron_zppo import build, checkpoint
+from megatron_zppo.config import load_config
+from megatron_zppo.data import SourceConfig, load_questions
+from megatron_zppo.errors import RunError
+
+GOOD = json.dumps({"id": "ok", "question": "1+1?", "answer": "2"})
+
+
+def _write(path, content):
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+# (case, file name, content, source kind, fragments the error must contain, in order)
+DATA_CASES = [
+    ("empty file", "qs.jsonl", "", "jsonl", ["qs.jsonl", "holds no records"]),
+    ("blank lines only", "qs.jsonl", "\n  \n", "jsonl", ["qs.jsonl", "holds no records"]),
+    ("bytes that are not UTF-8", "qs.jsonl", GOOD.encode() + b"\n\xff\xfe{}\n", "jsonl",
+     ["qs.jsonl line 2", "not UTF-8 text (byte 0xff at column 1)"]),
+    ("a JSON list, not an object", "qs.jsonl", GOOD + '\n["q", "a"]\n', "jsonl",
+     ["qs.jsonl line 2", "not a JSON object (got a list)"]),
+    ("a JSON string, not an object", "qs.jsonl", GOOD + '\n"what is 2+2?"\n', "jsonl",
+     ["qs.jsonl line 2", "not a JSON object (got a string)"]),
+    ("truncated JSON", "qs.jsonl", GOOD + '\n{"question": "2+2?", "ans\n', "jsonl",
+     ["qs.jsonl line 2", "invalid JSON"]),
+    ("missing answer field", "qs.jsonl", GOOD + '\n{"question": "2+2?"}\n', "jsonl",
+     ["qs.jsonl line 2", "missing field 'answer'"]),
+    ("question is a number", "qs.jsonl", GOOD + '\n{"question": 4, "answer": "4"}\n', "jsonl",
+     ["line 2", "field 'question' must be a non-empty string, got 4"]),
+    ("answer is a list", "qs.jsonl", GOOD + '\n{"question": "q", "answer": [1, 2]}\n', "jsonl",
+     ["line 2", "field 'answer' must be a non-empty string, got [1, 2]"]),
+    ("answer is a boolean", "qs.jsonl", GOOD + '\n{"question": "q", "answer": true}\n', "jsonl",
+     ["line 2", "field 'answer' must be a non-empty string, got True"]),
+    ("images is a number", "qs.jsonl", GOOD + '\n{"question": "q", "answer": "1", "images": 5}\n', "jsonl",
+     ["line 2", "field 'images' must be an image or a list of images, got 5"]),
+    ("id is an object", "qs.jsonl", GOOD + '\n{"id": {"a": 1}, "question": "q", "answer": "1"}\n', "jsonl",
+     ["line 2", "field 'id' must be a string or an integer"]),
+    ("parquet file of random bytes", "qs.parquet", os.urandom(64), "parquet",
+     ["qs.parquet", "cannot be read as Parquet"]),
+    ("JSONL handed to the parquet reader", "qs.parquet", GOOD + "\n", "parquet",
+     ["qs.parquet", "cannot be read as Parquet"]),
+]
+
+
+@pytest.mark.parametrize("name, filename, content, kind, fragments", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_ends_in_one_error_naming_file_line_and_expectation(tmp_path, name, filename, content, kind,
+                                                                     fragments):
+    path = _write(tmp_path / filename, content)
+    with pytest.raises(RunError) as info:
+        load_questions([SourceConfig(kind=kind, path=str(path))], log=lambda *_: None)
+    message = str(info.value)
+    positions = [message.find(f) for f in fragments]
+    assert -1 not in positions and positions == sorted(positions), message
+
+
+def test_a_truncated_parquet_file_is_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "qs.parquet"
+    pq.write_table(pa.table({"question": ["q"] * 50, "answer": ["1"] * 50}), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(RunError, match=r"qs.parquet cannot be read as Parquet"):
+        load_questions([SourceConfig(kind="parquet", path=str(path))])
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet"])
+def test_a_directory_or_a_missing_file_as_data_is_named(tmp_path, kind):
+    with pytest.raises(RunError, match=f"data file {tmp_path} is a directory; a {kind} source reads one file"):
+        load_questions([SourceConfig(kind=kind, path=str(tmp_path))])
+    with pytest.raises(RunError, match=r"data file .*nope.jsonl does not exist \(resolved to /"):
+        load_questions([SourceConfig(kind=kind, path=str(tmp_path / "nope.jsonl"))])
+
+
+def test_a_source_whose_records_are_all_bad_is_refused_even_when_skipping(tmp_path):
+    bad = _write(tmp_path / "bad.jsonl", '{"q": 1}\n{"q": 2}\n')
+    good = _write(tmp_path / "good.jsonl", GOOD + "\n")
+    sources = [SourceConfig(kind="jsonl", path=str(p), skip_bad_records=True) for p in (good, bad)]
+    with pytest.raises(RunError, match=r"no usable question in data source .*bad.jsonl: all 2 record\(s\) are bad"):
+        load_questions(sources, log=lambda *_: None)
