@@ -92,3 +92,71 @@ def test_a_source_whose_records_are_all_bad_is_refused_even_when_skipping(tmp_pa
     sources = [SourceConfig(kind="jsonl", path=str(p), skip_bad_records=True) for p in (good, bad)]
     with pytest.raises(RunError, match=r"no usable question in data source .*bad.jsonl: all 2 record\(s\) are bad"):
         load_questions(sources, log=lambda *_: None)
+
+
+# ---- model paths -----------------------------------------------------------------------------
+def _cfg(student, teacher="", **extra):
+    over = [f"student.hf_path={student}", f"teacher.hf_path={teacher or student}"]
+    return load_config(None, over + [f"{k}={v}" for k, v in extra.items()])
+
+
+def test_a_model_path_typo_that_looks_like_a_hub_id_is_refused_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy_models" / "student_small").mkdir(parents=True)
+    (tmp_path / "toy_models" / "student_small" / "config.json").write_text("{}")
+    with pytest.raises(RunError, match=r"student.hf_path='toy_models/studnet_small': the local directory "
+                                       r"/.*/toy_models/studnet_small does not exist and .* is not in the Hugging "
+                                       r"Face cache either; the run is offline-first"):
+        build.check_model_paths(_cfg("toy_models/studnet_small", "toy_models/student_small"))
+    with pytest.raises(RunError, match=r"teacher.hf_path='\.\./teacher': the local directory .* does not exist; "
+                                       "fix the path"):
+        build.check_model_paths(_cfg("toy_models/student_small", "../teacher"))
+    with pytest.raises(RunError, match=r"student.weight_sync.disk_support_dir='nowhere/x'"):
+        build.check_model_paths(_cfg("toy_models/student_small", **{"student.weight_sync.disk_support_dir": "nowhere/x"}))
+    build.check_model_paths(_cfg("toy_models/student_small", "toy_models/student_small"))  # both fine
+
+
+def test_a_model_path_that_is_no_hf_checkpoint_is_refused(tmp_path):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(RunError, match=r"student.hf_path=.*weights' exists but is not a Hugging Face checkpoint "
+                                       r"directory \(no config.json"):
+        build.check_model_paths(_cfg(str(tmp_path / "weights")))
+    with pytest.raises(RunError, match="no config.json"):
+        build.check_model_paths(_cfg(str(tmp_path / "weights" / "model.safetensors")))
+
+
+def test_a_hub_id_already_in_the_local_cache_is_accepted(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    snapshot = tmp_path / "hub" / "models--org--model" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--model" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--model" / "refs" / "main").write_text("abc123")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(RunError, match="not in the Hugging Face cache"):
+        build.check_model_paths(_cfg("org/model"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    build.check_model_paths(_cfg("org/model"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # downloads asked for explicitly
+    build.check_model_paths(_cfg("org/model"))
+
+
+@pytest.mark.timeout(120)
+def test_the_main_job_refuses_a_missing_model_path_in_one_line_before_starting(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "pretrain_zppo.py", "--config", "examples/cpu_toy/zppo.yaml",
+                           f"run.dir={tmp_path}/run", "student.hf_path=toy_models/studnet_small"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "student.hf_path='toy_models/studnet_small'" in proc.stderr and "offline-first" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
