@@ -49,19 +49,31 @@ def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
         from megatron_zppo.rollout.sglang_engine import SGLangEngine
 
         urls = server_urls(cfg, name)
+        vocab = vocab_size(cfg.hf_path)
 
         def one(i: int, url: str) -> SGLangEngine:
             ws = cfg.weight_sync
             if len(urls) > 1:  # each server gets its own process group (name, and port if fixed)
                 ws = replace(ws, group_name=f"{ws.group_name}_{i}", master_port=ws.master_port and ws.master_port + i)
             return SGLangEngine(url, name=name if len(urls) == 1 else f"{name}{i}", api_key=cfg.api_key or None,
-                                admin_api_key=cfg.admin_api_key or None, weight_sync=ws)
+                                admin_api_key=cfg.admin_api_key or None, weight_sync=ws, vocab_size=vocab)
 
         engines = [one(i, u) for i, u in enumerate(urls)]
         return engines[0] if len(engines) == 1 else EnginePool(engines, name)
     from megatron_zppo.rollout.hf_engine import HFEngine
 
     return HFEngine(cfg.hf_path, name=name, seed=seed)
+
+
+def vocab_size(hf_path: str) -> int | None:
+    """Rows of the model's embedding: every token id a server returns for it must be below. None
+    (no check) when the checkpoint is not on this machine; the main job has checked that it is."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(hf_path, local_files_only=True).get_text_config().vocab_size)
+    except (OSError, ValueError):
+        return None
 
 
 def make_encoder(hf_path: str) -> Callable[..., list[int]]:
