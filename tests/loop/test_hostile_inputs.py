@@ -172,3 +172,41 @@ def test_sglang_engines_know_their_models_vocabulary(tmp_path):
         assert engine.vocab_size == 321
     finally:
         engine.shutdown()
+
+
+# ---- resuming the main job: damaged checkpoints and settings the checkpoint overrides ----------
+def _main(args, timeout=600):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "pretrain_zppo.py", "--config", "examples/cpu_toy/zppo.yaml", *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_resuming_the_main_job_refuses_changed_betas_and_names_a_damaged_shard(toy_world, tmp_path):
+    from tests.loop.test_pretrain_e2e import _overrides
+
+    run = tmp_path / "run"
+    first = _main(_overrides(toy_world, run, 2, ["run.save_every=1"]))
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpts = run / "checkpoints"
+    assert (ckpts / "step_000001" / "COMPLETE").is_file() and (ckpts / "latest").read_text() == "step_000002"
+
+    # Adam's betas live in the optimizer state: a resume that changes them is refused, not ignored.
+    betas = _main(_overrides(toy_world, run, 3, ["--load", "auto", "train.adam_beta2=0.99", "train.clip_grad=0.5"]))
+    assert betas.returncode != 0
+    assert "train.adam_beta2: 0.999 -> 0.99" in betas.stderr and "clip_grad" not in betas.stderr.split("0.99")[-1]
+
+    # A model shard cut short after the save: named with its sizes, and the earlier checkpoint offered.
+    shard = max((ckpts / "step_000002" / "model").glob("*.distcp"), key=lambda f: f.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[:1000])
+    damaged = _main(_overrides(toy_world, run, 3, ["--load", "auto"]))
+    assert damaged.returncode != 0
+    assert (f"checkpoint {ckpts / 'step_000002'} is damaged: model/{shard.name} is 1000 bytes, the save wrote"
+            in damaged.stderr)
+    assert f"the earlier complete checkpoint {ckpts / 'step_000001'} can be loaded instead" in damaged.stderr
