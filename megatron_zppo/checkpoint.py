@@ -74,12 +74,18 @@ def save(run_dir: str | Path, step: int, trainer: Checkpointable | None, loop_st
         _write_manifest(tmp)
         (tmp / MARKER).write_text(str(step))
         _fsync_dir(tmp)
-        shutil.rmtree(final, ignore_errors=True)
+        # An older checkpoint of this step (a resumed run saving it again) moves aside in one rename:
+        # deleting it in place could leave a half-deleted directory that `latest` still names.
+        old = root / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
         os.replace(tmp, final)
         pointer = root / "latest.tmp"
         pointer.write_text(final.name)
         os.replace(pointer, root / "latest")
         _fsync_dir(root)
+        shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
 

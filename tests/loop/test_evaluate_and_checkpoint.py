@@ -170,3 +170,12 @@ def test_load_auto_with_nothing_to_resume_says_it_starts_from_step_0(tmp_path):
     assert heard == [f"run.load=auto: no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from step 0"]
     with pytest.raises(checkpoint.CheckpointError, match=r"run.load='.*nope' does not exist; expected a directory"):
         checkpoint.resolve(str(tmp_path / "nope"), tmp_path)
+
+
+def test_saving_a_step_again_replaces_it_whole(tmp_path):
+    checkpoint.save(tmp_path, 2, DirTrainer(2), {"step": 2})
+    checkpoint.save(tmp_path, 4, DirTrainer(4), {"step": 4, "run": "first"})
+    checkpoint.save(tmp_path, 4, DirTrainer(40), {"step": 4, "run": "resumed"})  # resumed from step 2
+    t = DirTrainer()
+    assert checkpoint.load(checkpoint.resolve("auto", tmp_path), t) == {"step": 4, "run": "resumed"} and t.value == 40
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000002", "step_000004"]

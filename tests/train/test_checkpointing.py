@@ -195,3 +195,17 @@ def test_checkpoints_reshard_between_single_process_and_two_ranks(
     torch.testing.assert_close(_logprobs(resumed), ranks[0]["logprobs_after_2"], atol=1e-6, rtol=1e-6)
     _train(resumed, 1)
     _assert_weights_close(_weights(resumed.policy), weights_after_3)
+
+
+def test_a_resume_refuses_settings_the_optimizer_state_carries_and_applies_the_others():
+    from megatron_zppo.config import load_config
+    from megatron_zppo.train.rl_trainer import resume_settings, settings_changes
+
+    base = ["student.hf_path=s", "teacher.hf_path=t"]
+    saved = resume_settings(load_config(None, base), dp_size=2)
+    changed = load_config(None, base + ["train.adam_beta2=0.99", "train.adam_eps=1e-6", "train.clip_grad=0.5",
+                                        "train.tensor_parallel=2"])
+    refused, applied = settings_changes(saved, resume_settings(changed, dp_size=1))
+    assert refused == ["train.adam_beta2: 0.999 -> 0.99", "train.adam_eps: 1e-08 -> 1e-06"]
+    assert applied == ["train.clip_grad: 1.0 -> 0.5", "train.tensor_parallel: 1 -> 2", "data-parallel size: 2 -> 1"]
+    assert settings_changes(saved, saved) == ([], [])
