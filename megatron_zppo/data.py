@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,7 @@ def _hf_rows(cfg: SourceConfig):
     """A directory written by `save_to_disk`, or anything `datasets.load_dataset` takes."""
     import datasets
 
+    _check_offline(cfg.path)
     try:
         if (Path(cfg.path) / "state.json").exists() or (Path(cfg.path) / "dataset_dict.json").exists():
             ds = datasets.load_from_disk(cfg.path)
@@ -112,6 +114,21 @@ def _hf_rows(cfg: SourceConfig):
         raise DataError(f"hf data source {cfg.path!r} (split {cfg.split!r}) cannot be loaded: "
                         f"{type(e).__name__}: {e}") from None
     return [(f"{cfg.path}[{cfg.split}] row {i}", r, None) for i, r in enumerate(ds)]
+
+
+def _check_offline(path: str) -> None:
+    """The run is offline-first: a data set name that is neither on disk nor in the HF cache (a typo
+    of a local path, most likely) is refused here, not looked up on the hub for minutes."""
+    from huggingface_hub import constants
+
+    if Path(path).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("0", "false", "no"):
+        return
+    if (Path(constants.HF_HUB_CACHE) / ("datasets--" + path.replace("/", "--"))).is_dir():
+        return
+    raise DataError(f"hf data source {path!r}: the local path {Path(path).resolve()} does not exist and {path!r} is "
+                    "not in the Hugging Face cache; the run is offline-first and does not download data sets: fetch "
+                    f"it first (`hf download --repo-type dataset {path}`), set HF_HUB_OFFLINE=0 to allow downloads, "
+                    "or fix the path")
 
 
 def _jsonl_rows(path: str):

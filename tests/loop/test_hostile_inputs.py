@@ -210,3 +210,14 @@ def test_resuming_the_main_job_refuses_changed_betas_and_names_a_damaged_shard(t
     assert (f"checkpoint {ckpts / 'step_000002'} is damaged: model/{shard.name} is 1000 bytes, the save wrote"
             in damaged.stderr)
     assert f"the earlier complete checkpoint {ckpts / 'step_000001'} can be loaded instead" in damaged.stderr
+
+
+def test_an_hf_data_source_that_is_neither_local_nor_cached_is_refused_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(RunError, match=r"hf data source 'data/typo_ds': the local path .*data/typo_ds does not exist "
+                                       r"and 'data/typo_ds' is not in the Hugging Face cache; the run is offline-first"):
+        load_questions([SourceConfig(kind="hf", path="data/typo_ds")])
