@@ -7,8 +7,8 @@ naming a complete checkpoint, and a half-written directory is never mistaken for
 
 A checkpoint damaged afterwards (a truncated or missing file, a shard overwritten) is refused at
 load with an error naming the directory and the file, and the latest earlier checkpoint that is
-still whole, to load instead. `--load auto` resumes from the latest complete checkpoint, and says
-so when there is none.
+still whole, to load instead. `--load auto` resumes from the latest complete checkpoint (the main
+job says so when there is none).
 
 The model and optimizer are saved by the trainer (Megatron distributed checkpointing, all ranks
 take part); the loop's own state (step, replay buffer, data position, RNG) is a torch pickle
@@ -166,16 +166,13 @@ def latest(run_dir: str | Path, log=print) -> Path | None:
 
 
 def resolve(load: str, run_dir: str | Path, log=None) -> Path | None:
-    """The checkpoint a run should resume from: none, the latest under run_dir ("auto"), or a path.
-    `log` (default: print, on rank 0) hears that "auto" found nothing and the run starts at step 0."""
+    """The checkpoint a run should resume from: none, the latest under run_dir ("auto"; None when
+    there is none), or a path. `log` (default: print, on rank 0) hears which one "auto" fell back to."""
     log = log or (print if _is_main() else (lambda *_: None))
     if not load:
         return None
     if load == "auto":
-        found = latest(run_dir, log)
-        if found is None:
-            log(f"run.load=auto: no checkpoint in {Path(run_dir) / 'checkpoints'}; starting from step 0")
-        return found
+        return latest(run_dir, log)
     path = Path(load)
     if not (path / MARKER).exists():
         what = "does not exist" if not path.exists() else f"is not a complete checkpoint directory (no {MARKER} file)"

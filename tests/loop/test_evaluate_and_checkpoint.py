@@ -164,10 +164,9 @@ def test_load_auto_takes_the_newest_complete_checkpoint_when_latest_points_nowhe
     assert f"names {third}, which is not a complete checkpoint" in heard[-1]
 
 
-def test_load_auto_with_nothing_to_resume_says_it_starts_from_step_0(tmp_path):
+def test_load_auto_with_nothing_to_resume_is_none_and_a_missing_path_is_named(tmp_path):
     heard = []
-    assert checkpoint.resolve("auto", tmp_path / "run", heard.append) is None
-    assert heard == [f"run.load=auto: no checkpoint in {tmp_path / 'run' / 'checkpoints'}; starting from step 0"]
+    assert checkpoint.resolve("auto", tmp_path / "run", heard.append) is None and heard == []
     with pytest.raises(checkpoint.CheckpointError, match=r"run.load='.*nope' does not exist; expected a directory"):
         checkpoint.resolve(str(tmp_path / "nope"), tmp_path)
 
