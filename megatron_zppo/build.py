@@ -7,6 +7,7 @@ tools (evaluation, the toy-model builder) build the same pieces the same way.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from megatron_zppo.config import Config, EngineConfig, EvalConfig
 from megatron_zppo.config_io import ConfigError
 from megatron_zppo.data import QuestionStream, load_questions
+from megatron_zppo.errors import RunError
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
 from megatron_zppo.replay_buffer import ReplayBuffer
@@ -47,19 +49,31 @@ def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
         from megatron_zppo.rollout.sglang_engine import SGLangEngine
 
         urls = server_urls(cfg, name)
+        vocab = vocab_size(cfg.hf_path)
 
         def one(i: int, url: str) -> SGLangEngine:
             ws = cfg.weight_sync
             if len(urls) > 1:  # each server gets its own process group (name, and port if fixed)
                 ws = replace(ws, group_name=f"{ws.group_name}_{i}", master_port=ws.master_port and ws.master_port + i)
             return SGLangEngine(url, name=name if len(urls) == 1 else f"{name}{i}", api_key=cfg.api_key or None,
-                                admin_api_key=cfg.admin_api_key or None, weight_sync=ws)
+                                admin_api_key=cfg.admin_api_key or None, weight_sync=ws, vocab_size=vocab)
 
         engines = [one(i, u) for i, u in enumerate(urls)]
         return engines[0] if len(engines) == 1 else EnginePool(engines, name)
     from megatron_zppo.rollout.hf_engine import HFEngine
 
     return HFEngine(cfg.hf_path, name=name, seed=seed)
+
+
+def vocab_size(hf_path: str) -> int | None:
+    """Rows of the model's embedding: every token id a server returns for it must be below. None
+    (no check) when the checkpoint is not on this machine; the main job has checked that it is."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(hf_path, local_files_only=True).get_text_config().vocab_size)
+    except (OSError, ValueError):
+        return None
 
 
 def make_encoder(hf_path: str) -> Callable[..., list[int]]:
@@ -82,10 +96,60 @@ def check_inputs(cfg: Config) -> None:
     """What can be refused before anything starts: combinations the run cannot carry out here."""
     from megatron_zppo.train.precision import check_precision, detect
 
+    check_model_paths(cfg)  # first: the checks below read the models
     te_version, capability, cuda = detect()
     check_precision(cfg.precision, te_version, capability, cuda_version=cuda, layer_spec=cfg.train.layer_spec)
     check_shared_tokenizer(cfg)
     check_vision_support(cfg)
+
+
+def model_paths(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, path) of every Hugging Face model directory the run reads."""
+    out = []
+    for name, engine in (("student", cfg.student), ("teacher", cfg.teacher)):
+        out.append((f"{name}.hf_path", engine.hf_path))
+        out.append((f"{name}.weight_sync.disk_support_dir", engine.weight_sync.disk_support_dir or ""))
+    return [(key, path) for key, path in out if path]
+
+
+def check_model_paths(cfg: Config) -> None:
+    """Every model path is a local HF checkpoint (or a hub id already in the local cache), before
+    anything starts. The run is offline-first: without this a relative typo such as
+    `toy_models/studnet` reads as a hub id and transformers goes to the network for it, to fail
+    minutes later with a message about repositories. Set HF_HUB_OFFLINE=0 to allow downloads."""
+    for key, path in model_paths(cfg):
+        check_model_path(key, path)
+
+
+def check_model_path(key: str, path: str) -> None:
+    p = Path(path)
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise RunError(f"{key}={path!r} exists but is not a Hugging Face checkpoint directory (no config.json "
+                           "in it); expected a directory written by save_pretrained or `hf download`")
+        return
+    if _in_hub_cache(path) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("0", "false", "no"):
+        return
+    hint = (f" and {path!r} is not in the Hugging Face cache either; the run is offline-first and does not "
+            f"download models: fetch it first (`hf download {path}`), set HF_HUB_OFFLINE=0 to allow downloads, "
+            "or fix the path") if _is_hub_id(path) else "; fix the path"
+    raise RunError(f"{key}={path!r}: the local directory {p.resolve()} does not exist{hint}")
+
+
+def _is_hub_id(path: str) -> bool:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _in_hub_cache(path: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return _is_hub_id(path) and isinstance(try_to_load_from_cache(path, "config.json"), str)
 
 
 def check_shared_tokenizer(cfg: Config) -> None:

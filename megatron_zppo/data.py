@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from megatron_zppo.config_io import Range
+from megatron_zppo.errors import RunError
 from megatron_zppo.images import image_problem
 from megatron_zppo.records import Question
 
@@ -44,7 +46,7 @@ class SourceConfig:
             raise ValueError(f"data source kind {self.kind!r} unknown; expected jsonl, parquet, hf or reasoning_gym")
 
 
-class DataError(ValueError):
+class DataError(RunError, ValueError):
     pass
 
 
@@ -53,13 +55,14 @@ def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
     if cfg.kind == "reasoning_gym":
         return _reasoning_gym(cfg), []
     if cfg.kind == "jsonl":
-        rows = _jsonl_rows(cfg.path)
+        rows = list(_jsonl_rows(cfg.path))
     elif cfg.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        rows = [(f"{cfg.path} row {i}", r, None) for i, r in enumerate(pq.read_table(cfg.path).to_pylist())]
+        rows = _parquet_rows(cfg.path)
     else:
         rows = _hf_rows(cfg)
+    if not rows:
+        raise DataError(f"data source {cfg.path}: the {cfg.kind} source holds no records (an empty file?); "
+                        "expected one question per record")
     questions, problems = [], []
     for where, row, err in rows:
         try:
@@ -75,30 +78,81 @@ def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
     return questions, problems
 
 
+def _check_file(path: str, kind: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"data file {path} is a directory; a {kind} source reads one file")
+    if not p.is_file():
+        raise DataError(f"data file {path} does not exist (resolved to {p.resolve()})")
+    return p
+
+
+def _parquet_rows(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _check_file(path, "parquet")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:  # not Parquet, truncated, or a damaged page
+        raise DataError(f"data file {path} cannot be read as Parquet ({type(e).__name__}: {e})") from None
+    return [(f"{path} row {i}", r, None) for i, r in enumerate(table.to_pylist())]
+
+
 def _hf_rows(cfg: SourceConfig):
     """A directory written by `save_to_disk`, or anything `datasets.load_dataset` takes."""
     import datasets
 
-    if (Path(cfg.path) / "state.json").exists() or (Path(cfg.path) / "dataset_dict.json").exists():
-        ds = datasets.load_from_disk(cfg.path)
-        ds = ds[cfg.split] if isinstance(ds, datasets.DatasetDict) else ds
-    else:
-        ds = datasets.load_dataset(cfg.path, split=cfg.split)
+    _check_offline(cfg.path)
+    try:
+        if (Path(cfg.path) / "state.json").exists() or (Path(cfg.path) / "dataset_dict.json").exists():
+            ds = datasets.load_from_disk(cfg.path)
+            ds = ds[cfg.split] if isinstance(ds, datasets.DatasetDict) else ds
+        else:
+            ds = datasets.load_dataset(cfg.path, split=cfg.split)
+    except (OSError, ValueError, KeyError, ConnectionError) as e:  # no such dataset or split, damaged files
+        raise DataError(f"hf data source {cfg.path!r} (split {cfg.split!r}) cannot be loaded: "
+                        f"{type(e).__name__}: {e}") from None
     return [(f"{cfg.path}[{cfg.split}] row {i}", r, None) for i, r in enumerate(ds)]
 
 
+def _check_offline(path: str) -> None:
+    """The run is offline-first: a data set name that is neither on disk nor in the HF cache (a typo
+    of a local path, most likely) is refused here, not looked up on the hub for minutes."""
+    from huggingface_hub import constants
+
+    if Path(path).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("0", "false", "no"):
+        return
+    if (Path(constants.HF_HUB_CACHE) / ("datasets--" + path.replace("/", "--"))).is_dir():
+        return
+    raise DataError(f"hf data source {path!r}: the local path {Path(path).resolve()} does not exist and {path!r} is "
+                    "not in the Hugging Face cache; the run is offline-first and does not download data sets: fetch "
+                    f"it first (`hf download --repo-type dataset {path}`), set HF_HUB_OFFLINE=0 to allow downloads, "
+                    "or fix the path")
+
+
 def _jsonl_rows(path: str):
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    """Decoded line by line, so bytes that are not UTF-8 make one bad record, not a dead file."""
+    p = _check_file(path, "jsonl")
+    for n, raw in enumerate(p.read_bytes().splitlines(), start=1):
+        where = f"{path} line {n}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield where, None, f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"
+            continue
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            yield f"{path} line {n}", row, None if isinstance(row, dict) else "record is not a JSON object"
         except json.JSONDecodeError as e:
-            yield f"{path} line {n}", None, f"invalid JSON ({e.msg})"
+            yield where, None, f"invalid JSON ({e.msg} at column {e.colno})"
+            continue
+        yield where, row, None if isinstance(row, dict) else f"record is not a JSON object (got a {_json_type(row)})"
+
+
+def _json_type(value) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
 
 
 def _question(row: dict, cfg: SourceConfig, where: str) -> Question:
@@ -108,14 +162,19 @@ def _question(row: dict, cfg: SourceConfig, where: str) -> Question:
     text, answer = row[cfg.question_field], row[cfg.answer_field]
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"field {cfg.question_field!r} must be a non-empty string, got {text!r:.60}")
-    if isinstance(answer, (int, float)):
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if not isinstance(answer, str) or not answer.strip():
         raise DataError(f"field {cfg.answer_field!r} must be a non-empty string, got {answer!r:.60}")
     images = row.get(cfg.images_field) or ()
     images = (images,) if isinstance(images, (str, bytes, dict)) or hasattr(images, "save") else images
+    if not isinstance(images, (list, tuple)):
+        raise DataError(f"field {cfg.images_field!r} must be an image or a list of images, got {images!r:.60}")
     images = tuple(_image_ref(i) for i in images)
-    qid = str(row.get(cfg.id_field, "")) or f"{Path(cfg.path).stem}:{where.rsplit(' ', 1)[-1]}"
+    raw_id = row.get(cfg.id_field, "")
+    if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
+        raise DataError(f"field {cfg.id_field!r} must be a string or an integer, got {raw_id!r:.60}")
+    qid = str(raw_id) or f"{Path(cfg.path).stem}:{where.rsplit(' ', 1)[-1]}"
     meta = {"grader": cfg.grader} if cfg.grader else {}
     return Question(qid, text, answer, images, source=cfg.path, metadata=meta)
 
@@ -138,7 +197,7 @@ def _reasoning_gym(cfg: SourceConfig) -> list[Question]:
     import reasoning_gym
 
     if cfg.size < 1:
-        raise ValueError(f"reasoning_gym source {cfg.task!r}: size must be >= 1, got {cfg.size!r}")
+        raise DataError(f"reasoning_gym source {cfg.task!r}: size must be >= 1, got {cfg.size!r}")
     ds = reasoning_gym.create_dataset(cfg.task, seed=cfg.seed, size=cfg.size, **cfg.task_config)
     out = []
     for i in range(cfg.size):
@@ -157,6 +216,9 @@ def load_questions(sources: list[SourceConfig], log=print) -> list[Question]:
             shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
             raise DataError(f"{len(problems)} bad record(s) in data source {cfg.path or cfg.task}:\n  {shown}\n"
                             "fix them, or set skip_bad_records: true on this source to train without them")
+        if not qs and problems:
+            raise DataError(f"no usable question in data source {cfg.path or cfg.task}: all {len(problems)} "
+                            f"record(s) are bad, e.g. {problems[0]}; refusing to start")
         for p in problems[:20]:
             log(f"data: skipped {p}")
         if len(problems) > 20:
@@ -200,7 +262,7 @@ class QuestionStream:
 
     def load_state_dict(self, s: dict[str, int]) -> None:
         if s["n"] != len(self.questions):
-            raise ValueError(f"data position was saved for {s['n']} questions, the data now has "
+            raise DataError(f"data position was saved for {s['n']} questions, the data now has "
                              f"{len(self.questions)}; resuming would replay different questions")
         self.epoch, self.pos, self.seed = s["epoch"], s["pos"], s["seed"]
         self._order = self._shuffle()

@@ -2,8 +2,11 @@
 
 The loop calls plain synchronous methods; underneath, requests run concurrently on a private
 asyncio loop (one httpx client, at most `max_concurrency` in flight). A batch is all-or-nothing:
-every request retries on connection errors and 5xx (a server restarting or still starting), and if
-one finally fails the whole call raises, so the loop never sees a half-filled group.
+every request retries on connection errors, 5xx (a server restarting or still starting) and
+answers outside the protocol (not JSON, missing fields, logprobs that do not match the tokens, token
+ids outside the model's vocabulary), and if one finally fails the whole call raises, naming the
+server, the request and what was wrong, so the loop never sees a half-filled or garbage group. A
+server that accepts a request and never answers is given up on after `timeout_s`, not retried.
 
 Weight updates run on the caller's thread (tensor gathering and the broadcast are the trainer's
 torch work) while the matching HTTP calls run on the loop. A sync that breaks part-way marks the
@@ -18,7 +21,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -26,12 +29,13 @@ from typing import Any
 import httpx
 import torch
 
+from megatron_zppo.errors import RunError
 from megatron_zppo.rollout import weight_sync
 from megatron_zppo.rollout.engine import EngineStats, Generation, GenerateRequest, SamplingParams
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 
 
-class SGLangError(RuntimeError):
+class SGLangError(RunError, RuntimeError):
     """The server could not be reached, refused a request, or answered outside the protocol."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -102,7 +106,15 @@ def image_payload(images: Sequence[str | bytes]) -> str | list[str]:
     return encoded[0] if len(encoded) == 1 else encoded  # a list on a single request = several images
 
 
-def parse_generation(item: dict, max_new_tokens: int, where: str) -> Generation:
+def response_json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:  # JSONDecodeError, or bytes that are not text at all
+        raise MalformedResponse(f"answer is not JSON (HTTP {resp.status_code}, content-type "
+                                f"{resp.headers.get('content-type', '?')!r}, body starts {resp.text[:120]!r})") from None
+
+
+def parse_generation(item: dict, max_new_tokens: int, where: str, vocab_size: int | None = None) -> Generation:
     try:
         meta = item["meta_info"]
         ids = [int(t) for t in item["output_ids"]]
@@ -114,6 +126,11 @@ def parse_generation(item: dict, max_new_tokens: int, where: str) -> Generation:
         raise MalformedResponse(f"{where}: {len(ids)} output tokens but {len(entries)} logprobs")
     if len(ids) > max_new_tokens:
         raise MalformedResponse(f"{where}: {len(ids)} output tokens exceed max_new_tokens={max_new_tokens}")
+    outside = [(pos, t) for pos, t in enumerate(ids) if t < 0 or (vocab_size is not None and t >= vocab_size)]
+    if outside:  # would reach the trainer's embedding as an IndexError; a server serving another model?
+        pos, token = outside[0]
+        raise MalformedResponse(f"{where}: output token {pos} has id {token}, outside the model's vocabulary "
+                                f"[0, {vocab_size}) ({len(outside)} such token(s))")
     logprobs = _checked_logprobs(entries, ids, where)
     finish_type = finish.get("type") if isinstance(finish, dict) else None
     if finish_type not in _FINISH_TYPES:
@@ -126,9 +143,13 @@ def _checked_logprobs(entries: list, ids: list[int], where: str) -> list[float]:
     """Each entry is [logprob, token_id, text|null]; a token-id mismatch means misaligned logprobs."""
     logprobs = []
     for pos, (entry, token) in enumerate(zip(entries, ids)):
-        if entry[0] is None or int(entry[1]) != token:
+        try:
+            logprob, entry_token = float(entry[0]), int(entry[1])
+        except (TypeError, ValueError, IndexError):
+            logprob, entry_token = float("nan"), None
+        if entry_token != token or not logprob <= 1e-3:  # NaN and positive "log-probs" are garbage too
             raise MalformedResponse(f"{where}: logprob entry {pos} is {entry!r} for token {token}")
-        logprobs.append(float(entry[0]))
+        logprobs.append(logprob)
     return logprobs
 
 
@@ -137,10 +158,13 @@ class SGLangEngine:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, admin_api_key: str | None = None,
                  max_concurrency: int = 64, timeout_s: float = 600.0, retries: int = 4, backoff_s: float = 0.5,
-                 name: str = "student", weight_sync: WeightSyncConfig | None = None, weight_version: str = ""):
-        """`admin_api_key` (SGLang's --admin-api-key) guards weight/cache/abort endpoints; else `api_key`."""
+                 name: str = "student", weight_sync: WeightSyncConfig | None = None, weight_version: str = "",
+                 vocab_size: int | None = None):
+        """`admin_api_key` (SGLang's --admin-api-key) guards weight/cache/abort endpoints; else `api_key`.
+        `vocab_size`: the served model's; a generated token id outside [0, vocab_size) is malformed."""
         self.base_url = base_url.rstrip("/")
         self.name = name
+        self.vocab_size = vocab_size
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -165,11 +189,14 @@ class SGLangEngine:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     async def _request(self, method: str, path: str, payload: dict | None = None, *, rid: str = "",
-                       admin: bool = False, retry: bool = True, timeout: float | None = None) -> httpx.Response:
-        """Retry transport errors and 5xx with exponential back-off; 4xx is the caller's fault."""
+                       admin: bool = False, retry: bool = True, timeout: float | None = None,
+                       parse: Callable[[httpx.Response], Any] | None = None) -> Any:
+        """Retry transport errors, 5xx and answers `parse` finds malformed, with exponential back-off;
+        returns `parse(response)` (or the response). 4xx is the caller's fault; no answer at all
+        within the time limit is a stalled server, and waiting for it again would only double that."""
         url = self.base_url + path
         attempts = self.retries + 1 if retry else 1
-        last = ""
+        last, malformed = "", False
         for attempt in range(attempts):
             if attempt:
                 self.stats.extra["http_retries"] += 1
@@ -177,18 +204,27 @@ class SGLangEngine:
             try:
                 resp = await self._client.request(method, url, json=payload, headers=self._headers(admin),
                                                   timeout=timeout or self.timeout_s)
+            except httpx.ReadTimeout:
+                raise SGLangError(f"{self.name} server {url} did not answer request {rid!r} within "
+                                  f"{timeout or self.timeout_s:g} s: it took the request and went silent "
+                                  "(a hung or overloaded server?)") from None
             except httpx.TransportError as err:
-                last = f"{type(err).__name__}: {err}"
+                last, malformed = f"{type(err).__name__}: {err}", False
                 continue
             if resp.status_code >= 500:  # 503 while starting, or a crashed worker behind a router
-                last = f"HTTP {resp.status_code}: {resp.text[:300]}"
+                last, malformed = f"HTTP {resp.status_code}: {resp.text[:300]}", False
                 continue
             if resp.status_code >= 400:
                 raise SGLangError(f"{self.name} server {url} rejected request {rid!r}: "
                                   f"HTTP {resp.status_code}: {resp.text[:500]}", resp.status_code)
-            return resp
-        raise SGLangError(f"{self.name} server {url} failed request {rid!r} after {attempts} attempt(s); "
-                          f"last error: {last}")
+            if parse is None:
+                return resp
+            try:
+                return parse(resp)
+            except MalformedResponse as err:  # a proxy's error page, a server mid-restart, another model
+                last, malformed = f"malformed answer: {err}", True
+        raise (MalformedResponse if malformed else SGLangError)(
+            f"{self.name} server {url} failed request {rid!r} after {attempts} attempt(s); last error: {last}")
 
     async def _admin(self, path: str, payload: dict | None = None, *, retry: bool = True) -> dict:
         """Admin endpoints answer {"success", "message"}; success=false is a failure even on 200."""
@@ -224,15 +260,17 @@ class SGLangEngine:
                                    "return_logprob": True, "logprob_start_len": -1}  # -1: output tokens only
         if req.images:
             payload["image_data"] = image_payload(req.images)
+        def parse(resp: httpx.Response) -> list[Generation]:
+            items = response_json(resp)
+            items = [items] if isinstance(items, dict) else items  # n > 1 answers with a list
+            if not isinstance(items, list) or len(items) != req.n:
+                raise MalformedResponse(f"expected {req.n} generation(s), got {type(items).__name__} "
+                                        f"of length {len(items) if isinstance(items, list) else '?'}")
+            return [parse_generation(item, params.max_new_tokens, f"generation {i}", self.vocab_size)
+                    for i, item in enumerate(items)]
+
         async with self._sem:
-            resp = await self._request("POST", "/generate", payload, rid=rid)
-        where = f"{self.name} server {self.base_url}, request {rid!r}"
-        items = resp.json()
-        items = [items] if isinstance(items, dict) else items  # n > 1 answers with a list
-        if not isinstance(items, list) or len(items) != req.n:
-            raise MalformedResponse(f"{where}: expected {req.n} generation(s), got {type(items).__name__} "
-                                    f"of length {len(items) if isinstance(items, list) else '?'}")
-        return [parse_generation(item, params.max_new_tokens, where) for item in items]
+            return await self._request("POST", "/generate", payload, rid=rid, parse=parse)
 
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
               images: Sequence[tuple] | None = None) -> list[list[float]]:
@@ -253,16 +291,17 @@ class SGLangEngine:
         # Start one position early: SGLang's first returned entry is always null, so it is dropped.
         payload = {"input_ids": [int(t) for t in prompt + response], "rid": rid, "return_logprob": True,
                    "sampling_params": {"max_new_tokens": 0}, "logprob_start_len": len(prompt) - 1}
+        def parse(resp: httpx.Response) -> list[float]:
+            try:
+                entries = response_json(resp)["meta_info"]["input_token_logprobs"][1:]
+            except (KeyError, TypeError, IndexError) as err:
+                raise MalformedResponse(f"no input_token_logprobs ({err!r})") from err
+            if len(entries) != len(response):
+                raise MalformedResponse(f"{len(response)} response tokens but {len(entries)} logprobs")
+            return _checked_logprobs(entries, [int(t) for t in response], "scoring")
+
         async with self._sem:
-            resp = await self._request("POST", "/generate", payload, rid=rid)
-        where = f"{self.name} server {self.base_url}, scoring request {rid!r}"
-        try:
-            entries = resp.json()["meta_info"]["input_token_logprobs"][1:]
-        except (KeyError, TypeError, IndexError) as err:
-            raise MalformedResponse(f"{where}: no input_token_logprobs ({err!r})") from err
-        if len(entries) != len(response):
-            raise MalformedResponse(f"{where}: {len(response)} response tokens but {len(entries)} logprobs")
-        return _checked_logprobs(entries, [int(t) for t in response], where)
+            return await self._request("POST", "/generate", payload, rid=rid, parse=parse)
 
     def health(self) -> bool:
         try:

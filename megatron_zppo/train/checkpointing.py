@@ -7,6 +7,11 @@ saved in the ``fully_reshardable`` form (one Adam moment tensor per model parame
 reason. The save is synchronous: when ``save_checkpoint`` returns on every rank the files are
 complete (the caller, e.g. ``megatron_zppo.checkpoint``, may then mark the directory complete).
 
+Every checkpoint records the identity of the model it holds (its HF config's architecture and
+sizes): loading it into another model is refused before Megatron's loader runs, naming both, and
+a shard that cannot be read is reported naming the directory and its files, not as a bare
+unpickling error from inside torch.
+
 A checkpoint may hold the model alone (``optimizer=None``, what ``checkpoints_conversion`` writes)
 or the model plus optimizer and scheduler (a training checkpoint). ``extra`` is a small picklable
 dict saved with it, identical on all ranks.
@@ -18,11 +23,13 @@ script that saves needs an ``if __name__ == "__main__":`` guard.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from megatron_zppo.checkpoint import CheckpointError, DamagedCheckpoint
 from megatron_zppo.train.model import Policy
 
 # Passed to the model's and optimizer's sharded_state_dict and stored with the checkpoint, so a
@@ -35,6 +42,37 @@ SHARDING_METADATA = {
     "chained_optim_avoid_prefix": True,
 }
 _CONTENTS = "zppo_contents"  # which parts (optimizer, scheduler) a checkpoint holds
+_IDENTITY = "zppo_model"  # the model it holds: see model_identity
+_IDENTITY_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                    "intermediate_size", "vocab_size")
+
+
+def model_identity(policy: Policy) -> dict:
+    """What a checkpoint must match to load into `policy`: the architecture and the sizes that shape
+    its tensors (a checkpoint's tensors carry shapes, but a mismatch shows only deep in the loader)."""
+    hf_config = policy.bridge.hf_pretrained.config
+    text = hf_config.get_text_config()
+    identity = {"architectures": list(getattr(hf_config, "architectures", None) or [])}
+    identity.update({f: getattr(text, f) for f in _IDENTITY_FIELDS if getattr(text, f, None) is not None})
+    return identity
+
+
+def _describe(identity: dict) -> str:
+    arch = "/".join(identity.get("architectures") or []) or identity.get("model_type", "?")
+    return f"{arch} (" + ", ".join(f"{k}={v}" for k, v in identity.items() if k != "architectures") + ")"
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    """torch's checkpoint errors carry each rank's exception; say which files were being read."""
+    inner = [e for e, _ in getattr(err, "failures", {}).values()] or [err]
+    first = f"{type(inner[0]).__name__}: {str(inner[0])[:300]}"
+    if all(isinstance(e, KeyError) for e in inner):  # read fine, but holds other entries than asked for
+        return CheckpointError(f"checkpoint {path} holds other entries than this run loads ({first}); it was "
+                               "written by another kind of model or optimizer")
+    shards = sorted(f.name for f in path.glob("*") if f.is_file())
+    shown = ", ".join(shards[:4]) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
+    return DamagedCheckpoint(f"checkpoint {path}: its files ({shown}) cannot be read ({first}); one of them is "
+                             "damaged (truncated, overwritten or cut short by a full disk)")
 
 
 def _model_keys(policy: Policy) -> list[str]:
@@ -154,23 +192,50 @@ def save_checkpoint(policy: Policy, optimizer, scheduler, directory: str, extra:
         _materialise_adam_state(optimizer)
     state = _sharded_state(policy, optimizer, SHARDING_METADATA, is_loading=False)
     state[_CONTENTS] = {"optimizer": optimizer is not None, "scheduler": scheduler is not None}
+    state[_IDENTITY] = model_identity(policy)
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     state["extra"] = dict(extra or {})
     dist_checkpointing.save(state, str(path), content_metadata=SHARDING_METADATA)
 
 
-def _read_contents(path: Path) -> tuple[dict, dict]:
+# What reading damaged files raises: torch's CheckpointException (a BaseException wrapping each
+# rank's error), or the unpickling/zip/EOF errors themselves.
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    return CheckpointException, EOFError, pickle.UnpicklingError, RuntimeError, OSError
+
+
+def _read_common(path: Path) -> tuple[dict, dict]:
+    """The checkpoint's small replicated part: (common state, content metadata); shards untouched."""
     from megatron.core import dist_checkpointing
 
     if not (path / "metadata.json").is_file():
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"{path} is not a Megatron distributed checkpoint (no metadata.json); "
             "expected a directory written by save_checkpoint or checkpoints_conversion/hf_to_megatron.py"
         )
-    common = dist_checkpointing.load_common_state_dict(str(path))
-    metadata = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or SHARDING_METADATA
-    return common.get(_CONTENTS, {}), metadata
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(path))
+        metadata = dist_checkpointing.load_content_metadata(preloaded_state_dict=common) or SHARDING_METADATA
+    except _read_errors() as e:
+        raise _unreadable(path, e) from None
+    return common, metadata
+
+
+def read_extra(directory: str) -> dict:
+    """The ``extra`` dict a checkpoint was saved with, without loading any tensor."""
+    return dict(_read_common(Path(directory))[0].get("extra", {}))
+
+
+def _check_identity(path: Path, saved: dict | None, policy: Policy) -> None:
+    current = model_identity(policy)
+    if saved is not None and saved != current:
+        hf_path = getattr(policy.bridge.hf_pretrained, "model_name_or_path", "") or "its HF checkpoint"
+        raise CheckpointError(f"checkpoint {path} was written for {_describe(saved)}; this run builds "
+                              f"{_describe(current)} from {hf_path}; resume with the model the checkpoint was "
+                              "written for, or start a new run (another run.dir, without run.load)")
 
 
 def load_checkpoint(policy: Policy, optimizer, scheduler, directory: str) -> dict:
@@ -182,15 +247,25 @@ def load_checkpoint(policy: Policy, optimizer, scheduler, directory: str) -> dic
     from megatron.core import dist_checkpointing
     from megatron.core.utils import unwrap_model
 
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+
     path = Path(directory)
-    contents, metadata = _read_contents(path)
+    common, metadata = _read_common(path)
+    contents = common.get(_CONTENTS, {})
+    _check_identity(path, common.get(_IDENTITY), policy)
     for part, wanted in (("optimizer", optimizer), ("scheduler", scheduler)):
         if wanted is not None and not contents.get(part, False):
-            raise ValueError(f"checkpoint {path} holds no {part} state; pass {part}=None to load the weights only")
+            raise CheckpointError(f"checkpoint {path} holds no {part} state; pass {part}=None to load the weights only")
     if optimizer is not None:
         _materialise_adam_state(optimizer)
     state = _sharded_state(policy, optimizer, metadata, is_loading=True)
-    loaded = dist_checkpointing.load(state, str(path))
+    try:
+        loaded = dist_checkpointing.load(state, str(path))
+    except CheckpointingException as e:  # keys or shapes that do not fit: another model (an old checkpoint)
+        raise CheckpointError(f"checkpoint {path} does not fit this run's model {_describe(model_identity(policy))}: "
+                              f"{str(e).splitlines()[0][:300]}") from None
+    except _read_errors() as e:
+        raise _unreadable(path, e) from None
     for key, chunk in zip(_model_keys(policy), policy.chunks):
         unwrap_model(chunk).load_state_dict(loaded[key], strict=True)
     if optimizer is not None:

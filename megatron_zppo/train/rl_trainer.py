@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from megatron_zppo.checkpoint import CheckpointError
 from megatron_zppo.config import Config
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.records import PromptKind, Sample
@@ -23,6 +24,29 @@ from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches
 from megatron_zppo.train.precision import ddp_config_fields
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
+
+
+# Settings a resume must keep: the optimizer state carries them (Megatron restores lr, betas, eps and
+# weight decay from it, or refuses a change deep in its loader), and Adam's moments were gathered
+# under them. The others apply from this run's config (the checkpoint reshards to any layout).
+KEPT_ON_RESUME = ("train.lr", "train.adam_beta1", "train.adam_beta2", "train.adam_eps", "train.weight_decay",
+                  "train.use_distributed_optimizer")
+
+
+def resume_settings(cfg: Config, dp_size: int) -> dict:
+    t = cfg.train
+    return {"train.lr": t.lr, "train.adam_beta1": t.adam_beta1, "train.adam_beta2": t.adam_beta2,
+            "train.adam_eps": t.adam_eps, "train.weight_decay": t.weight_decay,
+            "train.use_distributed_optimizer": t.use_distributed_optimizer, "train.clip_grad": t.clip_grad,
+            "train.tensor_parallel": t.tensor_parallel, "train.pipeline_parallel": t.pipeline_parallel,
+            "data-parallel size": dp_size}
+
+
+def settings_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(refused, applied): "key: checkpoint value -> this run's value" for each setting that differs."""
+    changed = [k for k in current if k in saved and saved[k] != current[k]]
+    lines = {k: f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed}
+    return [lines[k] for k in changed if k in KEPT_ON_RESUME], [lines[k] for k in changed if k not in KEPT_ON_RESUME]
 
 
 def _pad(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
@@ -53,6 +77,7 @@ class RLTrainer:
         self.optimizer, self.scheduler = build_optimizer(self.policy, ocfg)
         self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size,
                                   variable_shapes=t.max_tokens_per_micro_batch is not None)
+        self.settings = resume_settings(cfg, self.dp_size)
         self.loss_cfg = cfg.loss
         hf_config = self.policy.bridge.hf_pretrained.config
         text_config = hf_config.get_text_config()
@@ -178,7 +203,8 @@ class RLTrainer:
     def save(self, directory: str) -> None:
         from megatron_zppo.train import checkpointing
 
-        checkpointing.save_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
+        checkpointing.save_checkpoint(self.policy, self.optimizer, self.scheduler, directory,
+                                      extra={"settings": self.settings})
 
     def load(self, directory: str, weights_only: bool = False) -> None:
         from megatron_zppo.train import checkpointing
@@ -186,13 +212,23 @@ class RLTrainer:
         if weights_only:
             checkpointing.load_checkpoint(self.policy, None, None, directory)
             return
+        saved = checkpointing.read_extra(directory).get("settings")
+        if saved:
+            refused, applied = settings_changes(saved, self.settings)
+            if refused:
+                raise CheckpointError(f"checkpoint {directory} was written with other optimizer settings, which its "
+                                      f"state carries: {'; '.join(refused)}; resume with the checkpoint's values, "
+                                      "or start a new run")
+            if applied and self.is_main:
+                print(f"resume: this run's settings apply over the checkpoint's: {'; '.join(applied)}")
         try:
             checkpointing.load_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
-        except KeyError as e:
-            # Megatron matches optimizer parameter groups by their hyperparameters (lr, wd, ...).
-            raise ValueError(f"checkpoint {directory}: its optimizer state does not fit this run's optimizer "
-                             f"settings (train.lr/weight_decay/...; group key {e}); resume with the settings it "
-                             "was written with") from None
+        except (KeyError, ValueError, AssertionError) as e:
+            # A checkpoint without recorded settings: Megatron matches optimizer parameter groups by
+            # their hyperparameters (lr, wd, ...), and the scheduler asserts its own.
+            raise CheckpointError(f"checkpoint {directory}: its optimizer state does not fit this run's optimizer "
+                                  f"settings (train.lr/weight_decay/...: {type(e).__name__}: {str(e)[:200]}); resume "
+                                  "with the settings it was written with") from None
 
     def close(self) -> None:
         parallel.destroy()

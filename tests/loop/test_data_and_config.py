@@ -31,6 +31,17 @@ def test_jsonl_reports_each_bad_record_with_file_and_line(tmp_path):
     assert [(q.id, q.answer) for q in renamed] == [("b", "4")]  # numeric answers become strings
 
 
+def test_a_line_that_is_not_utf8_is_a_bad_record_naming_file_and_line(tmp_path):
+    f = tmp_path / "qs.jsonl"
+    good = json.dumps({"id": "a", "question": "1+1?", "answer": "2"}).encode()
+    f.write_bytes(good + b"\n" + b'{"question": "caf\xe9?", "answer": "1"}' + b"\n")
+    with pytest.raises(DataError, match=r"(?s)1 bad record.*qs.jsonl line 2: not UTF-8 text \(byte 0xe9 at column 18\)"):
+        load_questions([SourceConfig(kind="jsonl", path=str(f))])
+    skipped = []
+    qs = load_questions([SourceConfig(kind="jsonl", path=str(f), skip_bad_records=True)], log=skipped.append)
+    assert [q.id for q in qs] == ["a"] and len(skipped) == 1 and "line 2: not UTF-8" in skipped[0]
+
+
 def test_no_usable_record_refuses_to_start(tmp_path):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"x": 1}\n')
@@ -39,7 +50,7 @@ def test_no_usable_record_refuses_to_start(tmp_path):
     with pytest.raises(DataError, match=r"(?s)1 bad record\(s\) in data source .*bad.jsonl:\n  .*line 1: missing "
                                         r"field 'question'.*skip_bad_records: true"):
         load_questions([SourceConfig(kind="jsonl", path=str(f))])
-    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+    with pytest.raises(DataError, match="missing.jsonl does not exist"):
         load_questions([SourceConfig(kind="jsonl", path=str(tmp_path / "missing.jsonl"))])
 
 

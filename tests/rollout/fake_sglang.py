@@ -158,11 +158,21 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if st.fault_budget("status_503"):
             return self._send(503, {"error": "overloaded"})
+        if st.fault_budget("stall"):  # takes the request, never answers
+            time.sleep(3600)
+            return
+        if st.fault_budget("garbage_body"):  # e.g. a proxy's error page with status 200
+            return self._send(200, "<html><body>upstream connect error</body></html>")
         st.in_flight += 1
         try:
             items = self._generations(body)
         finally:
             st.in_flight -= 1
+        if items[0]["output_ids"] and st.fault_budget("out_of_vocab"):  # consistent logprobs, foreign id
+            items[0]["output_ids"][0] = VOCAB + 5
+            items[0]["meta_info"]["output_token_logprobs"][0][1] = VOCAB + 5
+        if st.fault_budget("missing_meta"):
+            del items[0]["meta_info"]
         n = body.get("sampling_params", {}).get("n", 1)
         self._send(200, items if n > 1 else items[0])
 

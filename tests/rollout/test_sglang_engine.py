@@ -13,7 +13,7 @@ from megatron_zppo.rollout.sglang_engine import (
     parse_generation,
     sampling_payload,
 )
-from tests.rollout.fake_sglang import DEFAULT_LEN, EOS, FakeSGLang, fake_logprob, fake_token
+from tests.rollout.fake_sglang import DEFAULT_LEN, EOS, VOCAB, FakeSGLang, fake_logprob, fake_token
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -195,3 +195,52 @@ def test_api_keys_are_sent_as_bearer_tokens_and_4xx_is_not_retried(make_engine):
         with pytest.raises(SGLangError, match="HTTP 401"):
             user_only.pause()
         assert keyed.log().count("/pause_generation") == 1
+
+
+# ---- a server that answers garbage or nothing: retried like the other faults, then named --------
+def test_a_body_that_is_not_json_is_retried_then_named(server, make_engine):
+    server.set_faults(garbage_body=2)
+    groups = make_engine(server.url).generate([GenerateRequest([1, 2], request_id="q1")], PARAMS)
+    assert groups[0][0].response_ids == expected_ids([1, 2], 0) and server.log().count("/generate") == 3
+    server.set_faults(garbage_body=100)
+    with pytest.raises(MalformedResponse) as info:
+        make_engine(server.url, retries=2).generate([GenerateRequest([1], request_id="q2")], PARAMS)
+    message = str(info.value)
+    assert f"student server {server.url}/generate failed request 'q2' after 3 attempt(s)" in message
+    assert "answer is not JSON (HTTP 200, content-type 'text/plain', body starts '<html>" in message
+
+
+def test_token_ids_outside_the_vocabulary_are_malformed_at_the_engine(server, make_engine):
+    engine = make_engine(server.url, vocab_size=VOCAB, retries=1)
+    server.set_faults(out_of_vocab=1)
+    assert engine.generate([GenerateRequest([3])], PARAMS)[0][0].response_ids == expected_ids([3], 0)  # retried
+    server.set_faults(out_of_vocab=100)
+    with pytest.raises(MalformedResponse, match=rf"request 'q3' after 2 attempt\(s\); last error: malformed answer: "
+                                                rf"generation 0: output token 0 has id {VOCAB + 5}, outside the "
+                                                rf"model's vocabulary \[0, {VOCAB}\)"):
+        engine.generate([GenerateRequest([3], request_id="q3")], PARAMS)
+
+
+def test_a_generation_without_its_fields_is_malformed_after_retries(server, make_engine):
+    server.set_faults(missing_meta=100)
+    with pytest.raises(MalformedResponse, match=r"request 'q4' after 2 attempt\(s\).*generation 0: missing or bad "
+                                                r"field in generation \(KeyError\('meta_info'\)\)"):
+        make_engine(server.url, retries=1).generate([GenerateRequest([4], request_id="q4")], PARAMS)
+
+
+@pytest.mark.parametrize("entry", [[None, 5, None], ["x", 5, None], [float("nan"), 5, None], [2.5, 5, None], 7])
+def test_logprob_entries_that_are_not_logprobs_are_malformed(entry):
+    item = {"output_ids": [5], "meta_info": {"output_token_logprobs": [entry],
+                                              "finish_reason": {"type": "stop", "matched": EOS}}}
+    with pytest.raises(MalformedResponse, match="here: logprob entry 0 is"):
+        parse_generation(item, 8, "here")
+
+
+def test_a_server_that_takes_the_request_and_never_answers_is_named_after_the_timeout(server, make_engine):
+    server.set_faults(stall=1)
+    engine = make_engine(server.url, timeout_s=1.0, retries=3)
+    with pytest.raises(SGLangError, match=rf"student server {server.url}/generate did not answer request 'q5' "
+                                          r"within 1 s: it took the request and went silent"):
+        engine.generate([GenerateRequest([5], request_id="q5")], PARAMS)
+    assert server.log().count("/generate") == 1  # not waited for again and again
+    assert engine.generate([GenerateRequest([5])], PARAMS)[0][0].response_ids == expected_ids([5], 0)

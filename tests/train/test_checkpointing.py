@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_zppo.checkpoint import CheckpointError, DamagedCheckpoint
 from megatron_zppo.loss import LossConfig
 from megatron_zppo.train.checkpointing import adam_step_counts, load_checkpoint, save_checkpoint
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
@@ -90,7 +91,7 @@ def test_model_only_checkpoint_round_trips_weights_and_refuses_optimizer_load(
     save_checkpoint(trained.policy, None, None, str(tmp_path / "model_only"))
 
     fresh = _trainer(tiny_qwen3_dir)
-    with pytest.raises(ValueError, match="holds no optimizer state"):
+    with pytest.raises(CheckpointError, match="holds no optimizer state"):
         load_checkpoint(fresh.policy, fresh.optimizer, None, str(tmp_path / "model_only"))
     load_checkpoint(fresh.policy, None, None, str(tmp_path / "model_only"))
     expected, got = _weights(trained.policy), _weights(fresh.policy)
@@ -100,7 +101,7 @@ def test_model_only_checkpoint_round_trips_weights_and_refuses_optimizer_load(
 
 def test_bad_checkpoint_paths_give_clear_errors(tiny_qwen3_dir, megatron_world, tmp_path):
     trainer = _trainer(tiny_qwen3_dir)
-    with pytest.raises(FileNotFoundError, match="not a Megatron distributed checkpoint"):
+    with pytest.raises(CheckpointError, match="not a Megatron distributed checkpoint"):
         load_checkpoint(trainer.policy, None, None, str(tmp_path / "missing"))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "stale.txt").write_text("x")
@@ -108,6 +109,33 @@ def test_bad_checkpoint_paths_give_clear_errors(tiny_qwen3_dir, megatron_world, 
         save_checkpoint(trainer.policy, None, None, str(tmp_path / "full"))
 
 
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_both(tiny_qwen3_dir, megatron_world, tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from tests.train.tiny_qwen3 import TINY, save_with_perturbed_norms
+
+    trainer = _trainer(tiny_qwen3_dir)
+    save_checkpoint(trainer.policy, trainer.optimizer, trainer.scheduler, str(tmp_path / "ckpt"))
+    narrow = Qwen3ForCausalLM(Qwen3Config(**{**TINY, "hidden_size": 32, "head_dim": 8})).float()
+    other = _trainer(save_with_perturbed_norms(narrow, tmp_path / "narrow"))
+    with pytest.raises(CheckpointError, match=r"ckpt was written for Qwen3ForCausalLM \(model_type=qwen3, "
+                                              r"hidden_size=64, num_hidden_layers=2.*\); this run builds "
+                                              r"Qwen3ForCausalLM \(model_type=qwen3, hidden_size=32, .*narrow"):
+        load_checkpoint(other.policy, other.optimizer, other.scheduler, str(tmp_path / "ckpt"))
+
+
+def test_a_shard_overwritten_with_random_bytes_is_named_not_unpickled(tiny_qwen3_dir, megatron_world, tmp_path):
+    import os
+
+    trainer = _trainer(tiny_qwen3_dir)
+    save_checkpoint(trainer.policy, trainer.optimizer, trainer.scheduler, str(tmp_path / "ckpt"))
+    shard = max((tmp_path / "ckpt").glob("*.distcp"), key=lambda f: f.stat().st_size)
+    shard.write_bytes(os.urandom(shard.stat().st_size))
+    with pytest.raises(DamagedCheckpoint, match=rf"checkpoint {tmp_path / 'ckpt'}: its files \(.*{shard.name}.*\) "
+                                                r"cannot be read \(UnpicklingError: .*\); one of them is damaged"):
+        load_checkpoint(trainer.policy, trainer.optimizer, trainer.scheduler, str(tmp_path / "ckpt"))
 
 
 def _run_worker(hf_dir: str, out: Path, load: Path, nproc: int, *layout_args: str) -> list[dict]:
@@ -167,3 +195,17 @@ def test_checkpoints_reshard_between_single_process_and_two_ranks(
     torch.testing.assert_close(_logprobs(resumed), ranks[0]["logprobs_after_2"], atol=1e-6, rtol=1e-6)
     _train(resumed, 1)
     _assert_weights_close(_weights(resumed.policy), weights_after_3)
+
+
+def test_a_resume_refuses_settings_the_optimizer_state_carries_and_applies_the_others():
+    from megatron_zppo.config import load_config
+    from megatron_zppo.train.rl_trainer import resume_settings, settings_changes
+
+    base = ["student.hf_path=s", "teacher.hf_path=t"]
+    saved = resume_settings(load_config(None, base), dp_size=2)
+    changed = load_config(None, base + ["train.adam_beta2=0.99", "train.adam_eps=1e-6", "train.clip_grad=0.5",
+                                        "train.tensor_parallel=2"])
+    refused, applied = settings_changes(saved, resume_settings(changed, dp_size=1))
+    assert refused == ["train.adam_beta2: 0.999 -> 0.99", "train.adam_eps: 1e-08 -> 1e-06"]
+    assert applied == ["train.clip_grad: 1.0 -> 0.5", "train.tensor_parallel: 1 -> 2", "data-parallel size: 2 -> 1"]
+    assert settings_changes(saved, saved) == ([], [])
