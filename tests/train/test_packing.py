@@ -69,7 +69,8 @@ def test_costs_of_the_fixed_rows_rule_pad_every_row_to_the_ranks_longest():
 
 def test_the_budget_setting_refuses_a_non_positive_value():
     from megatron_zppo.config import TrainConfig
+    from megatron_zppo.config_io import from_dict
 
     assert TrainConfig().max_tokens_per_micro_batch is None  # off unless set
-    with pytest.raises(ValueError, match="train.max_tokens_per_micro_batch must be >= 1"):
-        TrainConfig(max_tokens_per_micro_batch=0)
+    with pytest.raises(ValueError, match="train.max_tokens_per_micro_batch: 0 is out of range"):
+        from_dict(TrainConfig, {"max_tokens_per_micro_batch": 0}, "train")  # ranges are checked at load
