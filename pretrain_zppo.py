@@ -26,7 +26,8 @@ from megatron_zppo.config import Config, load_config
 from megatron_zppo.config_io import dump_yaml
 from megatron_zppo.errors import RunError
 from megatron_zppo.evaluate import evaluate
-from megatron_zppo.loop import StepContext, rollout_metrics, rollout_phase, sync_weights, train_then_sync
+from megatron_zppo import methods
+from megatron_zppo.loop import RolloutPhase, rollout_metrics, sync_weights, train_then_sync
 from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
 from megatron_zppo.shutdown import StopRequest
 
@@ -51,7 +52,7 @@ def broadcast(obj, is_main: bool):
     return box[0]
 
 
-def run_evals(cfg: Config, ctx: StepContext) -> dict[str, dict]:
+def run_evals(cfg: Config, ctx: RolloutPhase) -> dict[str, dict]:
     from megatron_zppo.data import load_questions
 
     out = {}
@@ -102,11 +103,7 @@ def run(args) -> int:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
-        tmpl = build.templates(cfg)
-        stream, questions = build.make_data(cfg)
-        ctx = StepContext(cfg, build.make_engine(cfg.student, "student", cfg.run.seed), build.make_teacher(cfg, tmpl),
-                          build.make_encoder(cfg.student.hf_path), build.make_graders(cfg), stream,
-                          build.make_buffer(cfg), tmpl, questions, build.make_decoder(cfg.student.hf_path))
+        ctx = build.make_rollout_phase(cfg)
     try:
         return train(cfg, trainer, ctx, stop, run_dir)
     finally:
@@ -115,8 +112,9 @@ def run(args) -> int:
         stop.restore()
 
 
-def train(cfg: Config, trainer, ctx: StepContext | None, stop: StopRequest, run_dir: Path) -> int:
+def train(cfg: Config, trainer, ctx: RolloutPhase | None, stop: StopRequest, run_dir: Path) -> int:
     is_main = ctx is not None
+    objective = ctx.objective if is_main else methods.build_objective(cfg)  # training needs no teacher
     start, summary = 0, {"eval": {}}
     ckpt = checkpoint.resolve(cfg.run.load, run_dir)
     if ckpt is not None:
@@ -142,13 +140,14 @@ def train(cfg: Config, trainer, ctx: StepContext | None, stop: StopRequest, run_
         if mode == "train_only":  # replay rollouts written by an earlier rollout_only run
             rollouts = torch.load(rollout_file(cfg.run.rollouts_from, step), weights_only=False)
         else:
-            rollouts = broadcast(rollout_phase(ctx, step) if is_main else None, is_main)
+            rollouts = broadcast(ctx(step) if is_main else None, is_main)
         if is_main and (mode == "rollout_only" or cfg.run.dump_rollouts):
             save_rollouts(rollouts, rollout_file(run_dir, step))
         times, stats = dict(rollouts.times), {}
         if mode != "rollout_only":
-            version, stats = train_then_sync(cfg, trainer, rollouts, ctx.student if is_main else None,
-                                             None if mode == "train_only" else version, f"step-{step + 1}", times)
+            version, stats = train_then_sync(objective, trainer, rollouts, ctx.student if is_main else None,
+                                             None if mode == "train_only" else version, f"step-{step + 1}", times,
+                                             seed=cfg.run.seed, colocated=cfg.student.release_memory)
         if is_main:
             if cfg.buffer.enabled:  # with the buffer off (grpo) there is no buffer at all, not a silent one
                 ctx.buffer.update(rollouts.plain)
@@ -189,7 +188,7 @@ def train(cfg: Config, trainer, ctx: StepContext | None, stop: StopRequest, run_
     return 0
 
 
-def periodic_evals(cfg: Config, ctx: StepContext, step: int, summary: dict) -> dict[str, float]:
+def periodic_evals(cfg: Config, ctx: RolloutPhase, step: int, summary: dict) -> dict[str, float]:
     """Every `run.eval_every` steps (not after the last: the final evaluation follows), the eval
     sets' accuracies: into this step's metrics (and so TensorBoard) and the summary."""
     every = cfg.run.eval_every

@@ -12,14 +12,17 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from megatron_zppo import methods
 from megatron_zppo.config import Config, EngineConfig, EvalConfig
 from megatron_zppo.config_io import ConfigError
 from megatron_zppo.data import QuestionStream, load_questions
 from megatron_zppo.errors import RunError
+from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.images import is_vision_language
+from megatron_zppo.loop import RolloutPhase
 from megatron_zppo.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
 from megatron_zppo.replay_buffer import ReplayBuffer
-from megatron_zppo.grader_pool import GraderPool
+from megatron_zppo.rollout.collect import score_samples
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 from megatron_zppo.teacher import Teacher
 
@@ -212,6 +215,26 @@ def make_buffer(cfg: Config) -> ReplayBuffer:
 
 def make_graders(cfg: Config) -> GraderPool:
     return GraderPool(cfg.reward.grader, cfg.reward.workers, cfg.reward.timeout_s)
+
+
+def make_rollout_phase(cfg: Config, student: RolloutEngine | None = None, questions=None) -> RolloutPhase:
+    """Everything the rollout phase needs, on the rank that holds the engines; the method's
+    pieces are chosen here, once. `student` and `questions` replace the configured ones (tests)."""
+    tmpl = templates(cfg)
+    if questions is None:
+        stream, by_id = make_data(cfg)
+    else:
+        stream, by_id = QuestionStream(list(questions), cfg.run.seed), {q.id: q for q in questions}
+    teacher, graders = make_teacher(cfg, tmpl), make_graders(cfg)
+    grade = partial(score_samples, questions=by_id, graders=graders, judge=teacher.judge if teacher else None)
+    r, b = cfg.rollout, cfg.buffer
+    return RolloutPhase(
+        student or make_engine(cfg.student, "student", cfg.run.seed), make_encoder(cfg.student.hf_path), graders,
+        grade, stream, make_buffer(cfg), tmpl,
+        methods.build_hard_prompts(cfg, teacher, tmpl, make_decoder(cfg.student.hf_path), grade),
+        methods.build_objective(cfg, teacher, grade), r,
+        SamplingParams(cfg.student.temperature, cfg.student.top_p, max_new_tokens=r.max_new_tokens),
+        cfg.zppo.tau, cfg.zppo.rho_aug, b.rho_replay if b.enabled else 0.0, cfg.run.seed)
 
 
 def eval_sampling(e: EvalConfig, seed: int) -> SamplingParams:

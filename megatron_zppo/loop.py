@@ -1,41 +1,38 @@
 """One ZPPO rollout step, phase by phase, as the method describes it (SPEC.md "One rollout step").
 
-`rollout_phase` runs where the engines are (rank 0 of the trainer): it draws questions, gets
-student rollouts, grades them, runs the ZPPO stage and the reformulated rollouts, and computes
-advantages. `train_phase` runs on every trainer rank. The driver (pretrain_zppo.py) joins them
-with weight sync, the buffer update, logging and checkpoints.
+`RolloutPhase` runs where the engines are (rank 0 of the trainer): it draws questions, gets
+student rollouts, grades them, turns the hard ones into the method's prompts, rolls those out and
+grades them, and sets advantages. `train_then_sync` runs on every trainer rank. Which method runs
+is decided once, at build time (methods/): this file names none. The driver (pretrain_zppo.py)
+joins the phases with the buffer update, logging and checkpoints.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from megatron_zppo.advantages import assign_advantages
 from megatron_zppo.answers import last_boxed
-from megatron_zppo.baselines import distill_advantages, prefix_length
-from megatron_zppo.batch import split_minibatches, training_samples
-from megatron_zppo.config import Config
+from megatron_zppo.config import RolloutConfig
 from megatron_zppo.data import QuestionStream
-from megatron_zppo.errors import RunError
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import Group, PromptKind, Question, Sample
-from megatron_zppo.reformulate import fraction_count, plan_reformulations, render, select_hard
-from megatron_zppo.replay_buffer import ReplayBuffer
 from megatron_zppo.grader_pool import GraderPool
-from megatron_zppo.rollout.collect import PromptSpec, generate_groups, score_samples
+from megatron_zppo.methods import Grade, HardPrompts, Objective, step_seed, timed
+from megatron_zppo.prompts import PromptTemplates
+from megatron_zppo.records import Group, PromptKind, Sample
+from megatron_zppo.reformulate import fraction_count, select_hard
+from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.rollout.collect import PromptSpec, generate_groups
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
-from megatron_zppo.teacher import Teacher
 
 
-class PolicyTrainer(Protocol):
+class Trainer(Protocol):
+    """What the loop needs of the trainer (train.rl_trainer.RLTrainer)."""
+
     def train(self, minibatches: list[list[Sample]]) -> dict[str, float]:
         """Recompute old log-probs for all samples, then one optimizer update per mini-batch."""
 
@@ -73,169 +70,64 @@ class Rollouts:
 
 
 @dataclass
-class StepContext:
-    cfg: Config
+class RolloutPhase:
+    """The rollout phase and what it works with, built once on the rank that holds the engines
+    (build.make_rollout_phase)."""
+
     student: RolloutEngine
-    teacher: Teacher | None
     encode: Callable[..., list[int]]
     graders: GraderPool
+    grade: Grade  # rollout.collect.score_samples bound to the questions, graders and judge
     stream: QuestionStream
     buffer: ReplayBuffer
     templates: PromptTemplates
-    questions: dict[str, Question]
-    decode: Callable[[Sequence[int]], str] | None = None  # student tokenizer (Prefix baseline)
+    hard_prompts: HardPrompts
+    objective: Objective
+    rollout: RolloutConfig
+    sampling: SamplingParams  # the student's; each step gets its own seeds
+    tau: float  # hard if acc(x) < tau (zppo.tau)
+    rho_aug: float  # cap on hard questions and their prompts, as a fraction of rollout.n_new
+    rho_replay: float  # replayed questions per step, the same way; 0 with the buffer off
+    seed: int
 
+    def __call__(self, step: int) -> Rollouts:
+        times, graded_before, n_new = {}, dataclasses.replace(self.graders.stats), self.rollout.n_new
+        new = self.stream.next(n_new)
+        replay = self.buffer.sample(fraction_count(self.rho_replay, n_new),
+                                    exclude={q.id for q in new})  # a new question is rolled out anyway
+        specs = [PromptSpec(q, PromptKind.PLAIN, f"{step}:{q.id}", self.templates.plain(q.text)) for q in new + replay]
+        plain, long_plain = self._roll_out(specs, step, 0, self.rollout.max_prompt_tokens, times)
 
-@contextmanager
-def timed(times: dict[str, float], name: str):
-    t0 = time.perf_counter()
-    yield
-    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        cap = fraction_count(self.rho_aug, n_new)
+        all_hard = select_hard(plain, self.tau, len(plain))
+        hard = self.hard_prompts(all_hard[:cap], cap, step, times)
+        reformulated, long_reform = self._roll_out(hard.specs, step, 2, self.rollout.max_reformulated_prompt_tokens,
+                                                   times)
+        targets = self.objective.prepare(plain, reformulated, step, times)
+        dropped = [f"{len(long)} of {len(long) + len(kept)} {what} prompts longer than rollout.{key}={limit}"
+                   for long, kept, what, key, limit in (
+                       (long_plain, plain, "plain", "max_prompt_tokens", self.rollout.max_prompt_tokens),
+                       (long_reform, reformulated, "reformulated", "max_reformulated_prompt_tokens",
+                        self.rollout.max_reformulated_prompt_tokens)) if long]
+        return Rollouts(step, plain, reformulated, len(new), len(replay), len(all_hard), hard.teacher_acc,
+                        len(long_plain) + len(long_reform), times, hard.ncq_listed, targets,
+                        self.graders.stats.since(graded_before), dropped)
 
-
-def step_seed(seed: int, step: int, phase: int) -> int:
-    """A distinct, reproducible seed per (run, step, phase), so a resumed run samples the same."""
-    return (seed * 1_000_003 + step * 101 + phase) % (2**31)
-
-
-def rollout_phase(ctx: StepContext, step: int) -> Rollouts:
-    cfg, times, graded_before = ctx.cfg, {}, dataclasses.replace(ctx.graders.stats)
-    n_new = cfg.rollout.n_new
-    new = ctx.stream.next(n_new)
-    n_replay = fraction_count(cfg.buffer.rho_replay, n_new) if cfg.buffer.enabled else 0
-    replay = ctx.buffer.sample(n_replay, exclude={q.id for q in new})  # a new question is rolled out anyway
-    student_params = SamplingParams(cfg.student.temperature, cfg.student.top_p,
-                                    max_new_tokens=cfg.rollout.max_new_tokens, seed=step_seed(cfg.run.seed, step, 0))
-    specs = [PromptSpec(q, PromptKind.PLAIN, f"{step}:{q.id}", ctx.templates.plain(q.text)) for q in new + replay]
-    with timed(times, "rollout"):
-        plain, long_plain = generate_groups(ctx.student, ctx.encode, specs, cfg.rollout.group_size,
-                                            student_params, cfg.rollout.max_prompt_tokens)
-    with timed(times, "reward"):
-        score_samples([s for g in plain for s in g.samples], ctx.questions, ctx.graders, _judge(ctx))
-
-    cap = fraction_count(cfg.zppo.rho_aug, n_new)
-    all_hard = select_hard(plain, cfg.zppo.tau, len(plain))
-    specs, teacher_acc, listed = hard_prompt_specs(ctx, all_hard[:cap], cap, step, times)
-    reformulated, long_reform = [], []
-    if specs:
-        params = SamplingParams(**{**student_params.__dict__, "seed": step_seed(cfg.run.seed, step, 2)})
+    def _roll_out(self, specs: list[PromptSpec], step: int, phase: int, max_prompt_tokens: int,
+                  times: dict[str, float]) -> tuple[list[Group], list[PromptSpec]]:
+        """The student's graded rollouts on `specs`, and the specs dropped for length."""
+        if not specs:
+            return [], []
+        params = dataclasses.replace(self.sampling, seed=step_seed(self.seed, step, phase))
         with timed(times, "rollout"):
-            reformulated, long_reform = generate_groups(ctx.student, ctx.encode, specs, cfg.rollout.group_size,
-                                                        params, cfg.rollout.max_reformulated_prompt_tokens)
+            groups, too_long = generate_groups(self.student, self.encode, specs, self.rollout.group_size, params,
+                                               max_prompt_tokens)
         with timed(times, "reward"):
-            score_samples([s for g in reformulated for s in g.samples], ctx.questions, ctx.graders, _judge(ctx))
-    sft_pairs: list[Sample] = []
-    if cfg.method.objective == "off_policy_distill":
-        with timed(times, "teacher"):
-            sft_pairs = teacher_targets(ctx, [g.question for g in plain], cfg.rollout.teacher_group_size,
-                                        step_seed(cfg.run.seed, step, 4))
-    if cfg.method.objective == "on_policy_distill":
-        with timed(times, "teacher"):
-            set_distill_advantages(ctx, plain)
-    else:
-        assign_advantages(plain + reformulated, cfg.advantage)
-    dropped = [f"{len(long)} of {len(long) + len(kept)} {what} prompts longer than rollout.{key}={limit}"
-               for long, kept, what, key, limit in (
-                   (long_plain, plain, "plain", "max_prompt_tokens", cfg.rollout.max_prompt_tokens),
-                   (long_reform, reformulated, "reformulated", "max_reformulated_prompt_tokens",
-                    cfg.rollout.max_reformulated_prompt_tokens)) if long]
-    return Rollouts(step, plain, reformulated, len(new), len(replay), len(all_hard), teacher_acc,
-                    len(long_plain) + len(long_reform), times, listed, sft_pairs,
-                    ctx.graders.stats.since(graded_before), dropped)
+            self.grade([s for g in groups for s in g.samples])
+        return groups, too_long
 
 
-def hard_prompt_specs(ctx: StepContext, hard: list[Group], cap: int, step: int,
-                      times: dict[str, float]) -> tuple[list[PromptSpec], float, dict[str, list[str]]]:
-    """The prompts hard questions are turned into: BCQ/NCQ (ZPPO), or one teacher hint or one
-    teacher prefix per question (baselines). Returns (specs, teacher accuracy on them, NCQ lists)."""
-    cfg, how = ctx.cfg, ctx.cfg.method.hard_prompts
-    if not hard or (how == "zppo" and not (cfg.zppo.bcq or cfg.zppo.ncq)):
-        return [], float("nan"), {}
-    if how == "hint":
-        with timed(times, "teacher"):
-            hints = ctx.teacher.hints([g.question for g in hard], step_seed(cfg.run.seed, step, 4))
-        return [PromptSpec(g.question, PromptKind.HINT, f"{g.id}:hint", ctx.templates.hint_prompt(g.question.text, h))
-                for g, h in zip(hard, hints) if h], float("nan"), {}  # nothing left after redaction: no prompt
-    teacher, teacher_acc = {}, float("nan")
-    if cfg.zppo.bcq or how == "prefix":
-        with timed(times, "teacher"):
-            teacher = ctx.teacher.rollouts([g.question for g in hard], cfg.rollout.teacher_group_size,
-                                           step_seed(cfg.run.seed, step, 4))
-            t_samples = [s for ss in teacher.values() for s in ss]
-            score_samples(t_samples, ctx.questions, ctx.graders, _judge(ctx))
-            teacher_acc = sum(s.reward for s in t_samples) / max(len(t_samples), 1)
-    rng = random.Random(step_seed(cfg.run.seed, step, 1))
-    with timed(times, "zppo"):
-        if how == "prefix":
-            return prefix_specs(ctx, hard, teacher, rng), teacher_acc, {}
-        plans = plan_reformulations(hard, teacher, cap, cfg.zppo, rng)
-        compress = ctx.teacher.compress if (cfg.zppo.compression and ctx.teacher) else None
-        texts = render(plans, ctx.templates, compress)
-        listed = {p.group_id: p.wrong_answers for p in plans if p.kind is PromptKind.NCQ}
-    return [PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)], teacher_acc, listed
-
-
-def prefix_specs(ctx: StepContext, hard: list[Group], teacher: dict[str, list[Sample]],
-                 rng: random.Random) -> list[PromptSpec]:
-    """Prefix baseline: the plain prompt followed by the first `prefix_fraction` of one correct
-    teacher response (drawn at random). Questions the teacher never solved get no prompt."""
-    out = []
-    for g in hard:
-        correct = [s for s in teacher.get(g.question.id, []) if s.reward and s.reward >= 1.0]
-        if not correct:
-            continue
-        ids = list(rng.choice(correct).response_ids)
-        ids = ids[:prefix_length(len(ids), ctx.cfg.method.prefix_fraction)]
-        if ids:
-            out.append(PromptSpec(g.question, PromptKind.PREFIX, f"{g.id}:prefix", g.prompt_text,
-                                  tuple(ids), ctx.decode(ids)))
-    return out
-
-
-def teacher_targets(ctx: StepContext, questions: list[Question], n: int,
-                    seed: int) -> list[Sample]:
-    """Off-policy distillation: the teacher's correct rollouts on this step's questions, the
-    student's fine-tuning targets (prompt and response ids, and the prompt's images)."""
-    teacher = ctx.teacher.rollouts(questions, n, seed)
-    samples = [s for ss in teacher.values() for s in ss]
-    score_samples(samples, ctx.questions, ctx.graders, _judge(ctx))
-    return [s for s in samples if s.reward >= 1.0 and len(s.response_ids)]
-
-
-def set_distill_advantages(ctx: StepContext, groups: list[Group]) -> None:
-    """On-policy distillation: per-token advantages from the teacher's log-probs of the student's
-    own tokens (baselines.distill_advantages); the reward plays no part in the gradient."""
-    samples = [s for g in groups for s in g.samples]
-    images = [s.images for s in samples] if any(s.images for s in samples) else None
-    teacher_lp = ctx.teacher.engine.score([s.prompt_ids for s in samples], [s.response_ids for s in samples], images)
-    m = ctx.cfg.method
-    for s, t in zip(samples, teacher_lp, strict=True):
-        s.token_advantages = distill_advantages(s.logprobs, t, m.divergence, m.jsd_beta).tolist()
-        s.advantage = 0.0
-
-
-def _judge(ctx: StepContext):
-    return ctx.teacher.judge if ctx.teacher is not None else None
-
-
-def train_phase(cfg: Config, trainer: PolicyTrainer, r: Rollouts, weight_version: str) -> dict[str, float]:
-    rng = random.Random(step_seed(cfg.run.seed, r.step, 3))
-    if cfg.method.objective == "off_policy_distill":  # fine-tuning on the teacher's tokens, not a policy gradient
-        if not r.sft_pairs:
-            return {}
-        return trainer.sft(split_minibatches(r.sft_pairs, min(cfg.run.updates_per_step, len(r.sft_pairs)), rng))
-    samples = training_samples(r.groups, weight_version)
-    if not samples:
-        raise RunError(f"step {r.step}: nothing to train on: no prompt was rolled out"
-                       + (f" ({'; '.join(r.dropped)})" if r.dropped else "")
-                       + "; raise the limit or filter the data (tools/prepare_vl_data.py, the source's filters)")
-    minibatches = split_minibatches(samples, min(cfg.run.updates_per_step, len(samples)), rng)
-    if cfg.method.objective == "logit_distill":  # the teacher's distributions on the student's own samples
-        return trainer.distill(minibatches)
-    return trainer.train(minibatches)
-
-
-def sync_weights(trainer: PolicyTrainer, engine: RolloutEngine | None, version: str) -> None:
+def sync_weights(trainer: Trainer, engine: RolloutEngine | None, version: str) -> None:
     """Every rank drains the export (it gathers shards collectively); the rank holding the engine
     (rank 0) feeds it."""
     tensors = trainer.export_hf()
@@ -246,16 +138,17 @@ def sync_weights(trainer: PolicyTrainer, engine: RolloutEngine | None, version: 
             pass
 
 
-def train_then_sync(cfg: Config, trainer: PolicyTrainer, r: Rollouts, engine: RolloutEngine | None,
-                    weight_version: str | None, new_version: str, times: dict[str, float]) -> tuple[str, dict]:
+def train_then_sync(objective: Objective, trainer: Trainer, r: Rollouts, engine: RolloutEngine | None,
+                    weight_version: str | None, new_version: str, times: dict[str, float], *, seed: int,
+                    colocated: bool = False) -> tuple[str, dict]:
     """The updates of one rollout step, then the new weights into the engine. A co-located server
     (`student.release_memory`) gives its GPU memory to the trainer for the updates and takes its
     weights' memory back before the sync, its cache after it. Returns (new version, train stats)."""
-    colocated = engine is not None and cfg.student.release_memory
+    colocated = colocated and engine is not None
     if colocated:
         engine.release_memory()
     with timed(times, "train"):
-        stats = train_phase(cfg, trainer, r, weight_version)
+        stats = objective.train(trainer, r, weight_version, random.Random(step_seed(seed, r.step, 3)))
     with timed(times, "sync"):
         if colocated:
             engine.resume_memory(("weights",))

@@ -8,10 +8,7 @@ from PIL import Image
 
 from megatron_zppo import build
 from megatron_zppo.config import load_config
-from megatron_zppo.data import QuestionStream
-from megatron_zppo.loop import StepContext, rollout_phase
 from megatron_zppo.records import PromptKind, Question
-from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
 
@@ -63,16 +60,13 @@ def test_a_zppo_rollout_step_on_image_questions(vl, tmp_path):
         "reward.grader=tests.loop.slow_graders:never", "zppo.compression=false", "zppo.rho_aug=1.0"])
     questions = [Question(f"img{i}", f"How many dots? ({i})", str(i), images=(_png((40 * i, 0, 0)),))
                  for i in range(4)]
-    tmpl = build.templates(cfg)
     student = HFEngine(vl["student"], seed=0)
     sent = []
     generate = student.generate
     student.generate = lambda reqs, params: sent.extend(reqs) or generate(reqs, params)
-    ctx = StepContext(cfg, student, build.make_teacher(cfg, tmpl), build.make_encoder(vl["student"]),
-                      GraderPool(cfg.reward.grader, workers=1), QuestionStream(questions, 0), build.make_buffer(cfg),
-                      tmpl, {q.id: q for q in questions}, build.make_decoder(vl["student"]))
+    ctx = build.make_rollout_phase(cfg, student, questions)
     try:
-        r = rollout_phase(ctx, 0)
+        r = ctx(0)
     finally:
         ctx.graders.close()
     assert len(r.plain) == 4 and all(s.reward == 0.0 for g in r.groups for s in g.samples)

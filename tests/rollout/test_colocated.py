@@ -6,6 +6,7 @@ import torch
 
 from megatron_zppo.config import load_config
 from megatron_zppo.loop import Rollouts, train_then_sync
+from megatron_zppo.methods import build_objective
 from megatron_zppo.records import Group, PromptKind, Question, Sample
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 
@@ -29,8 +30,8 @@ def test_memory_is_released_for_training_and_taken_back_around_the_sync(server, 
     q = Question("q", "1+1?", "2")
     group = Group("g", q, PromptKind.PLAIN, "1+1?", [Sample("q", "g", PromptKind.PLAIN, [1], [2], "2", [-0.1])])
     trainer, times = _Trainer(server), {}
-    version, stats = train_then_sync(cfg, trainer, Rollouts(0, [group], [], 1, 0, 0, 0.0, 0), engine, None, "step-1",
-                                     times)
+    version, stats = train_then_sync(build_objective(cfg), trainer, Rollouts(0, [group], [], 1, 0, 0, 0.0, 0), engine,
+                                     None, "step-1", times, seed=cfg.run.seed, colocated=cfg.student.release_memory)
     assert trainer.seen == ["cuda_graph", "kv_cache", "weights"] and stats == {"loss": 0.5}
     assert server.released() == [] and server.weight_version() == "step-1" and version == "step-1"
     log = [p for p in server.log() if p.endswith("_memory_occupation") or p == "/update_weights_from_disk"]

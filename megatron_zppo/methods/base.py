@@ -1,0 +1,68 @@
+"""What a method contributes to the ZPPO loop, behind two small protocols.
+
+A method says (1) what hard questions become — `HardPrompts`: ZPPO's BCQ/NCQ, a teacher hint, a
+teacher prefix, or nothing — and (2) what the trainer optimises — `Objective`: the policy gradient
+on the student's own samples, SFT on teacher targets, on-policy or logit distillation. The loop
+calls both without knowing which method it runs (loop.py); `methods.build` picks them once from
+the config, each with its teacher, graders and templates. A new method is one module here and one
+config preset (config.PRESETS).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from megatron_zppo.records import Group, Sample
+from megatron_zppo.rollout.collect import PromptSpec
+
+
+@contextmanager
+def timed(times: dict[str, float], name: str):
+    t0 = time.perf_counter()
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+
+
+def step_seed(seed: int, step: int, phase: int) -> int:
+    """A distinct, reproducible seed per (run, step, phase), so a resumed run samples the same."""
+    return (seed * 1_000_003 + step * 101 + phase) % (2**31)
+
+
+@dataclass
+class HardPromptSet:
+    """The prompts a step's hard questions were turned into, with what logging reports of them."""
+
+    specs: list[PromptSpec] = field(default_factory=list)
+    teacher_acc: float = float("nan")  # the teacher's accuracy on the hard questions, if it was asked
+    ncq_listed: dict[str, list[str]] = field(default_factory=dict)  # NCQ group id -> answers listed wrong
+
+
+class HardPrompts(Protocol):
+    def __call__(self, hard: list[Group], cap: int, step: int, times: dict[str, float]) -> HardPromptSet:
+        """Prompts for (at most `cap` of) the hard groups, lowest accuracy first."""
+
+
+class Objective(Protocol):
+    def prepare(self, plain: list[Group], reformulated: list[Group], step: int,
+                times: dict[str, float]) -> list[Sample]:
+        """On the rank that holds the engines, after grading: set the samples' advantages.
+        Returns the step's supervised targets (off-policy distillation), else []."""
+
+    def train(self, trainer, rollouts, weight_version: str | None, rng: random.Random) -> dict[str, float]:
+        """On every trainer rank: the step's updates from `rollouts` (loop.Rollouts)."""
+
+
+# Grades samples in place against their own questions (rollout.collect.score_samples, bound).
+Grade = Callable[[Sequence[Sample]], None]
+
+
+class NoHardPrompts:
+    """GRPO and the distillations: hard questions are only buffered."""
+
+    def __call__(self, hard, cap, step, times) -> HardPromptSet:
+        return HardPromptSet()

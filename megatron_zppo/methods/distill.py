@@ -1,0 +1,59 @@
+"""The distillation baselines: the student learns from the teacher's tokens or distributions.
+
+- off-policy: cross-entropy on the teacher's correct responses to the step's questions;
+- on-policy: the student's own samples, per-token advantages from the teacher's log-probs of them
+  (reverse KL or JSD, baselines.distill_advantages); the reward plays no part in the gradient;
+- logit: forward KL to the teacher's next-token distributions on the student's own samples, the
+  teacher a frozen model inside the trainer (train/logit_distill.py).
+"""
+
+from __future__ import annotations
+
+from megatron_zppo.baselines import distill_advantages
+from megatron_zppo.batch import split_minibatches
+from megatron_zppo.methods.base import Grade, step_seed, timed
+from megatron_zppo.methods.policy_gradient import PolicyGradient
+
+
+class OffPolicyDistill(PolicyGradient):
+    def __init__(self, estimator: str, updates_per_step: int, teacher, teacher_group_size: int, grade: Grade,
+                 seed: int):
+        super().__init__(estimator, updates_per_step)
+        self.teacher, self.n_teacher, self.grade, self.seed = teacher, teacher_group_size, grade, seed
+
+    def prepare(self, plain, reformulated, step, times):
+        with timed(times, "teacher"):
+            rollouts = self.teacher.rollouts([g.question for g in plain], self.n_teacher, step_seed(self.seed, step, 4))
+            samples = [s for ss in rollouts.values() for s in ss]
+            self.grade(samples)
+            targets = [s for s in samples if s.reward >= 1.0 and len(s.response_ids)]
+        super().prepare(plain, reformulated, step, times)  # for the logs only: nothing trains on them
+        return targets
+
+    def train(self, trainer, rollouts, weight_version, rng):
+        if not rollouts.sft_pairs:
+            return {}
+        return trainer.sft(split_minibatches(rollouts.sft_pairs, min(self.updates, len(rollouts.sft_pairs)), rng))
+
+
+class OnPolicyDistill(PolicyGradient):
+    def __init__(self, updates_per_step: int, teacher, divergence: str, jsd_beta: float):
+        super().__init__("", updates_per_step)
+        self.teacher, self.divergence, self.beta = teacher, divergence, jsd_beta
+
+    def prepare(self, plain, reformulated, step, times):
+        samples = [s for g in plain for s in g.samples]
+        images = [s.images for s in samples] if any(s.images for s in samples) else None
+        with timed(times, "teacher"):
+            teacher_lp = self.teacher.engine.score([s.prompt_ids for s in samples], [s.response_ids for s in samples],
+                                                   images)
+        for s, t in zip(samples, teacher_lp, strict=True):
+            s.token_advantages = distill_advantages(s.logprobs, t, self.divergence, self.beta).tolist()
+            s.advantage = 0.0
+        return []
+
+
+class LogitDistill(PolicyGradient):
+    def train(self, trainer, rollouts, weight_version, rng):
+        return trainer.distill(self.minibatches(rollouts.groups, weight_version, rng, rollouts.step,
+                                                rollouts.dropped))

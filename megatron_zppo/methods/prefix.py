@@ -1,0 +1,40 @@
+"""The Prefix baseline: the plain prompt followed by the first `prefix_fraction` of one correct
+teacher response (drawn at random), as prompt tokens; the student continues from there."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from megatron_zppo.baselines import prefix_length
+from megatron_zppo.methods.base import Grade, HardPromptSet, step_seed, timed
+from megatron_zppo.methods.zppo import teacher_rollouts
+from megatron_zppo.records import PromptKind
+from megatron_zppo.rollout.collect import PromptSpec
+
+
+class PrefixPrompts:
+    def __init__(self, teacher, teacher_group_size: int, fraction: float, decode: Callable[[Sequence[int]], str],
+                 grade: Grade, seed: int):
+        self.teacher, self.n_teacher, self.fraction = teacher, teacher_group_size, fraction
+        self.decode, self.grade, self.seed = decode, grade, seed
+
+    def __call__(self, hard, cap, step, times) -> HardPromptSet:
+        if not hard:
+            return HardPromptSet()
+        with timed(times, "teacher"):
+            teacher, acc = teacher_rollouts(self.teacher, hard, self.n_teacher, self.grade,
+                                            step_seed(self.seed, step, 4))
+        rng = random.Random(step_seed(self.seed, step, 1))
+        with timed(times, "zppo"):
+            specs = []
+            for g in hard:  # questions the teacher never solved get no prompt
+                correct = [s for s in teacher.get(g.question.id, []) if s.reward and s.reward >= 1.0]
+                if not correct:
+                    continue
+                ids = list(rng.choice(correct).response_ids)
+                ids = ids[:prefix_length(len(ids), self.fraction)]
+                if ids:
+                    specs.append(PromptSpec(g.question, PromptKind.PREFIX, f"{g.id}:prefix", g.prompt_text,
+                                            tuple(ids), self.decode(ids)))
+        return HardPromptSet(specs, acc)

@@ -1,0 +1,42 @@
+"""ZPPO's hard prompts: BCQ (a correct teacher response and a wrong student one, unlabelled) and
+NCQ (the student's own wrong responses, their answers listed as wrong), SPEC.md "ZPPO stage"."""
+
+from __future__ import annotations
+
+import random
+
+from megatron_zppo.methods.base import Grade, HardPromptSet, step_seed, timed
+from megatron_zppo.prompts import PromptTemplates
+from megatron_zppo.records import PromptKind
+from megatron_zppo.reformulate import ZppoConfig, plan_reformulations, render
+from megatron_zppo.rollout.collect import PromptSpec
+
+
+class ZppoPrompts:
+    def __init__(self, cfg: ZppoConfig, teacher, teacher_group_size: int, templates: PromptTemplates,
+                 grade: Grade, seed: int):
+        self.cfg, self.teacher, self.n_teacher = cfg, teacher, teacher_group_size
+        self.templates, self.grade, self.seed = templates, grade, seed
+
+    def __call__(self, hard, cap, step, times) -> HardPromptSet:
+        if not hard or not (self.cfg.bcq or self.cfg.ncq):
+            return HardPromptSet()
+        teacher, acc = {}, float("nan")
+        if self.cfg.bcq:
+            with timed(times, "teacher"):
+                teacher, acc = teacher_rollouts(self.teacher, hard, self.n_teacher, self.grade,
+                                                step_seed(self.seed, step, 4))
+        with timed(times, "zppo"):
+            plans = plan_reformulations(hard, teacher, cap, self.cfg, random.Random(step_seed(self.seed, step, 1)))
+            compress = self.teacher.compress if (self.cfg.compression and self.teacher) else None
+            texts = render(plans, self.templates, compress)
+        listed = {p.group_id: p.wrong_answers for p in plans if p.kind is PromptKind.NCQ}
+        return HardPromptSet([PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)], acc, listed)
+
+
+def teacher_rollouts(teacher, hard, n: int, grade: Grade, seed: int):
+    """The teacher's graded rollouts on the hard questions, by question id, and its accuracy."""
+    rollouts = teacher.rollouts([g.question for g in hard], n, seed)
+    samples = [s for ss in rollouts.values() for s in ss]
+    grade(samples)
+    return rollouts, sum(s.reward for s in samples) / max(len(samples), 1)

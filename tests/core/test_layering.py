@@ -1,0 +1,54 @@
+"""The layering the code map promises, read from the source (ast), not hoped for:
+Megatron only inside megatron_zppo/train/; the method's maths free of Megatron, process groups,
+HTTP clients and model libraries; the loop free of method names."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "megatron_zppo"
+# The method's maths: pure functions and records, tested in milliseconds (STYLE.md habit 3).
+PURE = ["records", "answers", "prompts", "reformulate", "replay_buffer", "advantages", "loss", "batch",
+        "baselines", "config_io", "errors"]
+HEAVY = ("megatron", "torch.distributed", "httpx", "requests", "transformers", "sglang")
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def _hits(names: set[str], roots) -> list[str]:
+    return sorted(n for n in names for r in roots if n == r or n.startswith(r + "."))
+
+
+def test_only_the_train_package_imports_megatron():
+    outside = {str(p.relative_to(PACKAGE)): _hits(_imports(p), ["megatron"])
+               for p in PACKAGE.rglob("*.py") if "train" not in p.relative_to(PACKAGE).parts}
+    assert len(outside) > 30
+    assert {k: v for k, v in outside.items() if v} == {}
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_the_methods_maths_imports_no_megatron_process_group_or_client(module):
+    assert _hits(_imports(PACKAGE / f"{module}.py"), HEAVY) == []
+
+
+def test_the_loop_names_no_method():
+    from megatron_zppo.config import HARD_PROMPTS, OBJECTIVES, PRESETS
+
+    tree = ast.parse((PACKAGE / "loop.py").read_text())
+    strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    names = (set(PRESETS) | set(OBJECTIVES) | set(HARD_PROMPTS)) - {"zppo"}  # "zppo" is also the project
+    assert strings & names == set()
+    one_method = {f"megatron_zppo.methods.{p.stem}" for p in (PACKAGE / "methods").glob("*.py")} - {
+        "megatron_zppo.methods.__init__", "megatron_zppo.methods.base"}
+    assert one_method and _imports(PACKAGE / "loop.py") & one_method == set()
+    assert "cfg" not in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}  # no root config either
