@@ -97,10 +97,10 @@ def check_precision(
     """
     if cfg.fp8 == "none":
         if cfg.dtype == "bf16" and gpu_capability is None:
-            # Megatron's bf16 attention softmax is a CUDA kernel (scaled_masked_softmax_cuda): without
-            # this check the run would die inside Megatron's first forward with a ModuleNotFoundError.
-            raise PrecisionError("precision.dtype='bf16' needs a CUDA GPU, and none is visible (Megatron's bf16 "
-                                 "softmax is CUDA-only); use precision.dtype=fp32 on CPU")
+            # The CPU path is checked against HF in fp32 only; bf16 there once died inside Megatron's first
+            # forward (its fused bf16 softmax is a CUDA kernel) and has never been checked since.
+            raise PrecisionError("precision.dtype='bf16' needs a CUDA GPU, and none is visible (the CPU path is "
+                                 "tested in fp32 only); use precision.dtype=fp32 on CPU")
         return
     where = f"precision.fp8={cfg.fp8!r}"
     if layer_spec == "local":
