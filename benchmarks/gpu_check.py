@@ -1,25 +1,30 @@
 """One-GPU acceptance check of the trainer, sized to finish in under 8 minutes on one H100/H200.
 
-On a random-weight Qwen3-0.6B-shaped model (28 layers, hidden 1024, vocab 151,936: ~0.6B parameters
-in the GEMMs plus an untied embedding), built through our own ``build_policy`` from an HF
-checkpoint written to a temporary directory:
+Sections, in this order (each one's rows reach the report as soon as it ends, so a run cut short by
+the time limit still returns what it measured; a section that fails becomes a FAILED row):
 
-1. log-prob parity: our trainer's response log-probs on GPU (bf16 and fp32) against a float64 CPU
-   reference (the HF model), max |difference| on a small batch;
-2. throughput: one PPO forward+backward+optimizer step (``PolicyTrainer.ppo_step``) at 1024, 2048
-   and 4096 tokens, in bf16 and, when Transformer Engine accepts it here, FP8 (tensorwise recipe);
-   tokens/s and MFU;
-3. weight sync: one bucketed export (``export_hf_weights``) into an in-process HF model
-   (``HFEngine.update_weights``), seconds and GB/s;
-4. Qwen3.5-VL (gpu_check_vl.py): log-prob parity with images and a PPO step on rows with images;
+0. what this machine cannot run (Transformer Engine layer specs, FP8, THD attention through TE,
+   SGLang): rows saying "not available on this machine", never dropped;
+1. the card's bf16 matrix-multiply rate, measured here (the MFU denominator besides the datasheet's);
+2. Qwen3 text, a random Qwen3-0.6B-shaped model (28 layers, hidden 1024, vocab 151,936) built
+   through our own ``build_policy``: log-prob parity of the trainer in fp32 and bf16 against the HF
+   model in float64 on CPU; one PPO step (``PolicyTrainer.ppo_step``) at 2k and 4k tokens, and at 8k
+   with selective recompute (the local spec's attention keeps B x heads x S x S scores otherwise);
+   tokens/s and MFU; one bucketed weight export into an in-process HF model; FP8 where TE allows;
+3. chunked log-probs at Qwen3.5's 248,320-token vocabulary: peak memory of forward + backward,
+   chunked vs one chunk (gpu_check_memory.py);
+4. Qwen3.5 text (hybrid Gated DeltaNet + gated attention, GDN through Megatron's torch path when
+   FLA is absent): parity and a PPO step (gpu_check_qwen35.py);
+5. Qwen3.5-VL: parity with images and a PPO step on rows with images (gpu_check_vl.py);
+6. sequence packing, when benchmarks/gpu_check_packing.py is in the tree (its ``packing_rows``).
 
-and writes all of it as a Markdown table. ``--cpu-smoke`` runs the same code on a tiny model on CPU
-in well under a minute (what the CPU tests run).
+``--cpu-smoke`` runs the same code on tiny models on CPU in well under a minute (what CI runs, and the
+rehearsal of the lent machine's install, tools/gpu_rehearsal.sh).
 
-MFU = achieved model FLOP/s / peak dense FLOP/s of the card. Model FLOPs per token (PaLM's
-convention): 6 x (parameters in matmuls, embedding lookup excluded) + 12 x layers x attention width x
-sequence length. Peaks used (NVIDIA datasheets, dense, SXM): H100 and H200 989 TFLOP/s bf16 and
-1979 TFLOP/s FP8; other cards need --peak-tflops.
+MFU = achieved model FLOP/s / peak dense FLOP/s. Model FLOPs per token (PaLM's convention):
+6 x (parameters in matmuls, embedding lookup excluded) + 12 x layers x attention width x sequence
+length; recomputation is not counted. Peaks: the bf16 rate measured in this run, and the datasheet's
+(NVIDIA, dense, SXM: H100 and H200 989 TFLOP/s bf16, 1979 FP8); other cards need --peak-tflops.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # the gpu_check_*.py section modules
 
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=8192,
@@ -43,6 +51,34 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             head_dim=16, vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False)
 PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp8": 1979.0}, "H200": {"bf16": 989.0, "fp8": 1979.0}}
 PROMPT = 128  # prompt tokens of every timed row; the rest is response (what the loss covers)
+NOT_AVAILABLE = "not available on this machine"
+
+
+class Report:
+    """The Markdown report, rewritten after every section so that a run cut short keeps its rows."""
+
+    def __init__(self, path: Path, header: list[str]):
+        self.path, self.lines, self.failed = path, list(header), []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+
+    def add(self, rows: list[str]) -> None:
+        self.lines += rows
+        self._write()
+        print("\n".join(rows), flush=True)
+
+    def section(self, name: str, fn) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.add(fn())
+        except Exception as e:  # noqa: BLE001 - reported, not hidden: the row says what failed
+            traceback.print_exc()
+            self.failed.append(name)
+            self.add([f"| {name} | - | FAILED: {type(e).__name__}: {str(e)[:300]} |"])
+        print(f"[gpu_check] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+    def _write(self) -> None:
+        self.path.write_text("\n".join(self.lines) + "\n")
 
 
 def save_random_model(out_dir: str, shape: dict, dtype: torch.dtype, seed: int = 0) -> str:
@@ -59,23 +95,22 @@ def save_random_model(out_dir: str, shape: dict, dtype: torch.dtype, seed: int =
     return out_dir
 
 
-def build(hf_dir: str, dtype: str, fp8: str = "none", train: bool = False):
+def build(hf_dir: str, dtype: str, fp8: str = "none", train: bool = False, recompute: str = "none"):
     """(policy, trainer or None) through our build path; FP8 fields set as precision.py maps them."""
     from megatron_zppo.train import model as model_mod
     from megatron_zppo.train.precision import PrecisionConfig, ddp_config_fields, transformer_config_fields
     from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
 
     precision = PrecisionConfig(dtype, fp8)
+    opt = OptimizerConfig(lr=1e-6)
     if fp8 == "none":
-        opt = OptimizerConfig(lr=1e-6)
-        policy = model_mod.build_policy(model_mod.ModelConfig(hf_dir, precision.torch_dtype_name),
-                                        _parallel(), ddp_config(opt) if train else None)
+        cfg = model_mod.ModelConfig(hf_dir, precision.torch_dtype_name, recompute=recompute)
+        policy = model_mod.build_policy(cfg, _parallel(), ddp_config(opt) if train else None)
     else:
         # model.py does not take a precision yet (see precision.py's wiring note): mirror build_policy
         # here with the FP8 fields applied to the provider before the model is built.
         from megatron.bridge import AutoBridge
 
-        opt = OptimizerConfig(lr=1e-6)
         bridge = AutoBridge.from_hf_pretrained(hf_dir, dtype=torch.bfloat16)
         provider = model_mod._provider(model_mod.ModelConfig(hf_dir, "bfloat16"), _parallel(), bridge)
         for key, value in transformer_config_fields(precision).items():
@@ -145,6 +180,20 @@ def flops_per_token(shape: dict, seq_len: int) -> float:
     return 6.0 * matmul_params(shape) + 12.0 * shape["num_hidden_layers"] * attn_width * seq_len
 
 
+def measure_matmul_tflops(n: int, warmup: int = 3, reps: int = 10) -> float:
+    """Mean bf16 TFLOP/s of an n x n x n product on random data (KINDS.md's recipe for the H200)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a, b = (torch.randn(n, n, generator=g).to(_device(), torch.bfloat16) for _ in range(2))
+    for _ in range(warmup):
+        a @ b
+    _sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
 def time_ppo_step(trainer, vocab: int, seq_len: int, warmup: int, steps: int) -> float:
     """Median seconds of one PPO update on one row of ``seq_len`` tokens."""
     from megatron_zppo.train.logprobs import SequenceBatch
@@ -209,6 +258,7 @@ def _is_bf16(policy) -> bool:
 
 
 def peak_tflops(override: float | None) -> dict[str, float] | None:
+    """The datasheet's dense peaks of this card (or ``--peak-tflops``), None if unknown."""
     if override:
         return {"bf16": override, "fp8": 2 * override}
     if not torch.cuda.is_available():
@@ -228,73 +278,124 @@ def fp8_available() -> tuple[bool, str]:
         return False, str(err)
 
 
-def run(args) -> list[str]:
-    """Every check in order; returns the Markdown report's lines."""
-    from megatron_zppo.train import parallel
+def unavailable_rows(smoke: bool) -> list[str]:
+    """What this machine cannot run, said in the report rather than left out of it."""
+    import importlib.util
 
+    rows = []
+    te = importlib.util.find_spec("transformer_engine") is not None
+    if not te:
+        why = f"{NOT_AVAILABLE} (no transformer_engine; its 729 MB wheel cannot travel to the lent GPU machine)"
+        rows.append(f"| Transformer Engine layer spec | TE linear/norm/attention layers | {why} |")
+        rows.append(f"| THD (packed) attention through TE | TE fused attention on cu_seqlens | {why} |")
+    fp8, why = (False, "CPU smoke run") if smoke else fp8_available()
+    if not fp8:  # else qwen3_rows measures it
+        rows.append(f"| throughput | FP8 (TE tensorwise recipe) | {NOT_AVAILABLE} ({why}) |")
+    if importlib.util.find_spec("sglang") is None:
+        rows.append(f"| SGLang rollout engine | generation + weight sync into a server | {NOT_AVAILABLE} (no sglang; "
+                    "its ~11 GB environment cannot travel; tests_live/ runs it on CPU) |")
+    return rows
+
+
+def qwen3_rows(args, peaks: dict) -> list[str]:
+    """Parity, PPO throughput at each length, weight export (and FP8 where TE allows)."""
     smoke = args.cpu_smoke
     shape = TINY if smoke else QWEN3_06B
-    lengths = [32, 64] if smoke else [1024, 2048, 4096]
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    peaks = peak_tflops(args.peak_tflops)
-    lines = [f"# gpu_check on {device}", "", f"Model: random Qwen3, {matmul_params(shape) / 1e6:,.1f} M matmul "
-             f"parameters ({shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}). Peak used for MFU: "
-             f"{peaks or 'unknown (pass --peak-tflops)'} TFLOP/s.", "",
-             "| check | setting | result |", "|---|---|---|"]
-    parallel.initialize(parallel.ParallelConfig(seed=0))
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            hf_dir = save_random_model(tmp, shape, torch.float32 if smoke else torch.bfloat16)
-            lines.append(f"| setup | random checkpoint written | {time.perf_counter() - t0:.1f} s |")
-            batch = parity_batch(shape["vocab_size"])
-            ref = reference_logprobs(hf_dir, batch)
-            fp32, _ = build(hf_dir, "fp32")
-            diff = (trainer_logprobs(fp32, batch) - ref).abs().max().item()
-            lines.append(f"| log-prob parity | fp32 trainer vs float64 CPU | max abs diff {diff:.2e} |")
-            del fp32
-            # Megatron's local layers have no CPU bf16 attention (its fused softmax is CUDA-only), so
-            # the smoke run trains in fp32; on GPU it is bf16, as in a real run.
-            kind = "fp32" if smoke else "bf16"
-            policy, trainer = build(hf_dir, kind, train=True)
-            if not smoke:
-                diff = (trainer_logprobs(policy, batch) - ref).abs().max().item()
-                lines.append(f"| log-prob parity | bf16 trainer vs float64 CPU | max abs diff {diff:.2e} |")
-            lines += throughput_rows(trainer, shape, lengths, kind, peaks, args)
-            seconds, gb = time_weight_export(policy, hf_dir)
-            lines.append(f"| weight sync | export_hf_weights -> HFEngine.update_weights | {seconds:.2f} s for "
-                         f"{gb:.3f} GB ({gb / max(seconds, 1e-9):.2f} GB/s) |")
-            del policy, trainer
-            ok, why = (False, "CPU smoke run") if smoke else fp8_available()
-            if ok:
-                _, fp8_trainer = build(hf_dir, "bf16", fp8="tensorwise", train=True)
-                lines += throughput_rows(fp8_trainer, shape, lengths, "fp8", peaks, args)
-            else:
-                lines.append(f"| throughput | FP8 | skipped: {why} |")
-            sys.path.insert(0, str(Path(__file__).parent))
-            from gpu_check_vl import vl_rows
-
-            lines += vl_rows(build, trainer_logprobs, time_steps, smoke, args.warmup, args.steps)
-    finally:
-        parallel.destroy()
-    return lines
+    lengths = [32, 64] if smoke else [2048, 4096]
+    long = 128 if smoke else 8192  # with selective recompute: see the docstring
+    rows = [f"| model | random Qwen3, {matmul_params(shape) / 1e6:,.1f} M matmul parameters | "
+            f"{shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, vocab {shape['vocab_size']:,} |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        hf_dir = save_random_model(tmp, shape, torch.float32 if smoke else torch.bfloat16)
+        rows.append(f"| setup | random checkpoint written | {time.perf_counter() - t0:.1f} s |")
+        batch = parity_batch(shape["vocab_size"])
+        ref = reference_logprobs(hf_dir, batch)
+        fp32, _ = build(hf_dir, "fp32")
+        diff = (trainer_logprobs(fp32, batch) - ref).abs().max().item()
+        rows.append(f"| log-prob parity | fp32 trainer vs float64 CPU | max abs diff {diff:.2e} |")
+        del fp32
+        policy, trainer = build(hf_dir, "bf16", train=True)
+        diff = (trainer_logprobs(policy, batch) - ref).abs().max().item()
+        rows.append(f"| log-prob parity | bf16 trainer vs float64 CPU | max abs diff {diff:.2e} |")
+        rows += throughput_rows(trainer, shape, lengths, "bf16", peaks, args)
+        seconds, gb = time_weight_export(policy, hf_dir)
+        rows.append(f"| weight sync | export_hf_weights -> HFEngine.update_weights | {seconds:.2f} s for "
+                    f"{gb:.3f} GB ({gb / max(seconds, 1e-9):.2f} GB/s) |")
+        del policy, trainer
+        _, trainer = build(hf_dir, "bf16", train=True, recompute="selective")
+        rows += throughput_rows(trainer, shape, [long], "bf16", peaks, args, note=", selective recompute")
+        del trainer
+        if not smoke and fp8_available()[0]:
+            _, fp8_trainer = build(hf_dir, "bf16", fp8="tensorwise", train=True)
+            rows += throughput_rows(fp8_trainer, shape, lengths, "fp8", peaks, args)
+    return rows
 
 
-def throughput_rows(trainer, shape, lengths, kind: str, peaks, args) -> list[str]:
+def throughput_rows(trainer, shape, lengths, kind: str, peaks: dict, args, note: str = "") -> list[str]:
     rows = []
     for seq in lengths:
         seconds = time_ppo_step(trainer, shape["vocab_size"], seq, args.warmup, args.steps)
         tps = seq / seconds
-        peak = (peaks or {}).get(kind)
-        mfu = f", MFU {100 * tps * flops_per_token(shape, seq) / (peak * 1e12):.1f}%" if peak else ""
-        rows.append(f"| throughput | {kind} PPO step, 1 x {seq} tokens | {tps:,.0f} tokens/s "
-                    f"({seconds * 1e3:.1f} ms){mfu} |")
+        rows.append(f"| throughput | {kind} PPO step, 1 x {seq} tokens{note} | {tps:,.0f} tokens/s "
+                    f"({seconds * 1e3:.1f} ms){mfu_text(tps * flops_per_token(shape, seq), kind, peaks)} |")
     return rows
+
+
+def mfu_text(model_flops_per_s: float, kind: str, peaks: dict) -> str:
+    """', MFU a% of the measured bf16 rate, b% of the datasheet' (whichever peaks are known)."""
+    parts = []
+    if kind == "bf16" and peaks.get("measured"):
+        parts.append(f"{100 * model_flops_per_s / (peaks['measured'] * 1e12):.1f}% of the measured bf16 rate")
+    if (peaks.get("datasheet") or {}).get(kind):
+        parts.append(f"{100 * model_flops_per_s / (peaks['datasheet'][kind] * 1e12):.1f}% of the datasheet {kind} peak")
+    return f", MFU {', '.join(parts)}" if parts else ""
+
+
+def packing_rows(args, peaks: dict) -> list[str]:
+    """Hook for the packing section: benchmarks/gpu_check_packing.py's ``packing_rows(args, peaks)``."""
+    if not (Path(__file__).parent / "gpu_check_packing.py").exists():
+        return ["| sequence packing | packed vs padded PPO step | not run: benchmarks/gpu_check_packing.py is not "
+                "in this tree yet |"]
+    from gpu_check_packing import packing_rows as rows
+
+    return rows(args, peaks)
+
+
+def run(args, report: Report) -> None:
+    """Every section in order; rows go to ``report`` as each ends."""
+    from gpu_check_memory import chunked_logprob_memory_rows
+    from gpu_check_qwen35 import qwen35_rows
+    from gpu_check_vl import vl_rows
+
+    from megatron_zppo.train import parallel
+
+    smoke = args.cpu_smoke
+    peaks = {"datasheet": peak_tflops(args.peak_tflops), "measured": None}
+    report.section("not available here", lambda: unavailable_rows(smoke))
+
+    def matmul_rows():
+        n = 512 if smoke else 8192
+        peaks["measured"] = measure_matmul_tflops(n)
+        return [f"| peak | bf16 matmul {n}^3, measured here | {peaks['measured']:,.4g} TFLOP/s (datasheet: "
+                f"{(peaks['datasheet'] or {}).get('bf16', 'unknown')}) |"]
+
+    report.section("peak", matmul_rows)
+    parallel.initialize(parallel.ParallelConfig(seed=0))
+    try:
+        report.section("Qwen3", lambda: qwen3_rows(args, peaks))
+        report.section("chunked log-probs", lambda: chunked_logprob_memory_rows(smoke))
+        report.section("Qwen3.5", lambda: qwen35_rows(sys.modules[__name__], smoke, args))
+        report.section("Qwen3.5-VL", lambda: vl_rows(build, trainer_logprobs, time_steps, smoke, args.warmup,
+                                                     args.steps))
+        report.section("packing", lambda: packing_rows(args, peaks))
+    finally:
+        parallel.destroy()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cpu-smoke", action="store_true", help="tiny model on CPU: the same code path in < 60 s")
+    ap.add_argument("--cpu-smoke", action="store_true", help="tiny models on CPU: the same code path in < 60 s")
     ap.add_argument("--out", default=str(Path(os.environ.get("OUT", ".")) / "gpu_check.md"))
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per setting (median reported)")
@@ -302,11 +403,28 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not args.cpu_smoke and not torch.cuda.is_available():
         ap.error("no GPU visible; use --cpu-smoke to run the same code on a tiny model on CPU")
-    lines = run(args)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    t0 = time.perf_counter()
+    report = Report(Path(args.out), [f"# gpu_check on {device}", "", f"torch {torch.__version__}, "
+                                     f"{_versions()}", "", "| check | setting | result |", "|---|---|---|"])
+    run(args, report)
+    report.add([f"| total | wall clock of the check | {time.perf_counter() - t0:.0f} s |"])
+    if report.failed:
+        print(f"[gpu_check] FAILED sections: {', '.join(report.failed)}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("megatron-core", "megatron-bridge", "transformers", "transformer-engine")
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"no {name}")
+    return ", ".join(found)
 
 
 if __name__ == "__main__":
