@@ -35,7 +35,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -44,41 +43,24 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))  # the gpu_check_*.py section modules
 
+from gpu_check_report import (  # noqa: E402
+    Report,
+    device_here,
+    fp8_available,
+    measure_matmul_tflops,
+    mfu_text,
+    peak_tflops,
+    sync,
+    unavailable_rows,
+    versions,
+)
+
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=8192,
                  tie_word_embeddings=False)
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False)
-PEAK_TFLOPS = {"H100": {"bf16": 989.0, "fp8": 1979.0}, "H200": {"bf16": 989.0, "fp8": 1979.0}}
 PROMPT = 128  # prompt tokens of every timed row; the rest is response (what the loss covers)
-NOT_AVAILABLE = "not available on this machine"
-
-
-class Report:
-    """The Markdown report, rewritten after every section so that a run cut short keeps its rows."""
-
-    def __init__(self, path: Path, header: list[str]):
-        self.path, self.lines, self.failed = path, list(header), []
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._write()
-
-    def add(self, rows: list[str]) -> None:
-        self.lines += rows
-        self._write()
-        print("\n".join(rows), flush=True)
-
-    def section(self, name: str, fn) -> None:
-        t0 = time.perf_counter()
-        try:
-            self.add(fn())
-        except Exception as e:  # noqa: BLE001 - reported, not hidden: the row says what failed
-            traceback.print_exc()
-            self.failed.append(name)
-            self.add([f"| {name} | - | FAILED: {type(e).__name__}: {str(e)[:300]} |"])
-        print(f"[gpu_check] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-
-    def _write(self) -> None:
-        self.path.write_text("\n".join(self.lines) + "\n")
 
 
 def save_random_model(out_dir: str, shape: dict, dtype: torch.dtype, seed: int = 0) -> str:
@@ -130,10 +112,6 @@ def _parallel():
     return ParallelConfig()
 
 
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def parity_batch(vocab: int, seed: int = 1):
     """Two rows of different prompt/response lengths (right padding must not leak)."""
     from megatron_zppo.train.logprobs import SequenceBatch
@@ -150,7 +128,7 @@ def trainer_logprobs(policy, batch) -> torch.Tensor:
 
     for chunk in policy.chunks:
         chunk.eval()
-    out = forward_response_logprobs(policy.chunks[0], LogprobRequest(batch.to(_device()), policy.vocab_size))
+    out = forward_response_logprobs(policy.chunks[0], LogprobRequest(batch.to(device_here()), policy.vocab_size))
     return out[0].double().cpu() * batch.response_mask()
 
 
@@ -180,20 +158,6 @@ def flops_per_token(shape: dict, seq_len: int) -> float:
     return 6.0 * matmul_params(shape) + 12.0 * shape["num_hidden_layers"] * attn_width * seq_len
 
 
-def measure_matmul_tflops(n: int, warmup: int = 3, reps: int = 10) -> float:
-    """Mean bf16 TFLOP/s of an n x n x n product on random data (KINDS.md's recipe for the H200)."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(_device(), torch.bfloat16) for _ in range(2))
-    for _ in range(warmup):
-        a @ b
-    _sync()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync()
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
-
-
 def time_ppo_step(trainer, vocab: int, seq_len: int, warmup: int, steps: int) -> float:
     """Median seconds of one PPO update on one row of ``seq_len`` tokens."""
     from megatron_zppo.train.logprobs import SequenceBatch
@@ -215,18 +179,13 @@ def time_steps(trainer, micro_batches, warmup: int, steps: int) -> float:
         chunk.train()
     times = []
     for i in range(warmup + steps):
-        _sync()
+        sync()
         t0 = time.perf_counter()
         trainer.ppo_step(micro_batches, LossConfig())
-        _sync()
+        sync()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def time_weight_export(policy, hf_dir: str) -> tuple[float, float]:
@@ -243,7 +202,7 @@ def time_weight_export(policy, hf_dir: str) -> tuple[float, float]:
                 sizes.append(tensor.numel() * tensor.element_size())
                 yield name, tensor
 
-    _sync()
+    sync()
     t0 = time.perf_counter()
     engine.update_weights(stream(), "gpu-check")
     seconds = time.perf_counter() - t0
@@ -257,53 +216,16 @@ def _is_bf16(policy) -> bool:
     return bool(get_model_config(policy.chunks[0]).bf16)
 
 
-def peak_tflops(override: float | None) -> dict[str, float] | None:
-    """The datasheet's dense peaks of this card (or ``--peak-tflops``), None if unknown."""
-    if override:
-        return {"bf16": override, "fp8": 2 * override}
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-
-
-def fp8_available() -> tuple[bool, str]:
-    from megatron_zppo.train.precision import PrecisionConfig, PrecisionError, check_precision, detect
-
-    te, cap, cuda = detect()
-    try:
-        check_precision(PrecisionConfig("bf16", "tensorwise"), te, cap, cuda_version=cuda)
-        return True, f"TE {te}"
-    except PrecisionError as err:
-        return False, str(err)
-
-
-def unavailable_rows(smoke: bool) -> list[str]:
-    """What this machine cannot run, said in the report rather than left out of it."""
-    import importlib.util
-
-    rows = []
-    te = importlib.util.find_spec("transformer_engine") is not None
-    if not te:
-        why = f"{NOT_AVAILABLE} (no transformer_engine; its 729 MB wheel cannot travel to the lent GPU machine)"
-        rows.append(f"| Transformer Engine layer spec | TE linear/norm/attention layers | {why} |")
-        rows.append(f"| THD (packed) attention through TE | TE fused attention on cu_seqlens | {why} |")
-    fp8, why = (False, "CPU smoke run") if smoke else fp8_available()
-    if not fp8:  # else qwen3_rows measures it
-        rows.append(f"| throughput | FP8 (TE tensorwise recipe) | {NOT_AVAILABLE} ({why}) |")
-    if importlib.util.find_spec("sglang") is None:
-        rows.append(f"| SGLang rollout engine | generation + weight sync into a server | {NOT_AVAILABLE} (no sglang; "
-                    "its ~11 GB environment cannot travel; tests_live/ runs it on CPU) |")
-    return rows
-
-
 def qwen3_rows(args, peaks: dict) -> list[str]:
     """Parity, PPO throughput at each length, weight export (and FP8 where TE allows)."""
     smoke = args.cpu_smoke
     shape = TINY if smoke else QWEN3_06B
     lengths = [32, 64] if smoke else [2048, 4096]
     long = 128 if smoke else 8192  # with selective recompute: see the docstring
-    rows = [f"| model | random Qwen3, {matmul_params(shape) / 1e6:,.1f} M matmul parameters | "
+    from megatron_zppo.train.model import _use_local_spec
+
+    spec = "local (torch) layer spec" if _use_local_spec("auto") else "Transformer Engine layer spec"
+    rows = [f"| model | random Qwen3, {matmul_params(shape) / 1e6:,.1f} M matmul parameters, {spec} | "
             f"{shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, vocab {shape['vocab_size']:,} |"]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -340,16 +262,6 @@ def throughput_rows(trainer, shape, lengths, kind: str, peaks: dict, args, note:
         rows.append(f"| throughput | {kind} PPO step, 1 x {seq} tokens{note} | {tps:,.0f} tokens/s "
                     f"({seconds * 1e3:.1f} ms){mfu_text(tps * flops_per_token(shape, seq), kind, peaks)} |")
     return rows
-
-
-def mfu_text(model_flops_per_s: float, kind: str, peaks: dict) -> str:
-    """', MFU a% of the measured bf16 rate, b% of the datasheet' (whichever peaks are known)."""
-    parts = []
-    if kind == "bf16" and peaks.get("measured"):
-        parts.append(f"{100 * model_flops_per_s / (peaks['measured'] * 1e12):.1f}% of the measured bf16 rate")
-    if (peaks.get("datasheet") or {}).get(kind):
-        parts.append(f"{100 * model_flops_per_s / (peaks['datasheet'][kind] * 1e12):.1f}% of the datasheet {kind} peak")
-    return f", MFU {', '.join(parts)}" if parts else ""
 
 
 def packing_rows(args, peaks: dict) -> list[str]:
@@ -406,25 +318,12 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     t0 = time.perf_counter()
     report = Report(Path(args.out), [f"# gpu_check on {device}", "", f"torch {torch.__version__}, "
-                                     f"{_versions()}", "", "| check | setting | result |", "|---|---|---|"])
+                                     f"{versions()}", "", "| check | setting | result |", "|---|---|---|"])
     run(args, report)
     report.add([f"| total | wall clock of the check | {time.perf_counter() - t0:.0f} s |"])
     if report.failed:
         print(f"[gpu_check] FAILED sections: {', '.join(report.failed)}", file=sys.stderr)
     return 1 if report.failed else 0
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = ("megatron-core", "megatron-bridge", "transformers", "transformer-engine")
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            found.append(f"no {name}")
-    return ", ".join(found)
 
 
 if __name__ == "__main__":

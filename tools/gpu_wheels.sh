@@ -66,3 +66,13 @@ if [ "$size" -gt $((LIMIT_MIB * 1024 * 1024)) ]; then
   echo "gpu_wheels.sh: $WHL_DIR is over ${LIMIT_MIB} MiB; the device tool carries 64 MiB in all" >&2
   exit 1
 fi
+# What the device tool sends in all: tracked and untracked-not-ignored files (shared/ included), plus .whl/.
+if [ "$WHL_DIR" = .whl ] && git rev-parse --git-dir > /dev/null 2>&1; then
+  tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2> /dev/null \
+    | awk '{ s += $1 } END { print s + 0 }')
+  echo "gpu_wheels.sh: working tree $((tree / 1024)) KiB + .whl $((size / 1024)) KiB travel (limit 65536 KiB)"
+  if [ $((tree + size)) -gt $((64 * 1024 * 1024)) ]; then
+    echo "gpu_wheels.sh: the working tree plus .whl/ is over the device tool's 64 MiB" >&2
+    exit 1
+  fi
+fi

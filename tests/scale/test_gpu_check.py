@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 _spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
 gc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gc)
+import gpu_check_report as gr  # noqa: E402 - benchmarks/ is on sys.path from here on
 NUMBER = r"([0-9.e+-]+)"
 
 
@@ -66,7 +67,7 @@ def test_cpu_smoke_runs_every_check_and_writes_the_report(tmp_path):
 
 
 def test_a_failing_section_becomes_a_failed_row_and_the_report_is_written_at_once(tmp_path):
-    report = gc.Report(tmp_path / "r.md", ["| check | setting | result |"])
+    report = gr.Report(tmp_path / "r.md", ["| check | setting | result |"])
     report.section("good", lambda: ["| a | b | 1 |"])
     report.section("bad", lambda: 1 / 0)
     report.section("after", lambda: ["| c | d | 2 |"])
@@ -77,12 +78,12 @@ def test_a_failing_section_becomes_a_failed_row_and_the_report_is_written_at_onc
 
 
 def test_mfu_is_given_against_the_measured_rate_and_the_datasheet():
-    text = gc.mfu_text(400e12, "bf16", {"measured": 800.0, "datasheet": {"bf16": 1000.0, "fp8": 2000.0}})
+    text = gr.mfu_text(400e12, "bf16", {"measured": 800.0, "datasheet": {"bf16": 1000.0, "fp8": 2000.0}})
     assert text == ", MFU 50.0% of the measured bf16 rate, 40.0% of the datasheet bf16 peak"
     # FP8 against the FP8 datasheet figure only: the measured rate is a bf16 one.
-    assert gc.mfu_text(400e12, "fp8", {"measured": 800.0, "datasheet": {"bf16": 1000.0, "fp8": 2000.0}}) == (
+    assert gr.mfu_text(400e12, "fp8", {"measured": 800.0, "datasheet": {"bf16": 1000.0, "fp8": 2000.0}}) == (
         ", MFU 20.0% of the datasheet fp8 peak")
-    assert gc.mfu_text(400e12, "bf16", {"measured": None, "datasheet": None}) == ""
+    assert gr.mfu_text(400e12, "bf16", {"measured": None, "datasheet": None}) == ""
 
 
 def test_matmul_parameter_count_matches_the_hf_models_linear_layers():
@@ -103,8 +104,8 @@ def test_flops_per_token_adds_attention_that_grows_with_length():
 
 
 def test_peak_override_and_known_cards():
-    assert gc.peak_tflops(500.0) == {"bf16": 500.0, "fp8": 1000.0}
-    assert gc.PEAK_TFLOPS["H100"] == {"bf16": 989.0, "fp8": 1979.0}
+    assert gr.peak_tflops(500.0) == {"bf16": 500.0, "fp8": 1000.0}
+    assert gr.PEAK_TFLOPS["H100"] == {"bf16": 989.0, "fp8": 1979.0}
 
 
 def test_without_a_gpu_the_full_check_refuses_and_points_to_the_smoke_run():
