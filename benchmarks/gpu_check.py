@@ -18,8 +18,9 @@ the time limit still returns what it measured; a section that fails becomes a FA
 5. Qwen3.5-VL: parity with images and a PPO step on rows with images (gpu_check_vl.py);
 6. sequence packing, when benchmarks/gpu_check_packing.py is in the tree (its ``packing_rows``).
 
-``--cpu-smoke`` runs the same code on tiny models on CPU in well under a minute (what CI runs, and the
-rehearsal of the lent machine's install, tools/gpu_rehearsal.sh).
+Sections 2-6 are named qwen3, memory, qwen35, vl and packing for ``--sections`` (a rerun of what a
+short lease did not reach). ``--cpu-smoke`` runs the same code on tiny models on CPU in well under a
+minute (what CI runs, and the rehearsal of the lent machine's install, tools/gpu_rehearsal.sh).
 
 MFU = achieved model FLOP/s / peak dense FLOP/s. Model FLOPs per token (PaLM's convention):
 6 x (parameters in matmuls, embedding lookup excluded) + 12 x layers x attention width x sequence
@@ -28,6 +29,8 @@ length; recomputation is not counted. Peaks: the bf16 rate measured in this run,
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import argparse
 import os
@@ -61,6 +64,7 @@ QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False)
 PROMPT = 128  # prompt tokens of every timed row; the rest is response (what the loss covers)
+SECTIONS = ("qwen3", "memory", "qwen35", "vl", "packing")  # --sections names, in running order
 
 
 def save_random_model(out_dir: str, shape: dict, dtype: torch.dtype, seed: int = 0) -> str:
@@ -216,62 +220,61 @@ def _is_bf16(policy) -> bool:
     return bool(get_model_config(policy.chunks[0]).bf16)
 
 
-def qwen3_rows(args, peaks: dict) -> list[str]:
+def qwen3_rows(args, peaks: dict) -> Iterator[str]:
     """Parity, PPO throughput at each length, weight export (and FP8 where TE allows)."""
+    from megatron_zppo.train.model import _use_local_spec
+
     smoke = args.cpu_smoke
     shape = TINY if smoke else QWEN3_06B
     lengths = [32, 64] if smoke else [2048, 4096]
     long = 128 if smoke else 8192  # with selective recompute: see the docstring
-    from megatron_zppo.train.model import _use_local_spec
-
     spec = "local (torch) layer spec" if _use_local_spec("auto") else "Transformer Engine layer spec"
-    rows = [f"| model | random Qwen3, {matmul_params(shape) / 1e6:,.1f} M matmul parameters, {spec} | "
-            f"{shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, vocab {shape['vocab_size']:,} |"]
+    yield (f"| model | random Qwen3, {matmul_params(shape) / 1e6:,.1f} M matmul parameters, {spec} | "
+           f"{shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, vocab {shape['vocab_size']:,} |")
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         hf_dir = save_random_model(tmp, shape, torch.float32 if smoke else torch.bfloat16)
-        rows.append(f"| setup | random checkpoint written | {time.perf_counter() - t0:.1f} s |")
+        yield f"| setup | random checkpoint written | {time.perf_counter() - t0:.1f} s |"
         batch = parity_batch(shape["vocab_size"])
         ref = reference_logprobs(hf_dir, batch)
         fp32, _ = build(hf_dir, "fp32")
         diff = (trainer_logprobs(fp32, batch) - ref).abs().max().item()
-        rows.append(f"| log-prob parity | fp32 trainer vs float64 CPU | max abs diff {diff:.2e} |")
+        yield f"| log-prob parity | fp32 trainer vs float64 CPU | max abs diff {diff:.2e} |"
         del fp32
         policy, trainer = build(hf_dir, "bf16", train=True)
         diff = (trainer_logprobs(policy, batch) - ref).abs().max().item()
-        rows.append(f"| log-prob parity | bf16 trainer vs float64 CPU | max abs diff {diff:.2e} |")
-        rows += throughput_rows(trainer, shape, lengths, "bf16", peaks, args)
+        yield f"| log-prob parity | bf16 trainer vs float64 CPU | max abs diff {diff:.2e} |"
+        yield from throughput_rows(trainer, shape, lengths, "bf16", peaks, args)
         seconds, gb = time_weight_export(policy, hf_dir)
-        rows.append(f"| weight sync | export_hf_weights -> HFEngine.update_weights | {seconds:.2f} s for "
+        yield (f"| weight sync | export_hf_weights -> HFEngine.update_weights | {seconds:.2f} s for "
                     f"{gb:.3f} GB ({gb / max(seconds, 1e-9):.2f} GB/s) |")
         del policy, trainer
         _, trainer = build(hf_dir, "bf16", train=True, recompute="selective")
-        rows += throughput_rows(trainer, shape, [long], "bf16", peaks, args, note=", selective recompute")
+        yield from throughput_rows(trainer, shape, [long], "bf16", peaks, args, note=", selective recompute")
         del trainer
         if not smoke and fp8_available()[0]:
             _, fp8_trainer = build(hf_dir, "bf16", fp8="tensorwise", train=True)
-            rows += throughput_rows(fp8_trainer, shape, lengths, "fp8", peaks, args)
-    return rows
+            yield from throughput_rows(fp8_trainer, shape, lengths, "fp8", peaks, args)
 
 
-def throughput_rows(trainer, shape, lengths, kind: str, peaks: dict, args, note: str = "") -> list[str]:
-    rows = []
+def throughput_rows(trainer, shape, lengths, kind: str, peaks: dict, args, note: str = "") -> Iterator[str]:
     for seq in lengths:
         seconds = time_ppo_step(trainer, shape["vocab_size"], seq, args.warmup, args.steps)
         tps = seq / seconds
-        rows.append(f"| throughput | {kind} PPO step, 1 x {seq} tokens{note} | {tps:,.0f} tokens/s "
-                    f"({seconds * 1e3:.1f} ms){mfu_text(tps * flops_per_token(shape, seq), kind, peaks)} |")
-    return rows
+        yield (f"| throughput | {kind} PPO step, 1 x {seq} tokens{note} | {tps:,.0f} tokens/s "
+               f"({seconds * 1e3:.1f} ms){mfu_text(tps * flops_per_token(shape, seq), kind, peaks)} |")
 
 
-def packing_rows(args, peaks: dict) -> list[str]:
-    """Hook for the packing section: benchmarks/gpu_check_packing.py's ``packing_rows(args, peaks)``."""
+def packing_rows(args, peaks: dict):
+    """Hook for the packing section: ``packing_rows(check, args, peaks)`` of benchmarks/gpu_check_packing.py,
+    given this module (its build, parity and timing helpers), the arguments and the peaks for MFU; it
+    returns or yields Markdown rows, as the other sections do."""
     if not (Path(__file__).parent / "gpu_check_packing.py").exists():
         return ["| sequence packing | packed vs padded PPO step | not run: benchmarks/gpu_check_packing.py is not "
                 "in this tree yet |"]
     from gpu_check_packing import packing_rows as rows
 
-    return rows(args, peaks)
+    return rows(sys.modules[__name__], args, peaks)
 
 
 def run(args, report: Report) -> None:
@@ -293,14 +296,20 @@ def run(args, report: Report) -> None:
                 f"{(peaks['datasheet'] or {}).get('bf16', 'unknown')}) |"]
 
     report.section("peak", matmul_rows)
+    sections = {
+        "qwen3": ("Qwen3", lambda: qwen3_rows(args, peaks)),
+        "memory": ("chunked log-probs", lambda: chunked_logprob_memory_rows(smoke)),
+        "qwen35": ("Qwen3.5", lambda: qwen35_rows(sys.modules[__name__], smoke, args)),
+        "vl": ("Qwen3.5-VL", lambda: vl_rows(build, trainer_logprobs, time_steps, smoke, args.warmup, args.steps)),
+        "packing": ("packing", lambda: packing_rows(args, peaks)),
+    }
     parallel.initialize(parallel.ParallelConfig(seed=0))
     try:
-        report.section("Qwen3", lambda: qwen3_rows(args, peaks))
-        report.section("chunked log-probs", lambda: chunked_logprob_memory_rows(smoke))
-        report.section("Qwen3.5", lambda: qwen35_rows(sys.modules[__name__], smoke, args))
-        report.section("Qwen3.5-VL", lambda: vl_rows(build, trainer_logprobs, time_steps, smoke, args.warmup,
-                                                     args.steps))
-        report.section("packing", lambda: packing_rows(args, peaks))
+        for key, (name, rows) in sections.items():
+            if key in args.sections:
+                report.section(name, rows)
+            else:
+                report.add([f"| {name} | - | not run: left out by --sections |"])
     finally:
         parallel.destroy()
 
@@ -312,7 +321,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per setting (median reported)")
     ap.add_argument("--peak-tflops", type=float, help="dense bf16 peak of this card (FP8 taken as twice it)")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma-separated subset of {','.join(SECTIONS)} (a rerun of what a short lease missed)")
     args = ap.parse_args(argv)
+    args.sections = [s for s in args.sections.split(",") if s]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        ap.error(f"--sections: unknown {unknown}; expected a subset of {list(SECTIONS)}")
     if not args.cpu_smoke and not torch.cuda.is_available():
         ap.error("no GPU visible; use --cpu-smoke to run the same code on a tiny model on CPU")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"

@@ -9,6 +9,8 @@ conv1d and chunked delta rule (train/qwen35_cpu.py); the rows name the path that
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import tempfile
 
 import torch
@@ -41,12 +43,10 @@ def _gdn_path(policy) -> str:
     return "torch delta rule" if get_model_config(policy.chunks[0]).deterministic_mode else "FLA kernels"
 
 
-def qwen35_rows(check, smoke: bool, args) -> list[str]:
+def qwen35_rows(check, smoke: bool, args) -> Iterator[str]:
     """The Markdown rows; ``check`` is the gpu_check module (its build, parity and timing helpers)."""
     from megatron_zppo.train.logprobs import SequenceBatch
     from megatron_zppo.train.trainer import PPOMicroBatch
-
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_random_qwen35(tmp, smoke)
         vocab = TINY_TEXT["vocab_size"] if smoke else VOCAB
@@ -54,12 +54,12 @@ def qwen35_rows(check, smoke: bool, args) -> list[str]:
         ref = check.reference_logprobs(hf_dir, batch)
         policy, _ = check.build(hf_dir, "fp32")
         diff = (check.trainer_logprobs(policy, batch) - ref).abs().max().item()
-        rows.append(f"| Qwen3.5 hybrid log-prob parity | fp32 trainer ({_gdn_path(policy)}) vs float64 CPU | "
+        yield (f"| Qwen3.5 hybrid log-prob parity | fp32 trainer ({_gdn_path(policy)}) vs float64 CPU | "
                     f"max abs diff {diff:.2e} |")
         del policy
         policy, trainer = check.build(hf_dir, "bf16", train=True)
         diff = (check.trainer_logprobs(policy, batch) - ref).abs().max().item()
-        rows.append(f"| Qwen3.5 hybrid log-prob parity | bf16 trainer ({_gdn_path(policy)}) vs float64 CPU | "
+        yield (f"| Qwen3.5 hybrid log-prob parity | bf16 trainer ({_gdn_path(policy)}) vs float64 CPU | "
                     f"max abs diff {diff:.2e} |")
         # Longer than the delta rule's 64-token chunk even in the smoke run, so state crosses chunks.
         seq = 96 if smoke else 2048
@@ -69,6 +69,5 @@ def qwen35_rows(check, smoke: bool, args) -> list[str]:
                                    torch.tensor([seq - prompt]), seq - prompt)
         mb = [PPOMicroBatch(rows_batch, torch.full((1, seq - prompt), -3.0), torch.ones(1))]
         seconds = check.time_steps(trainer, mb, args.warmup, args.steps)
-        rows.append(f"| Qwen3.5 hybrid throughput | bf16 PPO step, 1 x {seq} tokens, {2 * len(LAYERS)} layers "
+        yield (f"| Qwen3.5 hybrid throughput | bf16 PPO step, 1 x {seq} tokens, {2 * len(LAYERS)} layers "
                     f"({_gdn_path(policy)}) | {seq / seconds:,.0f} tokens/s ({seconds * 1e3:.1f} ms) |")
-    return rows

@@ -3,6 +3,7 @@ what this machine cannot run, the measured and datasheet peaks, and MFU against 
 
 from __future__ import annotations
 
+import gc
 import time
 import traceback
 from pathlib import Path
@@ -36,13 +37,19 @@ class Report:
         print("\n".join(rows), flush=True)
 
     def section(self, name: str, fn) -> None:
+        """Run ``fn`` (a list of rows, or a generator of rows: each one is kept as soon as it is yielded,
+        so the rows before a failure stay); a failure becomes a FAILED row and later sections still run."""
         t0 = time.perf_counter()
         try:
-            self.add(fn())
+            for row in fn():
+                self.add([row])
         except Exception as e:  # noqa: BLE001 - reported, not hidden: the row says what failed
             traceback.print_exc()
             self.failed.append(name)
             self.add([f"| {name} | - | FAILED: {type(e).__name__}: {str(e)[:300]} |"])
+            gc.collect()  # an out-of-memory failure must not take the next section's memory too
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         print(f"[gpu_check] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
 
     def _write(self) -> None:

@@ -10,6 +10,8 @@ local spec and Megatron's torch delta rule on CUDA. A failure becomes a FAILED r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import dataclasses
 import io
 
@@ -90,13 +92,11 @@ def reference_logprobs(hf_dir: str, batch) -> torch.Tensor:
     return out
 
 
-def vl_rows(build, trainer_logprobs, time_steps, smoke: bool, warmup: int, steps: int) -> list[str]:
+def vl_rows(build, trainer_logprobs, time_steps, smoke: bool, warmup: int, steps: int) -> Iterator[str]:
     """The Markdown rows; ``build``, ``trainer_logprobs`` and ``time_steps`` are gpu_check.py's."""
     import tempfile
 
     from megatron_zppo.train.trainer import PPOMicroBatch
-
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_random_vl(tmp, smoke)
         vocab = (TINY_TEXT if smoke else TEXT)["vocab_size"]
@@ -108,11 +108,10 @@ def vl_rows(build, trainer_logprobs, time_steps, smoke: bool, warmup: int, steps
                 del policy
                 policy, trainer = build(hf_dir, "bf16", train=True)
             diff = (trainer_logprobs(policy, batch) - ref).abs().max().item()
-            rows.append(f"| Qwen3.5-VL log-prob parity | {dtype} trainer vs float64 CPU, 2 rows with images | "
+            yield (f"| Qwen3.5-VL log-prob parity | {dtype} trainer vs float64 CPU, 2 rows with images | "
                         f"max abs diff {diff:.2e} |")
         mb = [PPOMicroBatch(batch, torch.full(batch.response_mask().shape, -3.0), torch.ones(2))]
         seconds = time_steps(trainer, mb, warmup, steps)
         tokens, patches = int(batch.tokens.numel()), int(batch.pixel_values.shape[0])
-        rows.append(f"| Qwen3.5-VL throughput | bf16 PPO step, 2 rows, {tokens} tokens + {patches} image "
+        yield (f"| Qwen3.5-VL throughput | bf16 PPO step, 2 rows, {tokens} tokens + {patches} image "
                     f"patches | {tokens / seconds:,.0f} tokens/s ({seconds * 1e3:.1f} ms) |")
-    return rows

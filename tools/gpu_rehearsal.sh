@@ -29,6 +29,14 @@ DEVICE_PACKAGES=(transformers==5.17.0 tokenizers==0.23.2 huggingface-hub==1.33.0
                  filelock typing-extensions setuptools sympy networkx jinja2 fsspec)
 DEVICE_NODEPS=(accelerate==1.15.0)  # declares torch, which comes from the project instead
 TORCH_ENTRIES=(torch torchgen functorch torchvision torchvision.libs triton nvidia cuda)
+# REHEARSAL_TORCH="torch==2.11.0 torchvision==0.26.0 triton==3.6.0" rehearses with the device's torch
+# itself: PyPI's CUDA build (530 MB) and Triton (Megatron-Core imports it), the CUDA 13 libraries taken
+# from the project's .venv. Too heavy for every CI run; run by hand when the device's torch is in question.
+if [ -n "${REHEARSAL_TORCH:-}" ]; then
+  read -r -a extra <<< "$REHEARSAL_TORCH"
+  DEVICE_NODEPS+=("${extra[@]}")
+  TORCH_ENTRIES=(nvidia cuda)
+fi
 
 CACHE=${ZPPO_REHEARSAL_CACHE:-$HOME/.cache/megatron_zppo/gpu-rehearsal}
 OUT=${OUT:-$CACHE/report}
@@ -61,7 +69,8 @@ if "$VENV/bin/python" -c 'import megatron' 2> /dev/null; then
   exit 1
 fi
 
-whl_key=$(cat requirements*.txt tools/gpu_wheels.sh | sha256sum | cut -c1-16)
+whl_key=$( (cat requirements*.txt tools/gpu_wheels.sh; echo "CARRY_TRANSFORMERS=${CARRY_TRANSFORMERS:-0}") | sha256sum \
+  | cut -c1-16)
 WHL=$CACHE/whl-$whl_key
 if [ ! -f "$WHL/.ready" ]; then
   WHL_DIR=$WHL bash tools/gpu_wheels.sh

@@ -68,12 +68,16 @@ def test_cpu_smoke_runs_every_check_and_writes_the_report(tmp_path):
 
 def test_a_failing_section_becomes_a_failed_row_and_the_report_is_written_at_once(tmp_path):
     report = gr.Report(tmp_path / "r.md", ["| check | setting | result |"])
+    def fails_half_way():
+        yield "| kept | before the failure | 0 |"
+        raise MemoryError("CUDA out of memory")
+
     report.section("good", lambda: ["| a | b | 1 |"])
-    report.section("bad", lambda: 1 / 0)
+    report.section("bad", fails_half_way)
     report.section("after", lambda: ["| c | d | 2 |"])
     text = (tmp_path / "r.md").read_text()
     assert "| a | b | 1 |" in text and "| c | d | 2 |" in text
-    assert "| bad | - | FAILED: ZeroDivisionError: division by zero |" in text
+    assert "| kept | before the failure | 0 |\n| bad | - | FAILED: MemoryError: CUDA out of memory |" in text
     assert report.failed == ["bad"]
 
 
@@ -113,3 +117,9 @@ def test_without_a_gpu_the_full_check_refuses_and_points_to_the_smoke_run():
     res = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py")], env=env, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "--cpu-smoke" in res.stderr
+
+
+def test_an_unknown_section_is_refused_with_the_known_ones():
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--cpu-smoke", "--sections",
+                          "qwen3,packng"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "unknown ['packng']" in res.stderr and "'packing'" in res.stderr
