@@ -5,12 +5,13 @@
 # 1. a throwaway venv holding only what that machine holds that matters here: transformers 5.17 and
 #    the other Hugging Face packages at the device's versions (the device tool's KINDS.md), their
 #    pure-Python needs, and torch. Torch is the project's own 2.14.1 (symlinked from .venv; the device
-#    has 2.11): PyPI's torch 2.11 for Linux is the CUDA build, ~900 MB plus its CUDA libraries, too
-#    heavy to fetch for a rehearsal. No Megatron, no .venv, no project install;
+#    has 2.11): PyPI's torch 2.11 for Linux is the CUDA build, 530 MB plus its CUDA libraries, too
+#    heavy to fetch on every CI run (REHEARSAL_TORCH below takes it). No Megatron, no .venv, no
+#    project install;
 # 2. the carried wheels (tools/gpu_wheels.sh);
 # 3. a copy of the tree as the device tool sends it (tracked and untracked-not-ignored files, plus .whl/),
 #    checked against the tool's 64 MiB limit;
-# 4. `tools/gpu_check.sh --cpu-smoke` in that copy with that venv's python as `python3`, which installs
+# 4. `tools/gpu_check.sh --cpu-smoke` in that copy with that venv's `python3` first on PATH, which installs
 #    the wheels with pip --no-index --no-deps --target and runs every section on tiny models.
 #
 #   tools/gpu_rehearsal.sh                      # report: $OUT/gpu_check.md ($CACHE/report/ without $OUT)
@@ -91,5 +92,6 @@ if [ "$size" -gt $((64 * 1024 * 1024)) ]; then
   exit 1
 fi
 cd "$TREE"
-env -u PYTHONPATH -u VIRTUAL_ENV PY="$VENV/bin/python" OUT="$OUT" CUDA_VISIBLE_DEVICES="" \
+# No PY and no .venv in the copy: gpu_check.sh picks `python3` from PATH, as it will there.
+env -u PYTHONPATH -u VIRTUAL_ENV -u PY PATH="$VENV/bin:$PATH" OUT="$OUT" CUDA_VISIBLE_DEVICES="" \
   bash tools/gpu_check.sh --cpu-smoke "$@"

@@ -29,7 +29,8 @@ def test_the_check_runs_with_the_devices_packages_and_the_carried_wheels_only(tm
     assert res.returncode == 0, log[-4000:]
     # The carried-wheel path was the one taken, under the device's transformers, not the project's.
     assert re.search(r"gpu_check.sh: installed \d+ carried wheels into /tmp/", log), log[-3000:]
-    assert re.search(r"gpu_check.sh: .*: torch [\d.]+\S*, transformers 5\.17\.0, CUDA False", log)
+    assert re.search(r"gpu_check.sh: \S*/venv-\w+/bin/python3?: torch [\d.]+\S*, transformers 5\.17\.0, "
+                     r"CUDA False", log), log[-3000:]
     kib = int(re.search(r"tree as the device tool would send it: (\d+) KiB", log).group(1))
     assert kib < 64 * 1024
     report = (tmp_path / "gpu_check.md").read_text()
