@@ -47,6 +47,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))  # the gpu_check_*.py section modules
 
 from gpu_check_report import (  # noqa: E402
+    NOT_AVAILABLE,
     Report,
     device_here,
     fp8_available,
@@ -54,6 +55,7 @@ from gpu_check_report import (  # noqa: E402
     mfu_text,
     peak_tflops,
     sync,
+    train_kind,
     unavailable_rows,
     versions,
 )
@@ -240,21 +242,39 @@ def qwen3_rows(args, peaks: dict) -> Iterator[str]:
         fp32, _ = build(hf_dir, "fp32")
         diff = (trainer_logprobs(fp32, batch) - ref).abs().max().item()
         yield f"| log-prob parity | fp32 trainer vs float64 CPU | max abs diff {diff:.2e} |"
+        yield softmax_row(fp32)
         del fp32
-        policy, trainer = build(hf_dir, "bf16", train=True)
-        diff = (trainer_logprobs(policy, batch) - ref).abs().max().item()
-        yield f"| log-prob parity | bf16 trainer vs float64 CPU | max abs diff {diff:.2e} |"
-        yield from throughput_rows(trainer, shape, lengths, "bf16", peaks, args)
+        kind = train_kind()[0]
+        policy, trainer = build(hf_dir, kind, train=True)
+        yield parity_row("log-prob parity", "bf16 trainer vs float64 CPU", policy, batch, ref)
+        yield from throughput_rows(trainer, shape, lengths, kind, peaks, args)
         seconds, gb = time_weight_export(policy, hf_dir)
         yield (f"| weight sync | export_hf_weights -> HFEngine.update_weights | {seconds:.2f} s for "
                     f"{gb:.3f} GB ({gb / max(seconds, 1e-9):.2f} GB/s) |")
         del policy, trainer
-        _, trainer = build(hf_dir, "bf16", train=True, recompute="selective")
-        yield from throughput_rows(trainer, shape, [long], "bf16", peaks, args, note=", selective recompute")
+        _, trainer = build(hf_dir, kind, train=True, recompute="selective")
+        yield from throughput_rows(trainer, shape, [long], kind, peaks, args, note=", selective recompute")
         del trainer
         if not smoke and fp8_available()[0]:
             _, fp8_trainer = build(hf_dir, "bf16", fp8="tensorwise", train=True)
             yield from throughput_rows(fp8_trainer, shape, lengths, "fp8", peaks, args)
+
+
+def parity_row(check: str, setting: str, policy, batch, ref) -> str:
+    """The bf16 parity row: measured where the trainer runs in bf16, else why it cannot (CPU)."""
+    kind, why = train_kind()
+    if kind != "bf16":
+        return f"| {check} | {setting} | {NOT_AVAILABLE} ({why}) |"
+    return f"| {check} | {setting} | max abs diff {(trainer_logprobs(policy, batch) - ref).abs().max().item():.2e} |"
+
+
+def softmax_row(policy) -> str:
+    """Which softmax the local attention takes: Apex's fused kernel, or torch's where it is absent."""
+    from megatron.core.utils import get_model_config
+
+    fused = get_model_config(policy.chunks[0]).masked_softmax_fusion
+    return (f"| attention softmax | local spec, bf16 inputs | {'fused (Apex kernels)' if fused else 'torch'} "
+            f"(masked_softmax_fusion={fused}) |")
 
 
 def throughput_rows(trainer, shape, lengths, kind: str, peaks: dict, args, note: str = "") -> Iterator[str]:
@@ -265,16 +285,20 @@ def throughput_rows(trainer, shape, lengths, kind: str, peaks: dict, args, note:
                f"({seconds * 1e3:.1f} ms){mfu_text(tps * flops_per_token(shape, seq), kind, peaks)} |")
 
 
-def packing_rows(args, peaks: dict):
-    """Hook for the packing section: ``packing_rows(check, args, peaks)`` of benchmarks/gpu_check_packing.py,
-    given this module (its build, parity and timing helpers), the arguments and the peaks for MFU; it
-    returns or yields Markdown rows, as the other sections do."""
+def packing_rows(args) -> Iterator[str]:
+    """The packing section: benchmarks/gpu_check_packing.py's rows (THD vs padded parity, packed vs padded
+    PPO tokens/s). That module reports its own failure as a row; here it also fails the section."""
     if not (Path(__file__).parent / "gpu_check_packing.py").exists():
-        return ["| sequence packing | packed vs padded PPO step | not run: benchmarks/gpu_check_packing.py is not "
-                "in this tree yet |"]
+        yield "| sequence packing | packed vs padded PPO step | not run: benchmarks/gpu_check_packing.py is not in this tree |"
+        return
     from gpu_check_packing import packing_rows as rows
 
-    return rows(sys.modules[__name__], args, peaks)
+    failed = False
+    for row in rows(build, time_steps, args.cpu_smoke, args.warmup, args.steps):
+        failed = failed or row.startswith("| packing | failed |") or "(MISMATCH)" in row
+        yield row
+    if failed:
+        raise RuntimeError("the packing rows above report a failure")
 
 
 def run(args, report: Report) -> None:
@@ -290,18 +314,18 @@ def run(args, report: Report) -> None:
     report.section("not available here", lambda: unavailable_rows(smoke))
 
     def matmul_rows():
-        n = 512 if smoke else 8192
-        peaks["measured"] = measure_matmul_tflops(n)
-        return [f"| peak | bf16 matmul {n}^3, measured here | {peaks['measured']:,.4g} TFLOP/s (datasheet: "
-                f"{(peaks['datasheet'] or {}).get('bf16', 'unknown')}) |"]
+        n, kind = (512 if smoke else 8192), train_kind()[0]  # the dtype the trainer runs in here
+        peaks["measured"] = (kind, measure_matmul_tflops(n, kind))
+        return [f"| peak | {kind} matmul {n}^3, measured here | {peaks['measured'][1]:,.4g} TFLOP/s (datasheet: "
+                f"{(peaks['datasheet'] or {}).get(kind, 'unknown')}) |"]
 
     report.section("peak", matmul_rows)
     sections = {
         "qwen3": ("Qwen3", lambda: qwen3_rows(args, peaks)),
         "memory": ("chunked log-probs", lambda: chunked_logprob_memory_rows(smoke)),
         "qwen35": ("Qwen3.5", lambda: qwen35_rows(sys.modules[__name__], smoke, args)),
-        "vl": ("Qwen3.5-VL", lambda: vl_rows(build, trainer_logprobs, time_steps, smoke, args.warmup, args.steps)),
-        "packing": ("packing", lambda: packing_rows(args, peaks)),
+        "vl": ("Qwen3.5-VL", lambda: vl_rows(sys.modules[__name__], smoke, args)),
+        "packing": ("packing", lambda: packing_rows(args)),
     }
     parallel.initialize(parallel.ParallelConfig(seed=0))
     try:

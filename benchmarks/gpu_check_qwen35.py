@@ -47,6 +47,7 @@ def qwen35_rows(check, smoke: bool, args) -> Iterator[str]:
     """The Markdown rows; ``check`` is the gpu_check module (its build, parity and timing helpers)."""
     from megatron_zppo.train.logprobs import SequenceBatch
     from megatron_zppo.train.trainer import PPOMicroBatch
+
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_random_qwen35(tmp, smoke)
         vocab = TINY_TEXT["vocab_size"] if smoke else VOCAB
@@ -55,12 +56,12 @@ def qwen35_rows(check, smoke: bool, args) -> Iterator[str]:
         policy, _ = check.build(hf_dir, "fp32")
         diff = (check.trainer_logprobs(policy, batch) - ref).abs().max().item()
         yield (f"| Qwen3.5 hybrid log-prob parity | fp32 trainer ({_gdn_path(policy)}) vs float64 CPU | "
-                    f"max abs diff {diff:.2e} |")
+               f"max abs diff {diff:.2e} |")
         del policy
-        policy, trainer = check.build(hf_dir, "bf16", train=True)
-        diff = (check.trainer_logprobs(policy, batch) - ref).abs().max().item()
-        yield (f"| Qwen3.5 hybrid log-prob parity | bf16 trainer ({_gdn_path(policy)}) vs float64 CPU | "
-                    f"max abs diff {diff:.2e} |")
+        kind = check.train_kind()[0]
+        policy, trainer = check.build(hf_dir, kind, train=True)
+        yield check.parity_row("Qwen3.5 hybrid log-prob parity", f"bf16 trainer ({_gdn_path(policy)}) vs float64 CPU",
+                               policy, batch, ref)
         # Longer than the delta rule's 64-token chunk even in the smoke run, so state crosses chunks.
         seq = 96 if smoke else 2048
         prompt = seq // 8
@@ -69,5 +70,5 @@ def qwen35_rows(check, smoke: bool, args) -> Iterator[str]:
                                    torch.tensor([seq - prompt]), seq - prompt)
         mb = [PPOMicroBatch(rows_batch, torch.full((1, seq - prompt), -3.0), torch.ones(1))]
         seconds = check.time_steps(trainer, mb, args.warmup, args.steps)
-        yield (f"| Qwen3.5 hybrid throughput | bf16 PPO step, 1 x {seq} tokens, {2 * len(LAYERS)} layers "
-                    f"({_gdn_path(policy)}) | {seq / seconds:,.0f} tokens/s ({seconds * 1e3:.1f} ms) |")
+        yield (f"| Qwen3.5 hybrid throughput | {kind} PPO step, 1 x {seq} tokens, {2 * len(LAYERS)} layers "
+               f"({_gdn_path(policy)}) | {seq / seconds:,.0f} tokens/s ({seconds * 1e3:.1f} ms) |")

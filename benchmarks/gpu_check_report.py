@@ -56,10 +56,26 @@ class Report:
         self.path.write_text("\n".join(self.lines) + "\n")
 
 
-def measure_matmul_tflops(n: int, warmup: int = 3, reps: int = 10) -> float:
-    """Mean bf16 TFLOP/s of an n x n x n product on random data (KINDS.md's recipe for the H200)."""
+def train_kind() -> tuple[str, str | None]:
+    """("bf16", None) where our precision check lets the trainer run in bf16 (a GPU), else ("fp32", why).
+
+    The check refuses bf16 without a GPU; the CPU smoke run then trains in fp32 and says so in a row.
+    """
+    from megatron_zppo.train.precision import PrecisionConfig, PrecisionError, check_precision, detect
+
+    te, cap, cuda = detect()
+    try:
+        check_precision(PrecisionConfig("bf16"), te, cap, cuda_version=cuda, layer_spec="local")
+        return "bf16", None
+    except PrecisionError as err:
+        return "fp32", str(err)
+
+
+def measure_matmul_tflops(n: int, dtype: str = "bf16", warmup: int = 3, reps: int = 10) -> float:
+    """Mean TFLOP/s of an n x n x n product on random data (KINDS.md's recipe for the H200)."""
     g = torch.Generator(device="cpu").manual_seed(0)
-    a, b = (torch.randn(n, n, generator=g).to(device_here(), torch.bfloat16) for _ in range(2))
+    torch_dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    a, b = (torch.randn(n, n, generator=g).to(device_here(), torch_dtype) for _ in range(2))
     for _ in range(warmup):
         a @ b
     sync()
@@ -111,10 +127,14 @@ def unavailable_rows(smoke: bool) -> list[str]:
 
 
 def mfu_text(model_flops_per_s: float, kind: str, peaks: dict) -> str:
-    """', MFU a% of the measured bf16 rate, b% of the datasheet' (whichever peaks are known)."""
+    """', MFU a% of the measured bf16 rate, b% of the datasheet' (whichever peaks are known).
+
+    ``peaks``: {"measured": (dtype, TFLOP/s) or None, "datasheet": {dtype: TFLOP/s} or None}.
+    """
     parts = []
-    if kind == "bf16" and peaks.get("measured"):
-        parts.append(f"{100 * model_flops_per_s / (peaks['measured'] * 1e12):.1f}% of the measured bf16 rate")
+    measured = peaks.get("measured")
+    if measured and measured[0] == kind:
+        parts.append(f"{100 * model_flops_per_s / (measured[1] * 1e12):.1f}% of the measured {kind} rate")
     if (peaks.get("datasheet") or {}).get(kind):
         parts.append(f"{100 * model_flops_per_s / (peaks['datasheet'][kind] * 1e12):.1f}% of the datasheet {kind} peak")
     return f", MFU {', '.join(parts)}" if parts else ""

@@ -92,26 +92,27 @@ def reference_logprobs(hf_dir: str, batch) -> torch.Tensor:
     return out
 
 
-def vl_rows(build, trainer_logprobs, time_steps, smoke: bool, warmup: int, steps: int) -> Iterator[str]:
-    """The Markdown rows; ``build``, ``trainer_logprobs`` and ``time_steps`` are gpu_check.py's."""
+def vl_rows(check, smoke: bool, args) -> Iterator[str]:
+    """The Markdown rows; ``check`` is the gpu_check module (its build, parity and timing helpers)."""
     import tempfile
 
     from megatron_zppo.train.trainer import PPOMicroBatch
+
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_random_vl(tmp, smoke)
         vocab = (TINY_TEXT if smoke else TEXT)["vocab_size"]
         batch = image_batch(hf_dir, vocab, 16 if smoke else 1024, 64 if smoke else 448)
         ref = reference_logprobs(hf_dir, batch)
-        policy, _ = build(hf_dir, "fp32")
-        for dtype in ("fp32", "bf16"):
-            if dtype == "bf16":  # the trained policy's own log-probs: one build fewer
-                del policy
-                policy, trainer = build(hf_dir, "bf16", train=True)
-            diff = (trainer_logprobs(policy, batch) - ref).abs().max().item()
-            yield (f"| Qwen3.5-VL log-prob parity | {dtype} trainer vs float64 CPU, 2 rows with images | "
-                        f"max abs diff {diff:.2e} |")
+        policy, _ = check.build(hf_dir, "fp32")
+        diff = (check.trainer_logprobs(policy, batch) - ref).abs().max().item()
+        yield f"| Qwen3.5-VL log-prob parity | fp32 trainer vs float64 CPU, 2 rows with images | max abs diff {diff:.2e} |"
+        del policy
+        kind = check.train_kind()[0]
+        policy, trainer = check.build(hf_dir, kind, train=True)  # its own log-probs: one build fewer
+        yield check.parity_row("Qwen3.5-VL log-prob parity", "bf16 trainer vs float64 CPU, 2 rows with images",
+                               policy, batch, ref)
         mb = [PPOMicroBatch(batch, torch.full(batch.response_mask().shape, -3.0), torch.ones(2))]
-        seconds = time_steps(trainer, mb, warmup, steps)
+        seconds = check.time_steps(trainer, mb, args.warmup, args.steps)
         tokens, patches = int(batch.tokens.numel()), int(batch.pixel_values.shape[0])
-        yield (f"| Qwen3.5-VL throughput | bf16 PPO step, 2 rows, {tokens} tokens + {patches} image "
-                    f"patches | {tokens / seconds:,.0f} tokens/s ({seconds * 1e3:.1f} ms) |")
+        yield (f"| Qwen3.5-VL throughput | {kind} PPO step, 2 rows, {tokens} tokens + {patches} image "
+               f"patches | {tokens / seconds:,.0f} tokens/s ({seconds * 1e3:.1f} ms) |")
