@@ -1,4 +1,4 @@
-"""The sequence-packing rows of the GPU check (benchmarks/gpu_check.py; not wired in yet): on a random
+"""The sequence-packing rows of the GPU check (benchmarks/gpu_check.py's packing section): on a random
 ~1B Qwen3 shape, through our ``build_policy`` (Transformer Engine layers on a GPU):
 
 1. THD vs padded log-prob parity in bf16: the same sequences once as padded rows and once back to
@@ -9,9 +9,7 @@
    lengths / 4): today's fixed rows (2 a micro-batch, padded to the longest) vs packed rows under a
    16,384-token budget, real tokens per second of each and their ratio.
 
-Wiring (for tools/gpu_check.sh's benchmarks/gpu_check.py ``run``, after the VL rows):
-    from gpu_check_packing import packing_rows
-    lines += packing_rows(build, time_steps, smoke, args.warmup, args.steps)
+gpu_check.py's ``packing_rows`` runs it after the VL rows (``--sections packing`` alone).
 ``--cpu-smoke`` (tiny model, fp32, the local spec's per-sequence attention) runs here in seconds:
     python benchmarks/gpu_check_packing.py --cpu-smoke
 Not run on a GPU yet.

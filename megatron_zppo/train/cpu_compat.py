@@ -3,8 +3,9 @@
 Megatron-Core assumes CUDA in literal calls (``torch.cuda.current_device()``, ``device="cuda"``,
 ``param.type() == "torch.cuda.FloatTensor"``, CUDA streams). With the CUDA build of torch on a
 machine without a GPU these fail as "Found no NVIDIA driver". Each shim below is named after the
-call it works around. ``enable()`` applies them only when ``torch.cuda.is_available()`` is False,
-so on a GPU machine this module changes nothing. We never edit the installed packages.
+call it works around. ``enable()`` applies them only when ``torch.cuda.is_available()`` is False;
+on a GPU machine it changes nothing but the Transformer Engine import stand-in, and that only where
+TE is not installed. We never edit the installed packages.
 """
 
 from __future__ import annotations
@@ -142,13 +143,20 @@ def _install_te_stand_in() -> None:
 
 
 def enable() -> list[str]:
-    """Apply the CPU shims once per process; returns the names of those applied (empty on GPU)."""
-    if torch.cuda.is_available() or _APPLIED:
+    """Apply the shims once per process; returns the names of those applied.
+
+    The CUDA shims only without a GPU. The TE stand-in wherever TE is absent, GPU or not: a CUDA
+    machine without TE (the lent GPU machine, ../shared/notes/gpu-device.md) cannot import the bridge
+    without it either. With a GPU and TE this changes nothing and returns an empty list.
+    """
+    if _APPLIED:
+        return list(_APPLIED)
+    _install_te_stand_in()
+    if torch.cuda.is_available():
         return list(_APPLIED)
     _patch_cuda_runtime()
     CudaToCpuMode().__enter__()  # left active for the life of the process, on purpose
     _APPLIED.append("CudaToCpuMode (device='cuda'->cpu, .cuda() no-op, Tensor.type() names)")
-    _install_te_stand_in()
     return list(_APPLIED)
 
 

@@ -75,6 +75,11 @@ def _use_local_spec(layer_spec: str) -> bool:
     return not (has_te and torch.cuda.is_available())
 
 
+def _has_fused_softmax_kernels() -> bool:
+    names = ("scaled_upper_triang_masked_softmax_cuda", "scaled_masked_softmax_cuda", "scaled_softmax_cuda")
+    return all(importlib.util.find_spec(name) is not None for name in names)
+
+
 def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
     from megatron_zppo.train import qwen35_cpu, qwen35_vl
     from megatron_zppo.train.packed_sequences import packed_local_layer_spec, register_with_bridge
@@ -89,6 +94,11 @@ def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
         qwen35_vl.configure(provider, local_spec=local)
     elif local:  # Megatron's local layers, with a core attention that also takes packed (THD) rows
         provider.transformer_layer_spec = packed_local_layer_spec
+    if local and not _has_fused_softmax_kernels():
+        # The local attention's bf16 softmax imports Megatron's fused-softmax CUDA extensions (Apex's
+        # build) when masked_softmax_fusion is on, the bridge's default; without them (a CPU, or a GPU
+        # machine without Apex or TE) take its torch softmax rather than fail at the first forward.
+        provider.masked_softmax_fusion = False
     provider.tensor_model_parallel_size = parallel.tensor_parallel
     provider.pipeline_model_parallel_size = parallel.pipeline_parallel
     te_version, capability, cuda = detect()  # FP8 without TE or on the wrong GPU: an error, not a fallback

@@ -19,11 +19,12 @@ runs on a CPU. Each piece below is named after what it works around:
 - ``enable_torch_gated_delta_rule``: without FLA, ``GatedDeltaNet`` refuses to build
   (``HAVE_FLA`` is False) and its q/k ``l2norm`` is None. Megatron ships plain-torch paths for the
   conv1d and the chunked delta rule, chosen by ``deterministic_mode``; only the l2norm is missing,
-  so we supply a torch one. This runs only when CUDA is absent (Triton has no CPU driver).
+  so we supply a torch one. This runs when CUDA is absent (Triton has no CPU driver) or FLA is
+  (a GPU machine without it, e.g. the lent one of ../shared/notes/gpu-device.md).
 
 ``configure`` applies these to a bridge provider; the spec parts only when the local spec is
-chosen, the delta-rule parts only without CUDA. On a GPU with TE it changes nothing. We never edit
-the installed packages.
+chosen, the delta-rule parts only without CUDA or without FLA. On a GPU with TE and FLA it changes
+nothing. We never edit the installed packages.
 """
 
 from __future__ import annotations
@@ -227,13 +228,20 @@ def torch_l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-6) -> torch.Ten
     return (x32 * torch.rsqrt(x32.pow(2).sum(dim, keepdim=True) + eps)).to(x.dtype)
 
 
+def needs_torch_gated_delta_rule() -> bool:
+    """True without CUDA (FLA's Triton kernels cannot run) or without an importable FLA."""
+    from megatron.core.ssm.gated_delta_net import common as gdn_common
+
+    return bool(_APPLIED) or not torch.cuda.is_available() or not gdn_common.HAVE_FLA
+
+
 def enable_torch_gated_delta_rule() -> list[str]:
-    """Let ``GatedDeltaNet`` build and run without FLA; a no-op when CUDA is available.
+    """Let ``GatedDeltaNet`` build and run without FLA; a no-op with CUDA and FLA.
 
     Megatron's torch conv1d and delta rule also need ``deterministic_mode=True`` on the model
     config (``configure`` sets it).
     """
-    if torch.cuda.is_available() or _APPLIED:
+    if _APPLIED or not needs_torch_gated_delta_rule():
         return list(_APPLIED)
     from megatron.core.ssm.gated_delta_net import common as gdn_common
 
@@ -251,7 +259,7 @@ def configure(provider, local_spec: bool) -> list[str]:
     if local_spec:
         provider.transformer_layer_spec = local_block_spec
         changed.append("transformer_layer_spec->local_block_spec")
-    if not torch.cuda.is_available():
+    if needs_torch_gated_delta_rule():
         # Selects Megatron's F.conv1d and torch_chunk_gated_delta_rule instead of FLA's kernels.
         provider.deterministic_mode = True
         changed.append("deterministic_mode=True (torch conv1d and delta rule)")

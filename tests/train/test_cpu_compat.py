@@ -1,4 +1,4 @@
-"""The CPU shims: what they make work without a GPU, and that they stay away when CUDA is present."""
+"""The CPU shims: what they make work without a GPU, and that with CUDA only the TE import stand-in remains."""
 
 import os
 import subprocess
@@ -42,21 +42,29 @@ def test_bridge_imports_without_transformer_engine_and_te_stays_absent():
     assert not te_ext.HAVE_TE
 
 
-def test_enable_changes_nothing_when_cuda_is_present():
+def test_with_cuda_only_the_te_stand_in_is_applied_and_the_bridge_imports():
     # A fresh interpreter: the shims are process-wide once applied, so this process cannot show it.
+    # TE is not installed here, as on the lent GPU machine: its stand-in is the one change, since the
+    # bridge cannot be imported without it on a GPU either.
     script = textwrap.dedent(
         """
         import sys, torch
         torch.cuda.is_available = lambda: True
         before = (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.current_stream,
-                  torch.cuda.Stream, torch.cuda.stream, list(sys.meta_path))
+                  torch.cuda.Stream, torch.cuda.stream)
+        finders = list(sys.meta_path)
         from megatron_zppo.train import cpu_compat
-        assert cpu_compat.enable() == []
+        applied = cpu_compat.enable()
+        assert applied == ["transformer_engine stand-in for megatron.bridge.peft.lora_layers"], applied
         after = (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.current_stream,
-                 torch.cuda.Stream, torch.cuda.stream, list(sys.meta_path))
-        assert before == after, "a shim was applied although CUDA is available"
+                 torch.cuda.Stream, torch.cuda.stream)
+        assert before == after, "a CUDA shim was applied although CUDA is available"
         assert torch._C._len_torch_function_stack() == 0
-        print("untouched")
+        assert [type(f).__name__ for f in sys.meta_path if f not in finders] == ["_TransformerEngineStandIn"]
+        assert cpu_compat.enable() == applied
+        from megatron.bridge import AutoBridge  # noqa: F401
+        assert "transformer_engine" not in sys.modules
+        print("stand-in only")
         """
     )
     repo = Path(__file__).resolve().parents[2]
@@ -64,5 +72,5 @@ def test_enable_changes_nothing_when_cuda_is_present():
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr
-    assert "untouched" in result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stand-in only" in result.stdout

@@ -163,14 +163,17 @@ def assert_resume_is_exact(hf_dir: str, micro_batches, ckpt: Path) -> None:
         assert torch.equal(got[name], tensor), name
 
 
-def test_configure_changes_nothing_when_cuda_is_present():
-    # A fresh interpreter: the delta-rule fallback is process-wide once applied here.
+def test_configure_changes_nothing_with_cuda_and_fla_but_takes_the_torch_path_on_cuda_without_fla():
+    # A fresh interpreter: the delta-rule fallback is process-wide once applied here. FLA is not
+    # installed here, so "with FLA" is its import guard set as a successful import would leave it.
     script = textwrap.dedent(
         """
         import types, torch
         torch.cuda.is_available = lambda: True
         from megatron.core.ssm.gated_delta_net import common
-        before = (common.HAVE_FLA, common.l2norm)
+        assert not common.HAVE_FLA  # this machine has no FLA, as the lent GPU machine has none
+        common.HAVE_FLA, fla_l2norm = True, object()
+        common.l2norm = fla_l2norm
         from megatron_zppo.train import qwen35_cpu
         te_spec = object()
         provider = types.SimpleNamespace(transformer_layer_spec=te_spec, deterministic_mode=False)
@@ -179,16 +182,21 @@ def test_configure_changes_nothing_when_cuda_is_present():
         assert qwen35_cpu.enable_torch_gated_delta_rule() == []
         # A GPU without Transformer Engine still needs the local spec, but keeps FLA's kernels.
         assert qwen35_cpu.configure(provider, local_spec=True) == ["transformer_layer_spec->local_block_spec"]
-        assert provider.deterministic_mode is False
-        assert (common.HAVE_FLA, common.l2norm) == before
-        print("untouched")
+        assert provider.deterministic_mode is False and common.l2norm is fla_l2norm
+        # A GPU without FLA (the lent machine): Megatron's torch conv1d and delta rule on CUDA.
+        common.HAVE_FLA = False
+        provider = types.SimpleNamespace(transformer_layer_spec=te_spec, deterministic_mode=False)
+        changed = qwen35_cpu.configure(provider, local_spec=True)
+        assert provider.deterministic_mode is True and common.HAVE_FLA
+        assert common.l2norm is qwen35_cpu.torch_l2norm, changed
+        print("as expected")
         """
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "untouched" in result.stdout
+    assert "as expected" in result.stdout
 
 
 def _run_layout(hf_dir: str, out: Path, nproc: int, *layout_args: str) -> list[dict]:
