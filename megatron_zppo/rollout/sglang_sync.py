@@ -167,25 +167,18 @@ class DistributedSync(ServerSync):
         if not self._groups:  # joined once, reused by every later sync
             self.phase = "init_weights_update_group"
             self._groups = [self._join(*g) for g in self.layout()]
-        buckets = weight_sync.marked_buckets(named_tensors, self.cfg.bucket_bytes)
-        current, index = next(buckets, None), 0
-        if current is None:
-            raise ValueError("update_weights got no tensors")
-        self.phase = "begin_weight_update"
-        self.each(lambda s: s.call("/begin_weight_update").result(timeout=self.cfg.timeout_s))
-        while current is not None:
-            bucket, last = current
+
+        def start(index: int, bucket: list, last: bool):
+            if index == 0:
+                self.phase = "begin_weight_update"
+                self.each(lambda s: s.call("/begin_weight_update").result(timeout=self.cfg.timeout_s))
             self.phase = f"update_weights_from_distributed (bucket {index})"
             payload = {**weight_sync.bucket_payload(bucket), "weight_version": version if last else None,
-                       "load_format": self.cfg.load_format}
-            in_flight = [self._start(name, group, members, payload, bucket) for name, group, members in self._groups]
-            try:
-                current = None if last else next(buckets)  # gather the next bucket while this one is on the wire
-            except BaseException:
-                self._finish(in_flight, quiet=True)
-                raise
-            self._finish(in_flight)
-            index += 1
+                       "load_format": self.cfg.load_format}  # the version rides on the last bucket only
+            return [self._start(name, group, members, payload, bucket) for name, group, members in self._groups]
+
+        if not weight_sync.stream_buckets(named_tensors, self.cfg.bucket_bytes, start, self._finish):
+            raise ValueError("update_weights got no tensors")
         self.phase = "end_weight_update"
         self.each(lambda s: s.call("/end_weight_update").result(timeout=self.cfg.timeout_s))
 
@@ -198,7 +191,7 @@ class DistributedSync(ServerSync):
             works = [err]
         return http, works, bucket  # the bucket stays referenced until its broadcast is done
 
-    def _finish(self, in_flight, quiet: bool = False) -> None:
+    def _finish(self, in_flight) -> None:
         """Every server's answer first (they name a failure better than a broken collective), then the
         works. After a first failure the rest get a short wait only: `close` then leaves the group,
         which unblocks any server still waiting on this bucket."""
@@ -216,7 +209,7 @@ class DistributedSync(ServerSync):
                     work.wait()
                 except Exception as err:
                     failure, wait_s = failure or err, min(wait_s, 10.0)
-        if failure is not None and not quiet:
+        if failure is not None:
             raise failure
 
     def _join(self, name: str, port: int, members: list[tuple[SGLangEngine, int]], world: int):

@@ -85,6 +85,31 @@ def marked_buckets(
     return iter_marked_buckets(named_tensors, _nbytes, max_bytes)
 
 
+def stream_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int,
+                   start: Callable[[int, list[tuple[str, torch.Tensor]], bool], T], finish: Callable[[T], None]) -> int:
+    """The sender's double-buffered loop; returns how many buckets were sent.
+
+    `start(index, bucket, is_last)` puts a bucket on the wire without waiting (async broadcasts,
+    HTTP calls in flight) and returns a handle that keeps it alive; the next bucket is gathered from
+    the export meanwhile; then `finish(handle)` waits for it. So the sender holds about two buckets.
+    """
+    buckets = marked_buckets(named_tensors, max_bytes)
+    current, index = next(buckets, None), 0
+    while current is not None:
+        handle = start(index, *current)
+        try:
+            current = None if current[1] else next(buckets)
+        except BaseException:  # the export failed mid-way: settle what is on the wire, then report it
+            try:
+                finish(handle)
+            except Exception:
+                pass
+            raise
+        finish(handle)
+        index += 1
+    return index
+
+
 def plan_buckets(metas: Iterable[TensorMeta], max_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[TensorMeta]]:
     """The pure planner: list of (name, shape, dtype) -> buckets under max_bytes, in order."""
     return list(iter_buckets(metas, meta_nbytes, max_bytes))
@@ -219,8 +244,8 @@ def receive_bucket(group: dist.ProcessGroup, payload: dict[str, list], device: t
             at += n
         return out
     out = {name: torch.empty(shape, dtype=dtype, device=device) for name, dtype, shape in metas}
-    for tensor in out.values():
-        dist.broadcast(tensor, src=0, group=group)
+    for work in [dist.broadcast(t, src=0, group=group, async_op=True) for t in out.values()]:
+        work.wait()  # all posted first, then waited, as SGLang's receiver does
     return out
 
 
