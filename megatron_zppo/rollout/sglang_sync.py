@@ -215,13 +215,14 @@ class DistributedSync(ServerSync):
     def _join(self, name: str, port: int, members: list[tuple[SGLangEngine, int]], world: int):
         """The servers' ranks only join while we do: issue their HTTP calls, then rendezvous ourselves."""
         cfg = self.cfg
-        port = port or weight_sync.pick_free_port(cfg.master_addr)
+        addr = weight_sync.resolve_master_addr(cfg.master_addr)
+        port = port or weight_sync.pick_free_port(addr)
         http = [(s, s.call("/init_weights_update_group", {
-            "master_address": cfg.master_addr, "master_port": port, "rank_offset": offset,
+            "master_address": addr, "master_port": port, "rank_offset": offset,
             "world_size": world, "group_name": name, "backend": cfg.backend})) for s, offset in members]
         try:
             group = weight_sync.init_custom_process_group(
-                backend=cfg.backend, init_method=f"tcp://{cfg.master_addr}:{port}", world_size=world, rank=0,
+                backend=cfg.backend, init_method=f"tcp://{addr}:{port}", world_size=world, rank=0,
                 group_name=name, timeout_s=cfg.timeout_s)
         except Exception as err:  # a server that answered with an error is the likely reason
             for s, future in http:

@@ -176,6 +176,10 @@ def rank_offsets(world_sizes: Iterable[int]) -> tuple[int, list[int]]:
     return at, offsets
 
 
+def resolve_master_addr(addr: str) -> str:
+    return socket.gethostname() if addr == "auto" else addr
+
+
 def pick_free_port(host: str = "127.0.0.1") -> int:
     """A port free right now; the small race until the store binds it is accepted for simplicity."""
     with socket.socket() as sock:
@@ -259,7 +263,9 @@ class WeightSyncConfig:
     bucket_bytes: Annotated[int, Range(ge=1)] = DEFAULT_BUCKET_BYTES
     # distributed
     backend: str = "nccl"  # "gloo" for CPU servers and tests
-    master_addr: str = "127.0.0.1"  # an address of the trainer that the server can reach
+    # an address of the trainer's sending rank that every server can reach; "auto": that rank's host
+    # name (multi-node jobs, where which node holds rank 0 is decided at start-up)
+    master_addr: str = "127.0.0.1"
     master_port: Annotated[int, Range(ge=0, le=65535)] = 0  # 0: pick a free port when the group is first made
     # each server's tp_size: server i's ranks start at 1 + i * server_world_size
     server_world_size: Annotated[int, Range(ge=1)] = 1
