@@ -180,7 +180,8 @@ def main():
     print(f"sender extra peak RSS: {four['extra'] / mb:.0f} MB with glibc's default allocator, "
           f"{four['extra_mmap'] / mb:.0f} MB ({four['extra_mmap'] / four['bytes']:.3f} of the model) with its mmap "
           f"threshold at 1 MB; holding the export as a list (the old pool) {four['held_extra'] / mb:.0f} MB; "
-          f"lower bound: largest tensor + one bucket {(four['largest'] + bucket) / mb:.0f} MB; model {four['bytes'] / mb:.0f} MB")
+          f"lower bound: largest tensor + one bucket {(four['largest'] + bucket) / mb:.0f} MB; "
+          f"model {four['bytes'] / mb:.0f} MB")
     print(f"sync_fanout4_vs_1={four['ours'] / one['ours']:.3f}")
     print(f"sync_extra_peak_memory_vs_model={four['extra'] / four['bytes']:.3f}")
     print(f"sync_vs_raw_ratio={one['raw'] / one['ours']:.3f}")

@@ -36,11 +36,16 @@ _NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group",
 _AFTER_LOAD = {"verify weight_version", "continue_generation"}
 
 
+def describe(err: BaseException) -> str:
+    """Our errors say what happened; others (a timeout's is empty) get their type in front."""
+    return str(err) if isinstance(err, SGLangError) else f"{type(err).__name__}: {err}".rstrip(": ")
+
+
 class ServerFailed(Exception):
     """`error` happened at `server`: the one the sync's error names."""
 
     def __init__(self, server: SGLangEngine, error: BaseException):
-        super().__init__(f"{type(error).__name__}: {error}" if not isinstance(error, SGLangError) else str(error))
+        super().__init__(describe(error))
         self.server, self.error = server, error
 
 
@@ -97,7 +102,7 @@ class ServerSync:
 
     def _fail(self, old: list[str], version: str, err: Exception) -> WeightSyncError:
         culprit = err.server if isinstance(err, ServerFailed) else self._unreachable()
-        cause = err.error if isinstance(err, ServerFailed) else err
+        cause = describe(err.error if isinstance(err, ServerFailed) else err)
         if self.phase in _NOTHING_SENT:
             state = "no weights were sent"
         elif self.phase in _AFTER_LOAD:
@@ -290,7 +295,8 @@ class IpcSync(ServerSync):
         while current is not None:
             bucket, last = current
             self.phase = f"update_weights_from_tensor (bucket {index})"
-            body = {"serialized_named_tensors": payloads, "flush_cache": last, "weight_version": version if last else None}
+            body = {"serialized_named_tensors": payloads, "flush_cache": last,
+                    "weight_version": version if last else None}
             self.each(lambda s: s.call("/update_weights_from_tensor", body).result(timeout=cfg.timeout_s))
             current, index = (None if last else next(buckets)), index + 1
             if current is not None:

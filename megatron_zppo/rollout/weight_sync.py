@@ -1,14 +1,16 @@
 """Trainer-side pieces of a weight sync that need no SGLang: bucketing, the process group, the send.
 
-A sync streams HF-named tensors to an inference server in size-bounded buckets so neither side
-ever holds a second full copy of the model. Buckets are planned greedily in stream order (the
-server receives tensors in exactly the order the trainer broadcasts them, so order is part of the
-protocol) and a tensor is never split: SGLang loads whole named parameters.
+A sync streams HF-named tensors to inference servers in size-bounded buckets so neither side
+ever holds a second full copy of the model (`stream_buckets`: bucket k on the wire while k+1 is
+gathered). Buckets are planned greedily in stream order (the servers receive tensors in exactly
+the order the trainer broadcasts them, so order is part of the protocol) and a tensor is never
+split: SGLang loads whole named parameters.
 
 The process group is a *custom* group (its own TCP rendezvous, outside the trainer's default
-group) because the trainer's Megatron world and the server's ranks are unrelated. The store-key
+group) because the trainer's Megatron world and the servers' ranks are unrelated. The store-key
 prefix and rank layout match what SGLang's `/init_weights_update_group` does on its side, so both
-ends meet: trainer rank 0 hosts the rendezvous store, server ranks are `rank_offset + tp_rank`.
+ends meet: trainer rank 0 hosts the rendezvous store, server ranks are `rank_offset + tp_rank`,
+and one group can hold every server (`rank_offsets`), so one broadcast reaches them all.
 """
 
 from __future__ import annotations

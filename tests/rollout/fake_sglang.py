@@ -22,7 +22,9 @@ import httpx
 VOCAB = 1000
 DEFAULT_LEN = 6  # tokens generated when max_new_tokens does not cut earlier
 EOS = 999
-GROUP_TIMEOUT_S = 60  # bounds the fake's rendezvous and every collective on its group
+# Bounds the fake's rendezvous and every collective on its group; generous because its first
+# /init_weights_update_group also imports torch, which on a loaded 2-core machine takes a while.
+GROUP_TIMEOUT_S = 60
 
 
 def fake_token(prompt: list[int], sample: int, pos: int) -> int:
@@ -242,7 +244,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         self.state.group = weight_sync.init_custom_process_group(
             backend=body["backend"], init_method=f"tcp://{body['master_address']}:{body['master_port']}",
-            world_size=body["world_size"], rank=body["rank_offset"], group_name=body["group_name"], timeout_s=GROUP_TIMEOUT_S)
+            world_size=body["world_size"], rank=body["rank_offset"], group_name=body["group_name"],
+            timeout_s=GROUP_TIMEOUT_S)
         self.state.group_args = body
         self._send(200, {"success": True, "message": "Succeeded to initialize custom process group."})
 
@@ -303,16 +306,7 @@ def tensor_digest(tensor) -> dict:
             "sha256": hashlib.sha256(raw).hexdigest()}
 
 
-def _preload() -> None:
-    """torch is imported beside the start-up, not on the first weight update: on a loaded 2-core
-    machine that import alone can outlast a test's rendezvous timeout."""
-    import torch  # noqa: F401
-
-    from megatron_zppo.rollout import weight_sync  # noqa: F401
-
-
 def _serve(port: int, config: dict, ready=None) -> None:
-    threading.Thread(target=_preload, daemon=True).start()
     handler = type("Handler", (_Handler,), {"state": _State(**config)})
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
