@@ -154,6 +154,8 @@ def train(cfg: Config, trainer, ctx: RolloutPhase | None, stop: StopRequest, run
             m = {**dict.fromkeys(TRAIN_STATS, float("nan")), **rollout_metrics(rollouts, ctx.buffer), **stats}
             m.update({f"t_{k}": times.get(k, 0.0) for k in ("rollout", "reward", "teacher", "zppo", "train", "sync")})
             m.update(periodic_evals(cfg, ctx, step, summary))
+            if getattr(ctx.student, "last_sync", None) is not None:  # SGLang students report each weight sync
+                m.update(ctx.student.last_sync.metrics())  # sync_s, sync_bytes, sync_gb_per_s, sync_servers
             m["t_step"] = time.perf_counter() - t_step
             m["tokens_per_s"] = m["tokens_generated"] / max(m["t_rollout"], 1e-9)
             logger.log(m)

@@ -46,23 +46,19 @@ def server_urls(cfg: EngineConfig, name: str) -> list[str]:
 
 def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
     if cfg.engine == "sglang":
-        from dataclasses import replace
-
         from megatron_zppo.rollout.pool import EnginePool
         from megatron_zppo.rollout.sglang_engine import SGLangEngine
+        from megatron_zppo.rollout.sglang_sync import make_sync
 
         urls = server_urls(cfg, name)
         vocab = vocab_size(cfg.hf_path)
-
-        def one(i: int, url: str) -> SGLangEngine:
-            ws = cfg.weight_sync
-            if len(urls) > 1:  # each server gets its own process group (name, and port if fixed)
-                ws = replace(ws, group_name=f"{ws.group_name}_{i}", master_port=ws.master_port and ws.master_port + i)
-            return SGLangEngine(url, name=name if len(urls) == 1 else f"{name}{i}", api_key=cfg.api_key or None,
-                                admin_api_key=cfg.admin_api_key or None, weight_sync=ws, vocab_size=vocab)
-
-        engines = [one(i, u) for i, u in enumerate(urls)]
-        return engines[0] if len(engines) == 1 else EnginePool(engines, name)
+        engines = [SGLangEngine(u, name=name if len(urls) == 1 else f"{name}{i}", api_key=cfg.api_key or None,
+                                admin_api_key=cfg.admin_api_key or None, weight_sync=cfg.weight_sync, vocab_size=vocab)
+                   for i, u in enumerate(urls)]
+        if len(engines) == 1:
+            return engines[0]
+        # One sync over every server (one process group, or one each with weight_sync.fanout=per_server).
+        return EnginePool(engines, name, sync=make_sync(cfg.weight_sync, engines))
     from megatron_zppo.rollout.hf_engine import HFEngine
 
     return HFEngine(cfg.hf_path, name=name, seed=seed)

@@ -19,11 +19,18 @@ SGLANG_PYTHON = os.environ.get("SGLANG_PYTHON", str(ROOT / ".venv-sglang" / "bin
 
 
 def _free_port() -> int:
+    """A free port whose successor is free too (the launcher gives student i base_port + i)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s, socket.socket() as t:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +47,15 @@ def toy_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def live_server(toy_model, tmp_path_factory):
+def live_servers(toy_model, tmp_path_factory):
+    """Two student servers of the toy model (~2-3 GB of RAM each), started together once."""
     if not Path(SGLANG_PYTHON).exists():
         pytest.fail(f"{SGLANG_PYTHON} does not exist: run scripts/sglang_cpu_lane.sh (it installs SGLang)")
     run = tmp_path_factory.mktemp("sglang")
     addresses = run / "addresses.json"
     proc = subprocess.Popen(
         [sys.executable, "tools/launch_sglang.py", "--python", SGLANG_PYTHON, "--student-model", toy_model,
-         "--device", "cpu", "--max-total-tokens", "4096", "--cpu-kernel-shim", str(ROOT / "tools" / "sglang_cpu"),
+         "--num-students", "2", "--device", "cpu", "--max-total-tokens", "4096", "--cpu-kernel-shim", str(ROOT / "tools" / "sglang_cpu"),
          "--server-arg=--dtype=float32", "--port", str(_free_port()), "--addresses-out", str(addresses),
          "--log-dir", str(run / "logs"), "--health-timeout-s", "400"], cwd=ROOT)
     deadline = time.time() + 420
@@ -57,6 +65,11 @@ def live_server(toy_model, tmp_path_factory):
             proc.kill()
             pytest.fail(f"SGLang did not become healthy (launcher exit {proc.poll()}):\n{logs}")
         time.sleep(2)
-    yield json.loads(addresses.read_text())["student"][0]
+    yield json.loads(addresses.read_text())["student"]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def live_server(live_servers):
+    return live_servers[0]

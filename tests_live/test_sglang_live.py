@@ -5,7 +5,9 @@ import torch
 
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
+from megatron_zppo.rollout.pool import EnginePool
 from megatron_zppo.rollout.sglang_engine import SGLangEngine
+from megatron_zppo.rollout.sglang_sync import make_sync
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
@@ -35,18 +37,41 @@ def test_sglang_logprobs_match_the_in_process_engine_on_the_same_tokens(engine, 
 
 
 @pytest.mark.parametrize("strategy", ["distributed", "disk"])
-def test_weight_update_changes_the_served_model_and_its_version(engine, toy_model, tmp_path, strategy):
-    if strategy == "disk":
-        engine.sync_config = WeightSyncConfig(strategy="disk", disk_dir=str(tmp_path), disk_support_dir=toy_model)
+def test_weight_update_changes_the_served_model_and_its_version(live_server, toy_model, tmp_path, strategy):
+    sync = (WeightSyncConfig(strategy="disk", disk_dir=str(tmp_path), disk_support_dir=toy_model) if strategy == "disk"
+            else WeightSyncConfig(backend="gloo", timeout_s=120))
+    engine = SGLangEngine(live_server, timeout_s=120, weight_sync=sync)  # the strategy is chosen at construction
+    try:
+        _check_update(engine, toy_model, f"v-{strategy}")
+    finally:
+        engine.shutdown()
+
+
+def _check_update(engine, toy_model, version):
     hf = HFEngine(toy_model)
     new = {n: p.detach() * 0.5 for n, p in hf.model.named_parameters()}
-    engine.update_weights(iter(new.items()), f"v-{strategy}")
-    assert engine.weight_version == f"v-{strategy}"
-    (g,), = engine.generate([GenerateRequest(PROMPTS[1], 1)], SamplingParams(max_new_tokens=6, seed=3))
-    assert g.weight_version == f"v-{strategy}"
+    engine.update_weights(iter(new.items()), version)
+    assert engine.weight_version == version
     hf.update_weights(new.items(), "halved")
-    expected = hf.score([PROMPTS[1]], [g.response_ids])[0]
-    assert max(abs(a - b) for a, b in zip(expected, g.logprobs)) < 1e-3  # the server now serves the new weights
+    for one in getattr(engine, "engines", [engine]):  # every server of a pool
+        (g,), = one.generate([GenerateRequest(PROMPTS[1], 1)], SamplingParams(max_new_tokens=6, seed=3))
+        assert g.weight_version == version
+        expected = hf.score([PROMPTS[1]], [g.response_ids])[0]
+        assert max(abs(a - b) for a, b in zip(expected, g.logprobs)) < 1e-3  # it now serves the new weights
+
+
+def test_one_group_updates_two_servers_and_both_serve_the_new_version(live_servers, toy_model):
+    """fanout one_group: the trainer (rank 0) and both servers (rank offsets 1 and 2) in one gloo group,
+    each bucket broadcast once."""
+    sync = WeightSyncConfig(backend="gloo", timeout_s=120, group_name="zppo_fanout")
+    engines = [SGLangEngine(url, timeout_s=120, weight_sync=sync, name=f"student{i}")
+               for i, url in enumerate(live_servers)]
+    pool = EnginePool(engines, sync=make_sync(sync, engines))
+    try:
+        _check_update(pool, toy_model, "v-fanout")
+        assert pool.last_sync.servers == 2 and pool.last_sync.bytes > 0
+    finally:
+        pool.shutdown()
 
 
 def test_main_job_trains_on_sglang_rollouts_and_syncs_weights_each_step(live_server, toy_model, tmp_path):
@@ -73,3 +98,4 @@ def test_main_job_trains_on_sglang_rollouts_and_syncs_weights_each_step(live_ser
     # SGLang's log-probs of the sampled tokens agree with the Megatron trainer's (fp32 on both sides)
     assert all(m["logprob_diff_mean"] < 1e-3 for m in metrics)
     assert all(m["t_sync"] > 0 for m in metrics)
+    assert all(m["sync_bytes"] > 0 and m["sync_servers"] == 1 for m in metrics)  # each step's sync is logged

@@ -16,8 +16,10 @@ Per node (paper: 8 GPUs = 6 student + 2 teacher):
 
 Node 0 also runs two sglang-routers, one over every student engine and one over every teacher
 server of the job. The trainer reaches the teacher through its router (``teacher.url``) and every
-student engine directly (``student.urls``: an EnginePool that spreads requests and sends each
-weight update to each engine, which a router would not forward).
+student engine directly (``student.urls``: an EnginePool that spreads requests over them). Weight
+updates, which a router would not forward, reach all student engines at once: one process group
+spans the trainer's sending rank and every engine's ranks (``weight_sync.fanout=one_group``, rank
+offsets from ``student_tp``), so each bucket is broadcast once for the whole job.
 Each node's servers are started by ``tools/launch_sglang.py``; its pure ``build_plan`` is reused
 here, so the ports and URLs below are exactly the ones the launcher will use.
 
@@ -146,6 +148,10 @@ def plan(nodes: int, gpus_per_node: int = 8, student_gpus: int = 6, teacher_gpus
         # router does not forward); its router serves evaluation and users. The teacher goes through its router.
         "overrides": ["student.engine=sglang",
                       "student.urls=[" + ",".join(u for n in per_node for u in n["student_urls"]) + "]",
+                      # one group for the trainer's rank 0 and every student engine; "auto": rank 0's
+                      # host name, known only once torchrun has placed it
+                      "student.weight_sync.fanout=one_group", "student.weight_sync.master_addr=auto",
+                      f"student.weight_sync.server_world_size={student_tp}",
                       "teacher.engine=sglang", f"teacher.url={routers['teacher']['url']}"],
         "caveats": ["colocate: weight updates reach every engine from trainer rank 0 (student.urls), not over "
                     "CUDA IPC from the training rank that shares each GPU; set student.release_memory=true "

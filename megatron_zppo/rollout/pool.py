@@ -3,19 +3,31 @@
 A job with many student SGLang servers (the Slurm recipes: two per node) must put every new
 weight version into every server; a router in front of them forwards generation but not weight
 updates. `EnginePool` splits each batch of requests across its engines (in order, balanced by the
-number of samples, all at once) and sends every weight update to each engine in turn. Each engine
-keeps its own sync channel (its own process group for `distributed`), so one server failing names
-itself, and a pool whose engines disagree on the version refuses to generate.
+number of samples, all at once). Weight updates go through one `sync` over all of the servers
+(rollout/sglang_sync.py: one process group for the trainer and every server, each bucket
+broadcast once, the export streamed), chosen at build time. A failure names its server and leaves
+every engine refusing to generate; a pool whose engines disagree on the version refuses too.
+Without a shared sync (in-process engines) each engine gets the update in turn from a held copy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import torch
 
 from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, RolloutEngine, SamplingParams
+from megatron_zppo.rollout.weight_sync import SyncReport
+
+
+class WeightSync(Protocol):
+    """One weight update into every server of a pool (rollout/sglang_sync.py implements it)."""
+
+    def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> SyncReport: ...
+
+    def shutdown(self) -> None: ...
 
 
 def split_balanced(weights: Sequence[int], parts: int) -> list[tuple[int, int]]:
@@ -32,10 +44,11 @@ def split_balanced(weights: Sequence[int], parts: int) -> list[tuple[int, int]]:
 
 
 class EnginePool:
-    def __init__(self, engines: Sequence[RolloutEngine], name: str = "student"):
+    def __init__(self, engines: Sequence[RolloutEngine], name: str = "student", sync: WeightSync | None = None):
         if not engines:
             raise ValueError(f"{name} engine pool needs at least one engine")
-        self.engines, self.name = list(engines), name
+        self.engines, self.name, self.sync = list(engines), name, sync
+        self.last_sync: SyncReport | None = None
         self._threads = ThreadPoolExecutor(len(self.engines), thread_name_prefix=f"{name}-pool")
 
     @property
@@ -53,7 +66,9 @@ class EnginePool:
         for e in self.engines:
             total.tokens_generated += e.stats.tokens_generated
             total.seconds_generating += e.stats.seconds_generating
-            total.seconds_syncing += e.stats.seconds_syncing
+            # one shared sync runs on every engine at once: its wall time, not the sum over engines
+            total.seconds_syncing = (max(total.seconds_syncing, e.stats.seconds_syncing) if self.sync
+                                     else total.seconds_syncing + e.stats.seconds_syncing)
         return total
 
     def _spread(self, fn, items: Sequence, weights: Sequence[int]) -> list:
@@ -73,8 +88,10 @@ class EnginePool:
                             rows, [len(p) + len(r) for p, r, _ in rows])
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
-        """The export stream is read once and held (CPU) while it goes to each engine in turn."""
-        tensors = list(named_tensors)
+        if self.sync is not None:
+            self.last_sync = self.sync.update(named_tensors, version)
+            return
+        tensors = list(named_tensors)  # in-process engines only: held while it goes to each in turn
         for e in self.engines:
             e.update_weights(iter(tensors), version)
 
@@ -90,6 +107,8 @@ class EnginePool:
         return all(e.health() for e in self.engines)
 
     def shutdown(self) -> None:
+        if self.sync is not None:
+            self.sync.shutdown()  # leaves the process group while the engines can still tell their servers
         for e in self.engines:
             e.shutdown()
         self._threads.shutdown(wait=False)

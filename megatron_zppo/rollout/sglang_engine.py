@@ -8,31 +8,29 @@ ids outside the model's vocabulary), and if one finally fails the whole call rai
 server, the request and what was wrong, so the loop never sees a half-filled or garbage group. A
 server that accepts a request and never answers is given up on after `timeout_s`, not retried.
 
-Weight updates run on the caller's thread (tensor gathering and the broadcast are the trainer's
-torch work) while the matching HTTP calls run on the loop. A sync that breaks part-way marks the
-engine unusable until a later sync succeeds: the server may hold a mix of old and new weights.
+Weight updates are driven by a strategy object (rollout/sglang_sync.py) chosen once at
+construction: the tensor gathering and the broadcast run on the caller's thread, the matching
+HTTP calls on this engine's loop (`call`). A sync that breaks part-way marks the engine unusable
+until a later sync succeeds: the server may hold a mix of old and new weights.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
 import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import httpx
 import torch
 
 from megatron_zppo.errors import RunError
-from megatron_zppo.rollout import weight_sync
 from megatron_zppo.rollout.engine import EngineStats, Generation, GenerateRequest, SamplingParams
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.rollout.weight_sync import SyncReport, WeightSyncConfig
 
 
 class SGLangError(RunError, RuntimeError):
@@ -52,19 +50,6 @@ class WeightSyncError(SGLangError):
 
 
 _FINISH_TYPES = {"stop": "stop", "length": "length", "abort": "abort"}
-# Sync phases that tell, after a failure, whether the server's weights can have changed.
-_NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group", "begin_weight_update",
-                 "write safetensors", "serialize"}
-_AFTER_LOAD = {"verify weight_version", "continue_generation"}
-
-
-def _with_server_answer(err: Exception, http: Future, timeout_s: float) -> SGLangError:
-    """A failed collective says little ("connection reset"); the server's HTTP answer says why."""
-    try:
-        answer = http.exception(timeout=timeout_s)
-    except TimeoutError:
-        answer = None
-    return SGLangError(f"{type(err).__name__}: {err}" + (f"; server answered: {answer}" if answer else ""))
 
 
 class _LoopThread:
@@ -174,11 +159,12 @@ class SGLangEngine:
         self._api_key = api_key
         self._admin_key = admin_api_key or api_key
         self._broken_sync: str | None = None  # set while the server may hold mixed weights
-        self._group = None
-        self._phase = ""
-        self._disk_current: Path | None = None
+        self.last_sync: SyncReport | None = None
         self._loop = _LoopThread(name)
         self._sem, self._client = self._loop.run(self._make_client(max_concurrency))
+        from megatron_zppo.rollout.sglang_sync import make_sync  # it builds on this module
+
+        self._sync = make_sync(self.sync_config, [self])  # this server alone; a pool has its own
 
     async def _make_client(self, max_concurrency: int):
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
@@ -352,148 +338,25 @@ class SGLangEngine:
         """Closes this client (the servers belong to the launcher). Safe to call twice."""
         if self._loop.loop.is_closed():
             return
-        self._drop_group()
+        self._sync.shutdown()
         self._loop.run(self._client.aclose())
         self._loop.close()
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
-        """pause -> flush -> send -> verify -> resume; any failure leaves a precise error behind."""
-        start = time.perf_counter()
-        old = self.weight_version
-        self._phase = "pause_generation"
-        try:
-            self.pause()
-            self._phase = "flush_cache"
-            self.flush_cache()
-            if self.sync_config.strategy == "disk":
-                self._sync_disk(named_tensors, version)
-            elif self.sync_config.strategy == "ipc":
-                self._sync_ipc(named_tensors, version)
-            else:
-                self._sync_distributed(named_tensors, version)
-            self._phase = "verify weight_version"
-            served = self.server_weight_version()
-            if served != version:
-                raise WeightSyncError(f"server reports weight_version {served!r} after the update")
-            self._phase = "continue_generation"
-            self.resume()
-        except Exception as err:
-            self._drop_group()
-            self._broken_sync = self._sync_failure(old, version, err)
-            raise WeightSyncError(self._broken_sync) from err
-        self.weight_version = version
-        self._broken_sync = None
-        self.stats.seconds_syncing += time.perf_counter() - start
+        """pause -> flush -> send -> verify -> resume, by the strategy chosen at construction
+        (rollout/sglang_sync.py); any failure leaves a precise error behind."""
+        self._sync.update(named_tensors, version)
 
-    def _sync_failure(self, old: str, version: str, err: Exception) -> str:
-        if self._phase in _NOTHING_SENT:
-            state = "no weights were sent"
-        elif self._phase in _AFTER_LOAD:
-            state = f"the server finished loading but {self._phase} failed; it may serve {version!r}"
-        else:
-            closed = "end_weight_update never ran; " if self.sync_config.strategy == "distributed" else ""
-            state = f"{closed}the server may hold a mix of old and new weights and is left paused"
-        return (f"weight sync of {self.name} server {self.base_url} to version {version!r} failed during "
-                f"{self._phase}: {err}. This engine stays on weight version {old!r} ({state}); "
-                f"generate() and score() refuse until update_weights succeeds.")
+    # ---- what a weight sync (one engine's, or a pool's over many engines) drives on this server ----
+    def call(self, path: str, payload: dict | None = None) -> Future:
+        """An admin POST, not retried (weight-update calls are not idempotent), running on this
+        engine's loop while the caller does other work (a broadcast, calls to other servers)."""
+        return self._loop.submit(self._admin(path, payload, retry=False))
 
-    def _sync_distributed(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
-        cfg = self.sync_config
-        device = torch.device("cuda" if cfg.backend == "nccl" else "cpu")
-        if self._group is None:  # joined once, reused by every later sync
-            self._phase = "init_weights_update_group"
-            self._group = self._join_group(cfg)
-        buckets = weight_sync.bucket_named_tensors(named_tensors, cfg.bucket_bytes)
-        bucket, index = next(buckets, None), 0
-        if bucket is None:
-            raise ValueError("update_weights got no tensors")
-        self._phase = "begin_weight_update"
-        self._loop.run(self._admin("/begin_weight_update", retry=False))
-        while bucket is not None:
-            following = next(buckets, None)  # look ahead: only the last bucket carries the version
-            self._phase = f"update_weights_from_distributed (bucket {index})"
-            payload = {**weight_sync.bucket_payload(bucket), "group_name": cfg.group_name,
-                       "weight_version": version if following is None else None,
-                       "load_format": self.sync_config.load_format}
-            self._send_bucket(payload, bucket, device)
-            bucket, index = following, index + 1
-        self._phase = "end_weight_update"
-        self._loop.run(self._admin("/end_weight_update", retry=False))
+    def mark_synced(self, version: str, report: SyncReport) -> None:
+        self.weight_version, self._broken_sync, self.last_sync = version, None, report
+        self.stats.seconds_syncing += report.seconds
 
-    def _join_group(self, cfg: WeightSyncConfig):
-        """The server's ranks only join while we do: issue the HTTP call, then rendezvous ourselves."""
-        port = cfg.master_port or weight_sync.pick_free_port(cfg.master_addr)
-        world_size = 1 + cfg.server_world_size
-        http = self._loop.submit(self._admin("/init_weights_update_group", {
-            "master_address": cfg.master_addr, "master_port": port, "rank_offset": 1,
-            "world_size": world_size, "group_name": cfg.group_name, "backend": cfg.backend,
-        }, retry=False))
-        try:
-            group = weight_sync.init_custom_process_group(
-                backend=cfg.backend, init_method=f"tcp://{cfg.master_addr}:{port}", world_size=world_size,
-                rank=0, group_name=cfg.group_name, timeout_s=cfg.timeout_s)
-        except Exception as err:
-            raise _with_server_answer(err, http, cfg.timeout_s) from err
-        try:
-            http.result(timeout=cfg.timeout_s)
-        except BaseException:
-            weight_sync.destroy_custom_process_group(group)
-            raise
-        return group
-
-    def _send_bucket(self, payload: dict, bucket: list, device: torch.device) -> None:
-        """The server receives while handling this POST, so the broadcast runs concurrently with it."""
-        http = self._loop.submit(self._admin("/update_weights_from_distributed", payload, retry=False))
-        try:
-            weight_sync.broadcast_bucket(self._group, bucket, device, self.sync_config.load_format)
-        except Exception as err:
-            raise _with_server_answer(err, http, self.sync_config.timeout_s) from err
-        http.result(timeout=self.sync_config.timeout_s)
-
-    def _drop_group(self) -> None:
-        if self._group is None:
-            return
-        group, self._group = self._group, None
-        try:  # best effort: the server may be the reason we are here
-            self._loop.run(self._admin("/destroy_weights_update_group",
-                                       {"group_name": self.sync_config.group_name}, retry=False))
-        except SGLangError:
-            pass
-        weight_sync.destroy_custom_process_group(group)
-
-    def _sync_ipc(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
-        """Co-located server: hand over CUDA-IPC handles bucket by bucket (GPU only)."""
-        cfg = self.sync_config
-        buckets = weight_sync.bucket_named_tensors(named_tensors, cfg.bucket_bytes)
-        bucket, index = next(buckets, None), 0
-        if bucket is None:
-            raise ValueError("update_weights got no tensors")
-        self._phase = "serialize"
-        payloads = weight_sync.ipc_payloads(bucket, cfg.server_world_size)  # refuses CPU tensors up front
-        self._phase = "begin_weight_update"
-        self._loop.run(self._admin("/begin_weight_update", retry=False))
-        while bucket is not None:
-            following = next(buckets, None)
-            self._phase = f"update_weights_from_tensor (bucket {index})"
-            last = following is None
-            self._loop.run(self._admin("/update_weights_from_tensor", {
-                "serialized_named_tensors": payloads, "flush_cache": last,
-                "weight_version": version if last else None}, retry=False))
-            bucket, index = following, index + 1
-            if bucket is not None:
-                payloads = weight_sync.ipc_payloads(bucket, cfg.server_world_size)
-        self._phase = "end_weight_update"
-        self._loop.run(self._admin("/end_weight_update", retry=False))
-
-    def _sync_disk(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
-        cfg = self.sync_config
-        self._phase = "write safetensors"
-        path = weight_sync.write_safetensors_dir(
-            named_tensors, cfg.disk_dir, version, shard_bytes=cfg.bucket_bytes, support_dir=cfg.disk_support_dir)
-        self._phase = "update_weights_from_disk"
-        self._loop.run(self._admin("/update_weights_from_disk",
-                                   {"model_path": str(path), "weight_version": version, "flush_cache": True},
-                                   retry=False))
-        previous, self._disk_current = self._disk_current, path
-        if previous is not None and previous != path:
-            shutil.rmtree(previous, ignore_errors=True)  # keep one copy on disk, not one per step
+    def mark_broken(self, message: str) -> None:
+        """The server may hold a mix of weights: refuse to generate until a sync succeeds."""
+        self._broken_sync = message

@@ -1,14 +1,16 @@
 """Trainer-side pieces of a weight sync that need no SGLang: bucketing, the process group, the send.
 
-A sync streams HF-named tensors to an inference server in size-bounded buckets so neither side
-ever holds a second full copy of the model. Buckets are planned greedily in stream order (the
-server receives tensors in exactly the order the trainer broadcasts them, so order is part of the
-protocol) and a tensor is never split: SGLang loads whole named parameters.
+A sync streams HF-named tensors to inference servers in size-bounded buckets so neither side
+ever holds a second full copy of the model (`stream_buckets`: bucket k on the wire while k+1 is
+gathered). Buckets are planned greedily in stream order (the servers receive tensors in exactly
+the order the trainer broadcasts them, so order is part of the protocol) and a tensor is never
+split: SGLang loads whole named parameters.
 
 The process group is a *custom* group (its own TCP rendezvous, outside the trainer's default
-group) because the trainer's Megatron world and the server's ranks are unrelated. The store-key
+group) because the trainer's Megatron world and the servers' ranks are unrelated. The store-key
 prefix and rank layout match what SGLang's `/init_weights_update_group` does on its side, so both
-ends meet: trainer rank 0 hosts the rendezvous store, server ranks are `rank_offset + tp_rank`.
+ends meet: trainer rank 0 hosts the rendezvous store, server ranks are `rank_offset + tp_rank`,
+and one group can hold every server (`rank_offsets`), so one broadcast reaches them all.
 """
 
 from __future__ import annotations
@@ -45,11 +47,15 @@ def meta_nbytes(meta: TensorMeta) -> int:
     return numel * dtype.itemsize
 
 
-def iter_buckets(items: Iterable[T], size_of: Callable[[T], int], max_bytes: int) -> Iterator[list[T]]:
-    """Greedy, order-preserving buckets whose total size stays <= max_bytes.
+def iter_marked_buckets(items: Iterable[T], size_of: Callable[[T], int],
+                        max_bytes: int) -> Iterator[tuple[list[T], bool]]:
+    """Greedy, order-preserving buckets whose total size stays <= max_bytes, each with `is_last`.
 
     A single item larger than max_bytes gets a bucket of its own rather than an error: refusing
-    would make one huge embedding table block the whole sync.
+    would make one huge embedding table block the whole sync. A bucket closes either because the
+    next item did not fit (so more follow) or because the stream ended, so "last" is known without
+    reading further: a sender can broadcast bucket k while it gathers bucket k+1, holding about
+    two buckets (plus one item), never three.
     """
     if max_bytes <= 0:
         raise ValueError(f"bucket size must be > 0 bytes, got {max_bytes!r}")
@@ -58,12 +64,52 @@ def iter_buckets(items: Iterable[T], size_of: Callable[[T], int], max_bytes: int
     for item in items:
         size = size_of(item)
         if bucket and used + size > max_bytes:
-            yield bucket
+            yield bucket, False
             bucket, used = [], 0
         bucket.append(item)
         used += size
     if bucket:
-        yield bucket
+        yield bucket, True
+
+
+def iter_buckets(items: Iterable[T], size_of: Callable[[T], int], max_bytes: int) -> Iterator[list[T]]:
+    return (bucket for bucket, _ in iter_marked_buckets(items, size_of, max_bytes))
+
+
+def _nbytes(named: tuple[str, torch.Tensor]) -> int:
+    return named[1].numel() * named[1].element_size()
+
+
+def marked_buckets(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int = DEFAULT_BUCKET_BYTES
+) -> Iterator[tuple[list[tuple[str, torch.Tensor]], bool]]:
+    """The sender's stream: (bucket, is_last), with the same boundaries as `plan_buckets`."""
+    return iter_marked_buckets(named_tensors, _nbytes, max_bytes)
+
+
+def stream_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int,
+                   start: Callable[[int, list[tuple[str, torch.Tensor]], bool], T], finish: Callable[[T], None]) -> int:
+    """The sender's double-buffered loop; returns how many buckets were sent.
+
+    `start(index, bucket, is_last)` puts a bucket on the wire without waiting (async broadcasts,
+    HTTP calls in flight) and returns a handle that keeps it alive; the next bucket is gathered from
+    the export meanwhile; then `finish(handle)` waits for it. So the sender holds about two buckets.
+    """
+    buckets = marked_buckets(named_tensors, max_bytes)
+    current, index = next(buckets, None), 0
+    while current is not None:
+        handle = start(index, *current)
+        try:
+            current = None if current[1] else next(buckets)
+        except BaseException:  # the export failed mid-way: settle what is on the wire, then report it
+            try:
+                finish(handle)
+            except Exception:
+                pass
+            raise
+        finish(handle)
+        index += 1
+    return index
 
 
 def plan_buckets(metas: Iterable[TensorMeta], max_bytes: int = DEFAULT_BUCKET_BYTES) -> list[list[TensorMeta]]:
@@ -75,7 +121,7 @@ def bucket_named_tensors(
     named_tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int = DEFAULT_BUCKET_BYTES
 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Streaming twin of `plan_buckets`: same bucket boundaries, but carries the tensors."""
-    return iter_buckets(named_tensors, lambda nt: nt[1].numel() * nt[1].element_size(), max_bytes)
+    return iter_buckets(named_tensors, _nbytes, max_bytes)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -120,6 +166,22 @@ def init_custom_process_group(
     return group
 
 
+def rank_offsets(world_sizes: Iterable[int]) -> tuple[int, list[int]]:
+    """(group world size, each server's rank_offset) for one group: the sender is rank 0 and server i's
+    tp ranks follow the servers before it (SGLang joins tp rank r of a server as rank_offset + r)."""
+    offsets, at = [], 1
+    for size in world_sizes:
+        if size < 1:
+            raise ValueError(f"a server's world size must be >= 1, got {size!r}")
+        offsets.append(at)
+        at += size
+    return at, offsets
+
+
+def resolve_master_addr(addr: str) -> str:
+    return socket.gethostname() if addr == "auto" else addr
+
+
 def pick_free_port(host: str = "127.0.0.1") -> int:
     """A port free right now; the small race until the store binds it is accepted for simplicity."""
     with socket.socket() as sock:
@@ -155,18 +217,21 @@ def flatten_bucket(bucket: list[tuple[str, torch.Tensor]], device: torch.device)
 
 
 def broadcast_bucket(group: dist.ProcessGroup, bucket: list[tuple[str, torch.Tensor]], device: torch.device,
-                     load_format: str | None = FLATTENED) -> None:
+                     load_format: str | None = FLATTENED, async_op: bool = False) -> list:
     """Sender side: broadcast a bucket from rank 0 as the server expects it for `load_format`.
 
     Tensors are made contiguous on the group's device first because gloo/NCCL send raw storage.
     One broadcast per bucket costs a copy into a flat buffer but saves a collective per tensor,
-    which dominates for models with hundreds of small norm and bias tensors.
+    which dominates for models with hundreds of small norm and bias tensors. With `async_op` the
+    works are returned (they keep their tensors alive) and the caller waits on them, so the next
+    bucket can be gathered while this one is on the wire.
     """
     if load_format == FLATTENED:
-        dist.broadcast(flatten_bucket(bucket, device), src=0, group=group)
-        return
-    for _, tensor in bucket:
-        dist.broadcast(tensor.detach().to(device).contiguous(), src=0, group=group)
+        tensors = [flatten_bucket(bucket, device)]
+    else:
+        tensors = [tensor.detach().to(device).contiguous() for _, tensor in bucket]
+    works = [dist.broadcast(t, src=0, group=group, async_op=async_op) for t in tensors]
+    return works if async_op else []
 
 
 def receive_bucket(group: dist.ProcessGroup, payload: dict[str, list], device: torch.device) -> dict[str, torch.Tensor]:
@@ -185,8 +250,8 @@ def receive_bucket(group: dist.ProcessGroup, payload: dict[str, list], device: t
             at += n
         return out
     out = {name: torch.empty(shape, dtype=dtype, device=device) for name, dtype, shape in metas}
-    for tensor in out.values():
-        dist.broadcast(tensor, src=0, group=group)
+    for work in [dist.broadcast(t, src=0, group=group, async_op=True) for t in out.values()]:
+        work.wait()  # all posted first, then waited, as SGLang's receiver does
     return out
 
 
@@ -200,10 +265,17 @@ class WeightSyncConfig:
     bucket_bytes: Annotated[int, Range(ge=1)] = DEFAULT_BUCKET_BYTES
     # distributed
     backend: str = "nccl"  # "gloo" for CPU servers and tests
-    master_addr: str = "127.0.0.1"  # an address of the trainer that the server can reach
+    # an address of the trainer's sending rank that every server can reach; "auto": that rank's host
+    # name (multi-node jobs, where which node holds rank 0 is decided at start-up)
+    master_addr: str = "127.0.0.1"
     master_port: Annotated[int, Range(ge=0, le=65535)] = 0  # 0: pick a free port when the group is first made
-    server_world_size: Annotated[int, Range(ge=1)] = 1  # the server's tp_size: its ranks are 1..server_world_size
+    # each server's tp_size: server i's ranks start at 1 + i * server_world_size
+    server_world_size: Annotated[int, Range(ge=1)] = 1
     group_name: str = "zppo_weight_sync"
+    # Several servers (a pool): "one_group" joins the trainer and every server in one process group, so
+    # each bucket is broadcast once for all of them; "per_server" gives each server its own group
+    # (name suffixed _i, port + i when fixed) for setups where one group cannot span them.
+    fanout: str = "one_group"
     # None: one broadcast per tensor; "flattened_bucket": one per bucket (SGLang's flat layout).
     # Per tensor is the default: on CPU/gloo it measured faster (benchmarks/bench_weight_sync.py),
     # since the flat path adds a copy on each side; with thousands of tensors on NCCL, try flat.
@@ -218,6 +290,21 @@ class WeightSyncConfig:
             raise ValueError(f"weight_sync.strategy must be 'distributed', 'disk' or 'ipc', got {self.strategy!r}")
         if self.strategy == "disk" and not self.disk_dir:
             raise ValueError("weight_sync.disk_dir is required when weight_sync.strategy is 'disk'")
+        if self.fanout not in ("one_group", "per_server"):
+            raise ValueError(f"weight_sync.fanout must be 'one_group' or 'per_server', got {self.fanout!r}")
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """One weight update, as the run's metrics log it."""
+
+    seconds: float
+    bytes: int
+    servers: int
+
+    def metrics(self) -> dict[str, float]:
+        return {"sync_s": self.seconds, "sync_bytes": float(self.bytes), "sync_servers": float(self.servers),
+                "sync_gb_per_s": self.bytes / 1e9 / self.seconds if self.seconds > 0 else float("nan")}
 
 
 _SAFE_VERSION = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # no leading dot: "..", and our temp dirs

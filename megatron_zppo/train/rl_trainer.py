@@ -22,7 +22,7 @@ from megatron_zppo.train import parallel
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches
 from megatron_zppo.train.precision import ddp_config_fields
-from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
+from megatron_zppo.train.model import ModelConfig, build_policy
 from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
 
 
@@ -197,8 +197,9 @@ class RLTrainer:
 
     # -- weights and checkpoints -------------------------------------------------------------
     def export_hf(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for bucket in export_hf_weights(self.policy):
-            yield from bucket
+        """HF-named weights one at a time, on the model's device: the weight sync buckets and moves
+        them itself, so no bucket list and no CPU copy is held here (NCCL sends from the GPU)."""
+        yield from self.policy.bridge.export_hf_weights(self.policy.chunks, cpu=False, show_progress=False)
 
     def save(self, directory: str) -> None:
         from megatron_zppo.train import checkpointing

@@ -22,6 +22,9 @@ import httpx
 VOCAB = 1000
 DEFAULT_LEN = 6  # tokens generated when max_new_tokens does not cut earlier
 EOS = 999
+# Bounds the fake's rendezvous and every collective on its group; generous because its first
+# /init_weights_update_group also imports torch, which on a loaded 2-core machine takes a while.
+GROUP_TIMEOUT_S = 60
 
 
 def fake_token(prompt: list[int], sample: int, pos: int) -> int:
@@ -47,6 +50,8 @@ class _State:
         self.weight_version = "default"
         self.weights: dict = {}  # name -> torch tensor
         self.group = None
+        self.group_args: dict = {}  # the last /init_weights_update_group body (rank_offset, world_size, ...)
+        self.loaded_from: list[str] = []  # model_path of every /update_weights_from_disk
         self.released: set[str] = set()  # memory-saver tags whose GPU memory is handed back
         self.lock = threading.Lock()
 
@@ -116,6 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def h__fake_version(self, body):
         self._send(200, {"weight_version": self.state.weight_version})
+
+    def h__fake_group(self, body):
+        self._send(200, {"group": self.state.group_args, "loaded_from": self.state.loaded_from})
 
     def h__fake_weights(self, body):
         self._send(200, {name: tensor_digest(t) for name, t in self.state.weights.items()})
@@ -236,7 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
 
         self.state.group = weight_sync.init_custom_process_group(
             backend=body["backend"], init_method=f"tcp://{body['master_address']}:{body['master_port']}",
-            world_size=body["world_size"], rank=body["rank_offset"], group_name=body["group_name"], timeout_s=20)
+            world_size=body["world_size"], rank=body["rank_offset"], group_name=body["group_name"],
+            timeout_s=GROUP_TIMEOUT_S)
+        self.state.group_args = body
         self._send(200, {"success": True, "message": "Succeeded to initialize custom process group."})
 
     def h_destroy_weights_update_group(self, body):
@@ -267,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
         st.weights.update(weight_sync.receive_bucket(st.group, body, torch.device("cpu")))
         if st.update_count - 1 == st.faults.get("fail_at_update", -1):
             return self._send(400, {"success": False, "message": "fake: failed to load received weights"})
-        if body.get("weight_version") is not None:
+        if body.get("weight_version") is not None and not st.faults.get("stale_version"):
             st.weight_version = body["weight_version"]
         self._send(200, {"success": True, "message": "Succeeded to update parameter online."})
 
@@ -280,6 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not files:
             return self._send(400, {"success": False, "message": f"no weights in {body['model_path']}",
                                     "num_paused_requests": 0})
+        self.state.loaded_from.append(body["model_path"])
         for f in files:
             self.state.weights.update(load_file(str(f)))
         self.state.weight_version = body.get("weight_version") or self.state.weight_version
@@ -322,7 +333,7 @@ class FakeSGLang:
         ready = ctx.Queue()
         self.process = ctx.Process(target=_serve, args=(self.port, self.config, ready), daemon=True)
         self.process.start()
-        self.port = ready.get(timeout=30)
+        self.port = ready.get(timeout=60)
         return self
 
     @property
@@ -362,6 +373,13 @@ class FakeSGLang:
 
     def weights(self) -> dict[str, dict]:
         return self._control("/_fake/weights")
+
+    def group(self) -> dict:
+        """The last /init_weights_update_group body this server handled ({} if none)."""
+        return self._control("/_fake/group")["group"]
+
+    def loaded_from(self) -> list[str]:
+        return self._control("/_fake/group")["loaded_from"]
 
     def __enter__(self) -> FakeSGLang:
         return self.start()

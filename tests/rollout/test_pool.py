@@ -8,9 +8,12 @@ from megatron_zppo.config import load_config
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.pool import EnginePool, split_balanced
 from megatron_zppo.rollout.sglang_engine import WeightSyncError
+from megatron_zppo.rollout.sglang_sync import DistributedSync, make_sync
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 from tests.rollout.fake_sglang import FakeSGLang, tensor_digest
 from tests.rollout.test_weight_sync import MB, mixed_weights
+
+pytestmark = pytest.mark.timeout(150)
 
 PARAMS = SamplingParams(max_new_tokens=8)
 
@@ -21,10 +24,21 @@ def servers():
         yield a, b
 
 
-def _pool(make_engine, servers, **sync):
-    cfg = WeightSyncConfig(backend="gloo", bucket_bytes=MB, timeout_s=20, **sync)
-    return EnginePool([make_engine(s.url, weight_sync=WeightSyncConfig(**{**cfg.__dict__, "group_name": f"g{i}"}),
-                                   weight_version="v0", name=f"student{i}") for i, s in enumerate(servers)])
+@pytest.fixture
+def make_pool(make_engine):
+    """Pools over fake servers with one sync, shut down (leaving their group) before their engines."""
+    pools = []
+
+    def make(servers, **sync):
+        cfg = WeightSyncConfig(backend="gloo", bucket_bytes=MB, timeout_s=60, **sync)
+        engines = [make_engine(s.url, weight_sync=cfg, weight_version="v0", name=f"student{i}")
+                   for i, s in enumerate(servers)]
+        pools.append(EnginePool(engines, sync=make_sync(cfg, engines)))
+        return pools[-1]
+
+    yield make
+    for pool in pools:
+        pool.shutdown()
 
 
 def test_split_balanced_keeps_order_and_evens_the_load():
@@ -34,8 +48,8 @@ def test_split_balanced_keeps_order_and_evens_the_load():
     assert split_balanced([], 2) == []
 
 
-def test_requests_are_spread_over_the_servers_and_come_back_in_order(servers, make_engine):
-    pool = _pool(make_engine, servers)
+def test_requests_are_spread_over_the_servers_and_come_back_in_order(servers, make_engine, make_pool):
+    pool = make_pool(servers)
     reqs = [GenerateRequest([i + 1, i + 2], n=2, request_id=f"r{i}") for i in range(6)]
     alone = make_engine(servers[0].url).generate(reqs, PARAMS)  # the fake is deterministic per prompt
     got = pool.generate(reqs, PARAMS)
@@ -45,8 +59,8 @@ def test_requests_are_spread_over_the_servers_and_come_back_in_order(servers, ma
     assert len(lps) == 4 and lps[0] == lps[3]
 
 
-def test_every_server_gets_every_weight_update(servers, make_engine):
-    pool = _pool(make_engine, servers)
+def test_every_server_gets_every_weight_update(servers, make_engine, make_pool):
+    pool = make_pool(servers)
     weights = mixed_weights(1)
     pool.update_weights(iter(weights), "v1")
     want = {n: tensor_digest(t) for n, t in weights}
@@ -54,24 +68,35 @@ def test_every_server_gets_every_weight_update(servers, make_engine):
     assert [s.weight_version() for s in servers] == ["v1", "v1"]
 
 
-def test_a_server_lost_mid_update_names_itself_and_the_pool_refuses_to_generate(servers, make_engine):
-    pool = _pool(make_engine, servers)
+def test_a_server_lost_mid_update_names_itself_and_the_pool_refuses_to_generate(servers, make_engine, make_pool):
+    pool = make_pool(servers)
     servers[1].kill()
     with pytest.raises(WeightSyncError, match=f"student1 server {servers[1].url}"):
         pool.update_weights(iter(mixed_weights(1)), "v1")
+    with pytest.raises(WeightSyncError, match="refuse"):  # one sync: the survivor is left unusable too
+        pool.generate([GenerateRequest([1])], PARAMS)
+
+
+def test_engines_left_on_different_versions_make_the_pool_refuse(servers, make_engine):
+    pool = EnginePool([make_engine(s.url, weight_version="v0") for s in servers])
+    pool.engines[1].weight_version = "v1"  # e.g. one engine updated on its own, outside the pool
     with pytest.raises(RuntimeError, match=r"different weight versions \['v0', 'v1'\]"):
         pool.generate([GenerateRequest([1])], PARAMS)
 
 
-def test_make_engine_builds_a_pool_with_one_sync_group_per_server(servers):
+@pytest.mark.parametrize("fanout, layout", [
+    ("one_group", [("zppo_weight_sync", 29600, [1, 3], 5)]),
+    ("per_server", [("zppo_weight_sync_0", 29600, [1], 3), ("zppo_weight_sync_1", 29601, [1], 3)])])
+def test_make_engine_builds_a_pool_with_one_sync_over_its_servers(servers, fanout, layout):
     cfg = load_config(None, ["student.hf_path=s", "run.algorithm=grpo", "student.engine=sglang",
                              f"student.urls=[{servers[0].url}, {servers[1].url}]",
-                             "student.weight_sync.master_port=29600"])
+                             "student.weight_sync.master_port=29600", "student.weight_sync.server_world_size=2",
+                             f"student.weight_sync.fanout={fanout}"])
     pool = build.make_engine(cfg.student, "student", 0)
     try:
-        assert isinstance(pool, EnginePool)
-        assert [(e.sync_config.group_name, e.sync_config.master_port) for e in pool.engines] == [
-            ("zppo_weight_sync_0", 29600), ("zppo_weight_sync_1", 29601)]
+        assert isinstance(pool, EnginePool) and isinstance(pool.sync, DistributedSync)
+        assert [(name, port, [offset for _, offset in members], world)
+                for name, port, members, world in pool.sync.layout()] == layout
     finally:
         pool.shutdown()
 

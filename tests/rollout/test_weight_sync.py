@@ -44,6 +44,9 @@ def test_buckets_keep_order_never_split_and_respect_the_limit(items, limit):
     for bucket, following in zip(buckets, buckets[1:]):
         # greedy: a bucket closes only because the next tensor would not fit
         assert sum(map(meta_nbytes, bucket)) + meta_nbytes(following[0]) > limit
+    marked = list(weight_sync.iter_marked_buckets(items, meta_nbytes, limit))  # what the sender streams
+    assert [b for b, _ in marked] == buckets
+    assert [last for _, last in marked] == [False] * (len(buckets) - 1) + [True] * bool(buckets)
 
 
 def test_tensor_larger_than_the_limit_gets_its_own_bucket():

@@ -50,17 +50,23 @@ def test_two_nodes_routers_on_node_zero_cover_every_server():
                                                                                            "http://b:30002"]
     assert p["overrides"] == ["student.engine=sglang",
                               "student.urls=[http://a:30000,http://a:30001,http://b:30000,http://b:30001]",
+                              "student.weight_sync.fanout=one_group", "student.weight_sync.master_addr=auto",
+                              "student.weight_sync.server_world_size=1",
                               "teacher.engine=sglang", "teacher.url=http://a:30101"]
     from megatron_zppo.config import load_config  # the job parses these overrides as they are
 
     cfg = load_config("examples/paper/qwen35_0.8b/zppo.yaml", p["overrides"])
     assert cfg.student.urls == workers and cfg.teacher.url == t["url"]
+    ws = cfg.student.weight_sync  # one group over all four student engines, reachable from other nodes
+    assert (ws.strategy, ws.fanout, ws.master_addr, ws.server_world_size) == ("distributed", "one_group", "auto", 1)
     for node in p["nodes"]:  # each node's servers advertise that node's name
         assert all(u.startswith(f"http://{node['host']}:") for u in relaunched(node)["addresses"]["student"])
 
 
 def test_eight_nodes_paper_shape_with_tp2_trainer():
     p = sp.plan(8, train_tp=2)
+    assert "student.weight_sync.server_world_size=1" in p["overrides"]  # 16 engines: group ranks 1..16
+    assert "student.weight_sync.server_world_size=2" in sp.plan(1, student_tp=2)["overrides"]
     assert (p["trainer"]["world_size"], p["trainer"]["data_parallel"]) == (32, 16)
     assert len(p["routers"]["student"]["cmd"]) - p["routers"]["student"]["cmd"].index("--worker-urls") - 3 == 16
     assert {n["host"] for n in p["nodes"]} == {f"node{i}" for i in range(8)}

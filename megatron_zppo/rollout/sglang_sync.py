@@ -1,0 +1,312 @@
+"""How new weights reach SGLang servers: one strategy object, chosen once when the engine or pool is built.
+
+Every strategy runs the same frame over all of its servers at once: pause and flush each, send,
+check each server's `weight_version`, resume each. They differ only in how the bytes travel:
+
+- `DistributedSync`: process groups joining the trainer's sending rank (rank 0) with the servers'
+  ranks. `fanout: one_group` puts every server in one group (rank offsets from each server's world
+  size), so each bucket is broadcast once however many servers there are; `per_server` gives each
+  server its own group. The export is consumed bucket by bucket: while bucket k is on the wire
+  (async broadcasts, HTTP calls in flight), bucket k+1 is gathered, so the sender holds about two
+  buckets, never the model.
+- `DiskSync`: one safetensors directory per version, written once; every server loads that same directory.
+- `IpcSync`: CUDA-IPC handles to co-located servers (GPU only).
+
+A sync that fails anywhere leaves every server of it unusable (each may hold a mix of old and new
+weights, or be paused) until a later sync succeeds; the error names the server that failed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from megatron_zppo.rollout import weight_sync
+from megatron_zppo.rollout.sglang_engine import SGLangEngine, SGLangError, WeightSyncError
+from megatron_zppo.rollout.weight_sync import SyncReport, WeightSyncConfig
+
+# Sync phases that tell, after a failure, whether the servers' weights can have changed.
+_NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group", "begin_weight_update",
+                 "write safetensors", "serialize"}
+_AFTER_LOAD = {"verify weight_version", "continue_generation"}
+
+
+def describe(err: BaseException) -> str:
+    """Our errors say what happened; others (a timeout's is empty) get their type in front."""
+    return str(err) if isinstance(err, SGLangError) else f"{type(err).__name__}: {err}".rstrip(": ")
+
+
+class ServerFailed(Exception):
+    """`error` happened at `server`: the one the sync's error names."""
+
+    def __init__(self, server: SGLangEngine, error: BaseException):
+        super().__init__(describe(error))
+        self.server, self.error = server, error
+
+
+def _counted(named_tensors: Iterable[tuple[str, torch.Tensor]], total: list[int]) -> Iterator:
+    for name, tensor in named_tensors:
+        total[0] += tensor.numel() * tensor.element_size()
+        yield name, tensor
+
+
+class ServerSync:
+    """The frame every strategy shares; subclasses implement `_send` (and `close` if they hold groups)."""
+
+    strategy = ""
+
+    def __init__(self, cfg: WeightSyncConfig, servers: Sequence[SGLangEngine]):
+        if not servers:
+            raise ValueError("a weight sync needs at least one server")
+        self.cfg, self.servers = cfg, list(servers)
+        self.phase = ""
+        self._threads = ThreadPoolExecutor(len(self.servers), thread_name_prefix="weight-sync")
+
+    def each(self, fn: Callable[[SGLangEngine], object]) -> list:
+        """`fn` on every server at once; the first server (in order) that failed is named."""
+        futures = [self._threads.submit(fn, s) for s in self.servers]
+        return [wait_for(f, s, self.cfg.timeout_s) for f, s in zip(futures, self.servers)]
+
+    def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> SyncReport:
+        """pause -> flush -> send -> verify -> resume on every server; any failure leaves a precise error."""
+        start, old = time.perf_counter(), [s.weight_version for s in self.servers]
+        total = [0]
+        try:
+            self.phase = "pause_generation"
+            self.each(lambda s: s.pause())
+            self.phase = "flush_cache"
+            self.each(lambda s: s.flush_cache())
+            self._send(_counted(named_tensors, total), version)
+            self.phase = "verify weight_version"
+            self.each(lambda s: _check_version(s, version))
+            self.phase = "continue_generation"
+            self.each(lambda s: s.resume())
+        except Exception as err:
+            self.close()
+            raise self._fail(old, version, err) from err
+        report = SyncReport(time.perf_counter() - start, total[0], len(self.servers))
+        for s in self.servers:
+            s.mark_synced(version, report)
+        return report
+
+    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop anything joined with the servers (best effort: a server may be why we are here)."""
+
+    def _fail(self, old: list[str], version: str, err: Exception) -> WeightSyncError:
+        culprit = err.server if isinstance(err, ServerFailed) else self._unreachable()
+        cause = describe(err.error if isinstance(err, ServerFailed) else err)
+        if self.phase in _NOTHING_SENT:
+            state = "no weights were sent"
+        elif self.phase in _AFTER_LOAD:
+            state = f"the server finished loading but {self.phase} failed; it may serve {version!r}"
+        else:
+            closed = "end_weight_update never ran; " if self.strategy == "distributed" else ""
+            state = f"{closed}the server may hold a mix of old and new weights and is left paused"
+        messages = {}
+        for s, was in zip(self.servers, old):
+            why = cause if culprit is None or s is culprit else (f"{culprit.name} server {culprit.base_url} "
+                                                                 f"failed ({cause})")
+            messages[s] = (f"weight sync of {s.name} server {s.base_url} to version {version!r} failed during "
+                           f"{self.phase}: {why}. This engine stays on weight version {was!r} ({state}); "
+                           f"generate() and score() refuse until update_weights succeeds.")
+            s.mark_broken(messages[s])
+        message = messages[culprit or self.servers[0]]
+        others = [s.name for s in self.servers if s is not (culprit or self.servers[0])]
+        if others:
+            message += f" Left unusable with it, as one sync: {', '.join(others)}."
+        return WeightSyncError(message)
+
+    def _unreachable(self) -> SGLangEngine | None:
+        """After a failure no server owned (a broken collective), the first that no longer answers."""
+        for s in self.servers:
+            try:
+                s.server_weight_version()
+            except SGLangError:
+                return s
+        return None
+
+    def shutdown(self) -> None:
+        self.close()
+        self._threads.shutdown(wait=False)
+
+
+def wait_for(future: Future, server: SGLangEngine, timeout_s: float):
+    try:
+        return future.result(timeout=timeout_s)
+    except BaseException as err:
+        raise ServerFailed(server, err) from err
+
+
+def _check_version(server: SGLangEngine, version: str) -> None:
+    served = server.server_weight_version()
+    if served != version:
+        raise WeightSyncError(f"server reports weight_version {served!r} after the update")
+
+
+class DistributedSync(ServerSync):
+    strategy = "distributed"
+
+    def __init__(self, cfg: WeightSyncConfig, servers: Sequence[SGLangEngine]):
+        super().__init__(cfg, servers)
+        self.device = torch.device("cuda" if cfg.backend == "nccl" else "cpu")
+        self._groups: list[tuple[str, object, list[SGLangEngine]]] = []  # (name, process group, members)
+
+    def layout(self) -> list[tuple[str, int, list[tuple[SGLangEngine, int]], int]]:
+        """[(group name, master port, [(server, rank_offset)], world size)]: one group, or one per server."""
+        cfg, size = self.cfg, self.cfg.server_world_size
+        if cfg.fanout == "one_group" or len(self.servers) == 1:
+            world, offsets = weight_sync.rank_offsets([size] * len(self.servers))
+            return [(cfg.group_name, cfg.master_port, list(zip(self.servers, offsets)), world)]
+        return [(f"{cfg.group_name}_{i}", cfg.master_port and cfg.master_port + i, [(s, 1)], 1 + size)
+                for i, s in enumerate(self.servers)]
+
+    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        if not self._groups:  # joined once, reused by every later sync
+            self.phase = "init_weights_update_group"
+            self._groups = [self._join(*g) for g in self.layout()]
+
+        def start(index: int, bucket: list, last: bool):
+            if index == 0:
+                self.phase = "begin_weight_update"
+                self.each(lambda s: s.call("/begin_weight_update").result(timeout=self.cfg.timeout_s))
+            self.phase = f"update_weights_from_distributed (bucket {index})"
+            payload = {**weight_sync.bucket_payload(bucket), "weight_version": version if last else None,
+                       "load_format": self.cfg.load_format}  # the version rides on the last bucket only
+            return [self._start(name, group, members, payload, bucket) for name, group, members in self._groups]
+
+        if not weight_sync.stream_buckets(named_tensors, self.cfg.bucket_bytes, start, self._finish):
+            raise ValueError("update_weights got no tensors")
+        self.phase = "end_weight_update"
+        self.each(lambda s: s.call("/end_weight_update").result(timeout=self.cfg.timeout_s))
+
+    def _start(self, name, group, members, payload, bucket):
+        """The servers receive while handling the POST, so the broadcast is started right after it."""
+        http = [(s, s.call("/update_weights_from_distributed", {**payload, "group_name": name})) for s in members]
+        try:
+            works = weight_sync.broadcast_bucket(group, bucket, self.device, self.cfg.load_format, async_op=True)
+        except Exception as err:
+            works = [err]
+        return http, works, bucket  # the bucket stays referenced until its broadcast is done
+
+    def _finish(self, in_flight) -> None:
+        """Every server's answer first (they name a failure better than a broken collective), then the
+        works. After a first failure the rest get a short wait only: `close` then leaves the group,
+        which unblocks any server still waiting on this bucket."""
+        failure, wait_s = None, self.cfg.timeout_s
+        for http, works, _ in in_flight:
+            for s, future in http:
+                try:
+                    wait_for(future, s, wait_s)
+                except ServerFailed as err:
+                    failure, wait_s = failure or err, min(wait_s, 10.0)
+            for work in works:
+                try:
+                    if isinstance(work, Exception):
+                        raise work
+                    work.wait()
+                except Exception as err:
+                    failure, wait_s = failure or err, min(wait_s, 10.0)
+        if failure is not None:
+            raise failure
+
+    def _join(self, name: str, port: int, members: list[tuple[SGLangEngine, int]], world: int):
+        """The servers' ranks only join while we do: issue their HTTP calls, then rendezvous ourselves."""
+        cfg = self.cfg
+        addr = weight_sync.resolve_master_addr(cfg.master_addr)
+        port = port or weight_sync.pick_free_port(addr)
+        http = [(s, s.call("/init_weights_update_group", {
+            "master_address": addr, "master_port": port, "rank_offset": offset,
+            "world_size": world, "group_name": name, "backend": cfg.backend})) for s, offset in members]
+        try:
+            group = weight_sync.init_custom_process_group(
+                backend=cfg.backend, init_method=f"tcp://{addr}:{port}", world_size=world, rank=0,
+                group_name=name, timeout_s=cfg.timeout_s)
+        except Exception as err:  # a server that answered with an error is the likely reason
+            for s, future in http:
+                if future.done() and future.exception() is not None:
+                    raise ServerFailed(s, future.exception()) from err
+            raise
+        try:
+            for s, future in http:
+                wait_for(future, s, cfg.timeout_s)
+        except BaseException:
+            weight_sync.destroy_custom_process_group(group)
+            raise
+        return name, group, [s for s, _ in members]
+
+    def close(self) -> None:
+        """Leave our side first (a server blocked on a collective with us then fails at once), then
+        ask each server to drop its side."""
+        groups, self._groups = self._groups, []
+        for _, group, _ in groups:
+            weight_sync.destroy_custom_process_group(group)
+        asked = [(s, s.call("/destroy_weights_update_group", {"group_name": name}))
+                 for name, _, members in groups for s in members]
+        for _, future in asked:
+            try:
+                future.result(timeout=min(self.cfg.timeout_s, 30.0))
+            except Exception:
+                pass
+
+
+class DiskSync(ServerSync):
+    strategy = "disk"
+
+    def __init__(self, cfg: WeightSyncConfig, servers: Sequence[SGLangEngine]):
+        super().__init__(cfg, servers)
+        self._current: Path | None = None
+
+    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        cfg = self.cfg
+        self.phase = "write safetensors"
+        path = weight_sync.write_safetensors_dir(
+            named_tensors, cfg.disk_dir, version, shard_bytes=cfg.bucket_bytes, support_dir=cfg.disk_support_dir)
+        self.phase = "update_weights_from_disk"
+        body = {"model_path": str(path), "weight_version": version, "flush_cache": True}
+        self.each(lambda s: s.call("/update_weights_from_disk", body).result(timeout=self.cfg.timeout_s))
+        previous, self._current = self._current, path
+        if previous is not None and previous != path:
+            shutil.rmtree(previous, ignore_errors=True)  # keep one copy on disk, not one per step
+
+
+class IpcSync(ServerSync):
+    """Co-located servers: CUDA-IPC handles bucket by bucket, each bucket to every server (GPU only)."""
+
+    strategy = "ipc"
+
+    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        cfg = self.cfg
+        buckets = weight_sync.marked_buckets(named_tensors, cfg.bucket_bytes)
+        current, index = next(buckets, None), 0
+        if current is None:
+            raise ValueError("update_weights got no tensors")
+        self.phase = "serialize"
+        payloads = weight_sync.ipc_payloads(current[0], cfg.server_world_size)  # refuses CPU tensors up front
+        self.phase = "begin_weight_update"
+        self.each(lambda s: s.call("/begin_weight_update").result(timeout=cfg.timeout_s))
+        while current is not None:
+            bucket, last = current
+            self.phase = f"update_weights_from_tensor (bucket {index})"
+            body = {"serialized_named_tensors": payloads, "flush_cache": last,
+                    "weight_version": version if last else None}
+            self.each(lambda s: s.call("/update_weights_from_tensor", body).result(timeout=cfg.timeout_s))
+            current, index = (None if last else next(buckets)), index + 1
+            if current is not None:
+                payloads = weight_sync.ipc_payloads(current[0], cfg.server_world_size)
+        self.phase = "end_weight_update"
+        self.each(lambda s: s.call("/end_weight_update").result(timeout=cfg.timeout_s))
+
+
+STRATEGIES: dict[str, type[ServerSync]] = {"distributed": DistributedSync, "disk": DiskSync, "ipc": IpcSync}
+
+
+def make_sync(cfg: WeightSyncConfig, servers: Sequence[SGLangEngine]) -> ServerSync:
+    return STRATEGIES[cfg.strategy](cfg, servers)
