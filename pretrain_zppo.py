@@ -93,6 +93,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    build.check_model_paths(cfg)  # before anything is written: a typo'd path leaves no run directory behind
     upstream_log.route(cfg.run.dir, verbose=args.verbose)  # Megatron's INFO lines, warnings -> the run dir
     build.check_inputs(cfg)
     from megatron_zppo.train.rl_trainer import RLTrainer
