@@ -124,14 +124,19 @@ def parse_generation(item: dict, max_new_tokens: int, where: str, vocab_size: in
                       finish_reason=_FINISH_TYPES[finish_type], weight_version=str(meta.get("weight_version") or ""))
 
 
-def _checked_logprobs(entries: list, ids: list[int], where: str) -> list[float]:
-    """Each entry is [logprob, token_id, text|null]; a token-id mismatch means misaligned logprobs."""
+def _checked_logprobs(entries: list, ids: list[int], where: str, clipped_from: int | None = None) -> list[float]:
+    """Each entry is [logprob, token_id, text|null]; a token-id mismatch means misaligned logprobs.
+    `clipped_from`: SGLang reports input (scored) token ids >= vocab_size - 1 as 0 (it clips image-token
+    hashes that way), so for scoring an entry id of 0 is accepted for those tokens (any, if the vocabulary
+    is unknown); a misalignment still shows at every other position."""
     logprobs = []
     for pos, (entry, token) in enumerate(zip(entries, ids)):
         try:
             logprob, entry_token = float(entry[0]), int(entry[1])
         except (TypeError, ValueError, IndexError):
             logprob, entry_token = float("nan"), None
+        if clipped_from is not None and entry_token == 0 and token >= clipped_from:
+            entry_token = token
         if entry_token != token or not logprob <= 1e-3:  # NaN and positive "log-probs" are garbage too
             raise MalformedResponse(f"{where}: logprob entry {pos} is {entry!r} for token {token}")
         logprobs.append(logprob)
@@ -284,7 +289,8 @@ class SGLangEngine:
                 raise MalformedResponse(f"no input_token_logprobs ({err!r})") from err
             if len(entries) != len(response):
                 raise MalformedResponse(f"{len(response)} response tokens but {len(entries)} logprobs")
-            return _checked_logprobs(entries, [int(t) for t in response], "scoring")
+            clipped_from = self.vocab_size - 1 if self.vocab_size else 1
+            return _checked_logprobs(entries, [int(t) for t in response], "scoring", clipped_from)
 
         async with self._sem:
             return await self._request("POST", "/generate", payload, rid=rid, parse=parse)

@@ -216,8 +216,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _score(self, ids, start, rid):
         start = max(start, 0)
-        entries = [[None if pos == start else fake_logprob(pos, ids[pos]), ids[pos], None]
-                   for pos in range(start, len(ids))]  # SGLang's first returned entry is always null
+        entries = [[None if pos == start else fake_logprob(pos, ids[pos]), ids[pos] if ids[pos] < VOCAB - 1 else 0, None]
+                   for pos in range(start, len(ids))]  # first entry always null; ids >= VOCAB - 1 reported as 0
         meta = {"id": rid, "finish_reason": {"type": "length", "length": 0}, "prompt_tokens": len(ids),
                 "completion_tokens": 0, "weight_version": self.state.weight_version,
                 "input_token_logprobs": entries, "output_token_logprobs": []}

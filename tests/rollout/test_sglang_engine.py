@@ -7,6 +7,7 @@ import pytest
 
 from megatron_zppo.rollout.engine import EVAL_SAMPLING, GenerateRequest, RolloutEngine, SamplingParams
 from megatron_zppo.rollout.sglang_engine import (
+    _checked_logprobs,
     MalformedResponse,
     SGLangError,
     image_payload,
@@ -86,6 +87,18 @@ def test_score_returns_logprobs_of_the_response_tokens_only(server, make_engine)
     body = server.last_generate()
     assert body["input_ids"] == [1, 2, 3, 10, 11] and body["logprob_start_len"] == 2
     assert body["sampling_params"]["max_new_tokens"] == 0 and body["return_logprob"] is True
+
+
+@pytest.mark.parametrize("vocab_size", [VOCAB, None])
+def test_score_accepts_sglangs_zero_for_the_last_vocabulary_id(server, make_engine, vocab_size):
+    # SGLang 0.5.23 reports scored ids >= vocab_size - 1 as 0; a sampled last id once failed the live lane.
+    assert make_engine(server.url, vocab_size=vocab_size).score([[1]], [[VOCAB - 1, 5]]) == [
+        [fake_logprob(1, VOCAB - 1), fake_logprob(2, 5)]]
+
+
+def test_scoring_still_refuses_a_zero_for_an_ordinary_token():
+    with pytest.raises(MalformedResponse, match="scoring: logprob entry 1 is"):
+        _checked_logprobs([[-0.1, VOCAB - 1, None], [-0.2, 0, None]], [VOCAB - 1, 5], "scoring", VOCAB - 1)
 
 
 def test_score_of_empty_response_is_empty_and_empty_prompt_is_refused(server, make_engine):
