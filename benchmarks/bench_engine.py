@@ -17,7 +17,7 @@ import time
 import torch
 from transformers.utils import logging
 
-from megatron_zppo.prompts import encode_prompt
+from megatron_zppo.core.prompts import encode_prompt
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
 from megatron_zppo.toy_models import build_tokenizer, new_qwen3

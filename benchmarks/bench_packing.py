@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmar
 import torch  # noqa: E402
 
 from benchmarks.bench_trainer import _interleaved_medians  # noqa: E402
-from megatron_zppo.loss import LossConfig  # noqa: E402
-from megatron_zppo.records import PromptKind, Sample  # noqa: E402
+from megatron_zppo.core.loss import LossConfig  # noqa: E402
+from megatron_zppo.core.records import PromptKind, Sample  # noqa: E402
 from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches  # noqa: E402
 from megatron_zppo.train.packing import pack, plan_cost, stride_plan  # noqa: E402
 

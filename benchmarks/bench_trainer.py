@@ -2,7 +2,7 @@
 
 Both sides train the same small random Qwen3 (hidden 256, 4 layers, vocab 2000, float32) on the
 same PPO mini-batch (8 sequences x 256 tokens: 32 prompt + 224 response tokens) with the same loss
-(megatron_zppo.loss.policy_loss), gradient clipping and AdamW settings:
+(megatron_zppo.core.loss.policy_loss), gradient clipping and AdamW settings:
 
 - ours: ``PolicyTrainer.ppo_step`` (Megatron GPTModel, local layer spec, DDP + distributed
   optimizer at world size 1, chunked vocab-parallel log-probs, entropy off);
@@ -28,7 +28,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from megatron_zppo.loss import LossConfig, policy_loss  # noqa: E402
+from megatron_zppo.core.loss import LossConfig, policy_loss  # noqa: E402
 
 MODEL = dict(
     hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

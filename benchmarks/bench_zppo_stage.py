@@ -21,11 +21,11 @@ import time
 import numpy as np
 import torch
 
-from megatron_zppo.advantages import assign_advantages
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import STUDENT, TEACHER, Group, PromptKind, Question, Sample
-from megatron_zppo.reformulate import ZppoConfig, fraction_count, plan_reformulations, render, select_hard
-from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.core.advantages import assign_advantages
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import STUDENT, TEACHER, Group, PromptKind, Question, Sample
+from megatron_zppo.core.reformulate import ZppoConfig, fraction_count, plan_reformulations, render, select_hard
+from megatron_zppo.core.replay_buffer import ReplayBuffer
 
 N_NEW, RHO_REPLAY, G_S, G_T = 384, 0.25, 8, 4
 

@@ -180,7 +180,7 @@ def time_ppo_step(trainer, vocab: int, seq_len: int, warmup: int, steps: int) ->
 
 def time_steps(trainer, micro_batches, warmup: int, steps: int) -> float:
     """Median seconds of one PPO update on ``micro_batches``, after ``warmup`` untimed ones."""
-    from megatron_zppo.loss import LossConfig
+    from megatron_zppo.core.loss import LossConfig
 
     for chunk in trainer.policy.chunks:
         chunk.train()

@@ -37,7 +37,7 @@ BUDGET, SCALE, QUESTIONS = 16384, 4, 2  # 16 samples of the paper's mix at a qua
 def _samples(vocab: int, smoke: bool):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from benchmarks.bench_packing import paper_lengths
-    from megatron_zppo.records import PromptKind, Sample
+    from megatron_zppo.core.records import PromptKind, Sample
 
     g = torch.Generator().manual_seed(0)
     out = []

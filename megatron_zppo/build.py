@@ -20,8 +20,8 @@ from megatron_zppo.errors import RunError
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.loop import RolloutPhase
-from megatron_zppo.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
-from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.core.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
+from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import score_samples
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 from megatron_zppo.teacher import Teacher

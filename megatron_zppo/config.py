@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from megatron_zppo.baselines import DIVERGENCES
+from megatron_zppo.core.baselines import DIVERGENCES
 from megatron_zppo.config_io import ConfigError, Range, from_dict, load_tree
 from megatron_zppo.data import SourceConfig
-from megatron_zppo.loss import LossConfig
-from megatron_zppo.reformulate import ZppoConfig
-from megatron_zppo.replay_buffer import BufferConfig
+from megatron_zppo.core.loss import LossConfig
+from megatron_zppo.core.reformulate import ZppoConfig
+from megatron_zppo.core.replay_buffer import BufferConfig
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 from megatron_zppo.train.optimizer import OptimizerConfig
 from megatron_zppo.train.precision import PrecisionConfig

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from megatron_zppo.config_io import Range
 from megatron_zppo.errors import RunError
 from megatron_zppo.images import image_problem
-from megatron_zppo.records import Question
+from megatron_zppo.core.records import Question
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import Question
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import Question
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from megatron_zppo.records import Question
+from megatron_zppo.core.records import Question
 from megatron_zppo.rewards import GRADERS, GraderError, resolve_grader
 
 JUDGE = "judge"  # free-form answers: graded by the teacher as an LLM judge, not in a worker

@@ -17,15 +17,15 @@ from typing import Protocol
 
 import torch
 
-from megatron_zppo.answers import last_boxed
+from megatron_zppo.core.answers import last_boxed
 from megatron_zppo.config import RolloutConfig
 from megatron_zppo.data import QuestionStream
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.methods import Grade, HardPrompts, Objective, step_seed, timed
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import Group, PromptKind, Sample
-from megatron_zppo.reformulate import fraction_count, select_hard
-from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import Group, PromptKind, Sample
+from megatron_zppo.core.reformulate import fraction_count, select_hard
+from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import PromptSpec, generate_groups
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from megatron_zppo.answers import last_boxed
+from megatron_zppo.core.answers import last_boxed
 from megatron_zppo.errors import RunError
-from megatron_zppo.records import Question
+from megatron_zppo.core.records import Question
 
 _DEGREE_PERCENT = re.compile(r"\^\s*\{?\\circ\}?|°|\\%|%")
 

@@ -11,9 +11,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from megatron_zppo.baselines import redact_answers
-from megatron_zppo.prompts import PromptTemplates, parse_summary
-from megatron_zppo.records import TEACHER, PromptKind, Question, Sample
+from megatron_zppo.core.baselines import redact_answers
+from megatron_zppo.core.prompts import PromptTemplates, parse_summary
+from megatron_zppo.core.records import TEACHER, PromptKind, Question, Sample
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 
 JUDGE_PROMPT = (

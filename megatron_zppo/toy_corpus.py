@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from megatron_zppo.data import SourceConfig, load_source
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import Question
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import Question
 
 # The RL task and the held-out families, with the generator settings the demo uses everywhere.
 RL_TASK = SourceConfig(kind="reasoning_gym", task="chain_sum",

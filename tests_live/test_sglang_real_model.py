@@ -8,7 +8,7 @@ max absolute difference, printed), and one weight sync from the trainer that cha
 import pytest
 import torch
 
-from megatron_zppo.prompts import encode_prompt
+from megatron_zppo.core.prompts import encode_prompt
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.sglang_engine import SGLangEngine
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     from megatron_zppo import build
     from megatron_zppo.data import load_questions
     from megatron_zppo.evaluate import evaluate
-    from megatron_zppo.prompts import DEFAULT_DIR, PromptTemplates
+    from megatron_zppo.core.prompts import DEFAULT_DIR, PromptTemplates
     from megatron_zppo.grader_pool import GraderPool
 
     suite = load_suite(args.suite)

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from megatron_zppo.prompts import PromptTemplates, encode_prompt
+    from megatron_zppo.core.prompts import PromptTemplates, encode_prompt
     from megatron_zppo.toy_corpus import corpus
     from megatron_zppo.toy_models import build_tokenizer
 

@@ -79,8 +79,8 @@ def sft_samples(recipe: Recipe, tok, templates, seed: int) -> list:
     """Supervised samples on fresh pictures: plain prompts and BCQ prompts, half each."""
     import io
 
-    from megatron_zppo.prompts import encode_prompt
-    from megatron_zppo.records import PromptKind, Sample
+    from megatron_zppo.core.prompts import encode_prompt
+    from megatron_zppo.core.records import PromptKind, Sample
 
     rng = random.Random(seed)
     samples = []
@@ -146,7 +146,7 @@ def build(out: Path, recipe: Recipe, seed: int = 0) -> dict:
 
     hf_logging.disable_progress_bar()
     from megatron_zppo.data import SourceConfig, load_source
-    from megatron_zppo.prompts import PromptTemplates
+    from megatron_zppo.core.prompts import PromptTemplates
     from megatron_zppo.toy_models import build_tokenizer, new_qwen35_vl
 
     key = hashlib.sha256((json.dumps(asdict(recipe), sort_keys=True) + Path(__file__).read_text()).encode())

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from megatron_zppo.records import Group, Sample
+from megatron_zppo.core.records import Group, Sample
 from megatron_zppo.rollout.collect import PromptSpec
 
 

@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-from megatron_zppo.baselines import distill_advantages
-from megatron_zppo.batch import split_minibatches
+from megatron_zppo.core.baselines import distill_advantages
+from megatron_zppo.core.batch import split_minibatches
 from megatron_zppo.methods.base import Grade, step_seed, timed
 from megatron_zppo.methods.policy_gradient import PolicyGradient
 

@@ -4,8 +4,8 @@ out, baselines.redact_answers)."""
 from __future__ import annotations
 
 from megatron_zppo.methods.base import HardPromptSet, step_seed, timed
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import PromptKind
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import PromptKind
 from megatron_zppo.rollout.collect import PromptSpec
 
 

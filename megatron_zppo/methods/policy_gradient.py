@@ -3,8 +3,8 @@ advantages (advantages.assign_advantages), then PPO updates, one per mini-batch.
 
 from __future__ import annotations
 
-from megatron_zppo.advantages import assign_advantages
-from megatron_zppo.batch import split_minibatches, training_samples
+from megatron_zppo.core.advantages import assign_advantages
+from megatron_zppo.core.batch import split_minibatches, training_samples
 from megatron_zppo.errors import RunError
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 
-from megatron_zppo.baselines import prefix_length
+from megatron_zppo.core.baselines import prefix_length
 from megatron_zppo.methods.base import Grade, HardPromptSet, step_seed, timed
 from megatron_zppo.methods.zppo import teacher_rollouts
-from megatron_zppo.records import PromptKind
+from megatron_zppo.core.records import PromptKind
 from megatron_zppo.rollout.collect import PromptSpec
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 
 from megatron_zppo.methods.base import Grade, HardPromptSet, step_seed, timed
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import PromptKind
-from megatron_zppo.reformulate import ZppoConfig, plan_reformulations, render
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import PromptKind
+from megatron_zppo.core.reformulate import ZppoConfig, plan_reformulations, render
 from megatron_zppo.rollout.collect import PromptSpec
 
 

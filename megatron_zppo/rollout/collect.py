@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from megatron_zppo.answers import last_boxed
-from megatron_zppo.records import Group, PromptKind, Question, Sample
+from megatron_zppo.core.answers import last_boxed
+from megatron_zppo.core.records import Group, PromptKind, Question, Sample
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 

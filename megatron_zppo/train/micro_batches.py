@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from megatron_zppo.images import vision_token_counts
-from megatron_zppo.records import Sample
+from megatron_zppo.core.records import Sample
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.packing import PlanCost, pack, plan_cost, stride_plan
 from megatron_zppo.train.vision_batch import expand_images

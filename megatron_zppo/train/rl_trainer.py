@@ -17,8 +17,8 @@ import torch.distributed as dist
 
 from megatron_zppo.checkpoint import CheckpointError
 from megatron_zppo.images import is_vision_language
-from megatron_zppo.loss import LossConfig
-from megatron_zppo.records import PromptKind, Sample
+from megatron_zppo.core.loss import LossConfig
+from megatron_zppo.core.records import PromptKind, Sample
 from megatron_zppo.train import parallel
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches

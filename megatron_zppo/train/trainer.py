@@ -23,7 +23,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from megatron_zppo.loss import LossConfig, policy_loss
+from megatron_zppo.core.loss import LossConfig, policy_loss
 from megatron_zppo.train.logit_distill import KDMicroBatch, KDRequest, forward_kd, forward_teacher_hidden
 from megatron_zppo.train.logprobs import LogprobRequest, SequenceBatch, forward_response_logprobs
 from megatron_zppo.train.model import Policy

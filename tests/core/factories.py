@@ -1,6 +1,6 @@
 """Small builders for records used across the core tests."""
 
-from megatron_zppo.records import STUDENT, TEACHER, Group, PromptKind, Question, Sample
+from megatron_zppo.core.records import STUDENT, TEACHER, Group, PromptKind, Question, Sample
 
 
 def question(qid="q0", text="What is 2+3?", answer="5"):

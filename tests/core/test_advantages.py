@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from megatron_zppo.advantages import assign_advantages, grpo_advantages, reinforce_pp_advantages
+from megatron_zppo.core.advantages import assign_advantages, grpo_advantages, reinforce_pp_advantages
 from tests.core.factories import group, question
 
 R = torch.tensor([1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0], dtype=torch.float64)

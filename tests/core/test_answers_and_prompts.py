@@ -1,7 +1,7 @@
 import pytest
 
-from megatron_zppo.answers import last_boxed, wrong_answer_list
-from megatron_zppo.prompts import PromptTemplates, TemplateError, parse_summary
+from megatron_zppo.core.answers import last_boxed, wrong_answer_list
+from megatron_zppo.core.prompts import PromptTemplates, TemplateError, parse_summary
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_zppo.baselines import distill_advantages, prefix_length, redact_answers
-from megatron_zppo.loss import LossConfig, policy_loss
+from megatron_zppo.core.baselines import distill_advantages, prefix_length, redact_answers
+from megatron_zppo.core.loss import LossConfig, policy_loss
 
 
 def _divergence(p_s: torch.Tensor, p_t: torch.Tensor, which: str, beta: float) -> torch.Tensor:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "megatron_zppo"
-# The method's maths: pure functions and records, tested in milliseconds (STYLE.md habit 3).
-PURE = ["records", "answers", "prompts", "reformulate", "replay_buffer", "advantages", "loss", "batch",
-        "baselines", "config_io", "errors"]
+# The method's maths (core/) and the two pure modules of the config: tested in milliseconds (STYLE.md habit 3).
+PURE = sorted(str(p.relative_to(PACKAGE).with_suffix("")) for p in (PACKAGE / "core").glob("*.py")) + [
+    "config_io", "errors"]
 HEAVY = ("megatron", "torch.distributed", "httpx", "requests", "transformers", "sglang")
 
 
@@ -39,6 +39,18 @@ def test_only_the_train_package_imports_megatron():
 @pytest.mark.parametrize("module", PURE)
 def test_the_methods_maths_imports_no_megatron_process_group_or_client(module):
     assert _hits(_imports(PACKAGE / f"{module}.py"), HEAVY) == []
+
+
+def test_the_core_folder_holds_the_methods_maths_and_imports_only_itself():
+    core = {p.stem for p in (PACKAGE / "core").glob("*.py")} - {"__init__"}
+    assert {"records", "answers", "prompts", "reformulate", "replay_buffer", "advantages", "loss", "batch",
+            "baselines"} <= core
+    ours = {f: {n for n in _imports(PACKAGE / "core" / f"{f}.py") if n.startswith("megatron_zppo")} for f in core}
+    # images: the vision-token count a prompt's length limit needs (pixels in, a number out).
+    outside = {f: sorted(n for n in names if not n.startswith(("megatron_zppo.core", "megatron_zppo.config_io",
+                                                                 "megatron_zppo.errors", "megatron_zppo.images")))
+               for f, names in ours.items()}
+    assert {f: v for f, v in outside.items() if v} == {}
 
 
 def test_the_loop_names_no_method():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megatron_zppo.config_io import from_dict
-from megatron_zppo.loss import LossConfig, kl_penalty, policy_loss
+from megatron_zppo.core.loss import LossConfig, kl_penalty, policy_loss
 
 OLD = torch.full((1, 3), -1.0, dtype=torch.float64)
 NEW = OLD + torch.log(torch.tensor([[1.5, 0.5, 1.0]], dtype=torch.float64))

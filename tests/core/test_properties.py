@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_zppo.batch import training_samples
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import Group, PromptKind, Sample
-from megatron_zppo.reformulate import ZppoConfig, plan_reformulations, render, select_hard
-from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.core.batch import training_samples
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import Group, PromptKind, Sample
+from megatron_zppo.core.reformulate import ZppoConfig, plan_reformulations, render, select_hard
+from megatron_zppo.core.replay_buffer import ReplayBuffer
 from tests.core.factories import group, question, teacher
 
 TEMPLATES = PromptTemplates.load()

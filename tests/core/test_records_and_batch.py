@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from megatron_zppo.batch import split_minibatches, training_samples
-from megatron_zppo.records import Group, PromptKind, Question, Sample
+from megatron_zppo.core.batch import split_minibatches, training_samples
+from megatron_zppo.core.records import Group, PromptKind, Question, Sample
 from tests.core.factories import group, question, sample
 
 

@@ -3,9 +3,9 @@ import random
 import pytest
 
 from megatron_zppo.config_io import from_dict
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import PromptKind
-from megatron_zppo.reformulate import (
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import PromptKind
+from megatron_zppo.core.reformulate import (
     ZppoConfig, fraction_count, plan_reformulations, render, select_hard,
 )
 from tests.core.factories import group, question, teacher

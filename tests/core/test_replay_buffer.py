@@ -2,8 +2,8 @@ import pickle
 
 import pytest
 
-from megatron_zppo.records import PromptKind, Question
-from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.core.records import PromptKind, Question
+from megatron_zppo.core.replay_buffer import ReplayBuffer
 from tests.core.factories import group, question
 
 

@@ -12,7 +12,7 @@ def toy_world(tmp_path_factory):
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    from megatron_zppo.prompts import PromptTemplates
+    from megatron_zppo.core.prompts import PromptTemplates
     from megatron_zppo.toy_corpus import corpus
     from megatron_zppo.toy_models import build_tokenizer, new_qwen3
 

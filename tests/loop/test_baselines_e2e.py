@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from megatron_zppo.baselines import distill_advantages, prefix_length
+from megatron_zppo.core.baselines import distill_advantages, prefix_length
 from megatron_zppo.metrics import read_metrics
-from megatron_zppo.records import STUDENT, PromptKind
+from megatron_zppo.core.records import STUDENT, PromptKind
 from tests.loop.test_pretrain_e2e import _overrides, _run
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from megatron_zppo import checkpoint
 from megatron_zppo.evaluate import bootstrap_ci, evaluate
-from megatron_zppo.records import Question
+from megatron_zppo.core.records import Question
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import Generation, SamplingParams
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from megatron_zppo.grader_pool import GraderPool
-from megatron_zppo.records import Question
+from megatron_zppo.core.records import Question
 from megatron_zppo.rewards import GraderError
 
 Q = Question("q", "What is half of one?", "\\frac{1}{2}")
@@ -93,7 +93,7 @@ def test_workers_die_with_their_parent_even_when_it_is_killed(tmp_path):
     script = textwrap.dedent(f"""
         import time
         from megatron_zppo.grader_pool import GraderPool
-        from megatron_zppo.records import Question
+        from megatron_zppo.core.records import Question
         pool = GraderPool("tests.loop.slow_graders:pid", workers=2)
         pool.grade([{str(pids)!r}] * 2, [Question("q", "t", "1")] * 2)
         print("graded", flush=True)

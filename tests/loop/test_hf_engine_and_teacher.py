@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from megatron_zppo.prompts import encode_prompt
-from megatron_zppo.records import Question
+from megatron_zppo.core.prompts import encode_prompt
+from megatron_zppo.core.records import Question
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
 from megatron_zppo.teacher import Teacher, parse_verdict
@@ -105,7 +105,7 @@ def test_judge_reads_strict_json_and_malformed_scores_zero(toy_world):
 
 
 def test_llm_judge_questions_are_routed_to_the_teacher(toy_world):
-    from megatron_zppo.records import PromptKind, Sample
+    from megatron_zppo.core.records import PromptKind, Sample
     from megatron_zppo.grader_pool import GraderPool
     from megatron_zppo.rollout.collect import score_samples
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from megatron_zppo.metrics import REQUIRED, read_metrics
-from megatron_zppo.reformulate import fraction_count
+from megatron_zppo.core.reformulate import fraction_count
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = {"t_rollout", "t_reward", "t_teacher", "t_zppo", "t_train", "t_sync", "t_step", "tokens_per_s"}

@@ -1,6 +1,6 @@
 import pytest
 
-from megatron_zppo.records import Question
+from megatron_zppo.core.records import Question
 from megatron_zppo.rewards import (
     grade_choice,
     grade_exact,

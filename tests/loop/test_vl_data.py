@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from megatron_zppo.data import DataError, SourceConfig, load_questions
-from megatron_zppo.records import PromptKind, Question
-from megatron_zppo.reformulate import ZppoConfig, plan_reformulations
-from megatron_zppo.replay_buffer import ReplayBuffer
+from megatron_zppo.core.records import PromptKind, Question
+from megatron_zppo.core.reformulate import ZppoConfig, plan_reformulations
+from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import PromptSpec, generate_groups
 from megatron_zppo.rollout.engine import Generation
 from tests.core.factories import group, teacher

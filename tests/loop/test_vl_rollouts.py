@@ -8,7 +8,7 @@ from PIL import Image
 
 from megatron_zppo import build
 from megatron_zppo.config import load_config
-from megatron_zppo.records import PromptKind, Question
+from megatron_zppo.core.records import PromptKind, Question
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
 

@@ -7,7 +7,7 @@ import torch
 from megatron_zppo.config import load_config
 from megatron_zppo.loop import Rollouts, train_then_sync
 from megatron_zppo.methods import build_objective
-from megatron_zppo.records import Group, PromptKind, Question, Sample
+from megatron_zppo.core.records import Group, PromptKind, Question, Sample
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
 
 

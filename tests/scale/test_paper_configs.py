@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from megatron_zppo.config import load_config
-from megatron_zppo.reformulate import fraction_count
+from megatron_zppo.core.reformulate import fraction_count
 
 PAPER = sorted(Path("examples/paper").glob("qwen35_*/zppo.yaml"))
 

@@ -13,7 +13,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from megatron_zppo.loss import LossConfig  # noqa: E402
+from megatron_zppo.core.loss import LossConfig  # noqa: E402
 from megatron_zppo.train import parallel  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config  # noqa: E402

@@ -54,7 +54,7 @@ def main(make_micro_batches=None) -> None:
     tiny_qwen3's text mini-batch in micro-batches of two rows)."""
     import torch.distributed as dist
 
-    from megatron_zppo.loss import LossConfig
+    from megatron_zppo.core.loss import LossConfig
     from megatron_zppo.train import parallel
     from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
     from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config

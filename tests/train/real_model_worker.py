@@ -11,7 +11,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from megatron_zppo.loss import LossConfig  # noqa: E402
+from megatron_zppo.core.loss import LossConfig  # noqa: E402
 from megatron_zppo.train import parallel  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config  # noqa: E402
@@ -31,7 +31,7 @@ WATCHED = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"
 def micro_batches(hf_dir: str) -> list[PPOMicroBatch]:
     from transformers import AutoTokenizer
 
-    from megatron_zppo.prompts import encode_prompt
+    from megatron_zppo.core.prompts import encode_prompt
     from megatron_zppo.train.logprobs import SequenceBatch
 
     tok = AutoTokenizer.from_pretrained(hf_dir)

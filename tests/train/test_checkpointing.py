@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from megatron_zppo.checkpoint import CheckpointError, DamagedCheckpoint
-from megatron_zppo.loss import LossConfig
+from megatron_zppo.core.loss import LossConfig
 from megatron_zppo.train.checkpointing import adam_step_counts, load_checkpoint, save_checkpoint
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig

@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_zppo.records import PromptKind, Sample
+from megatron_zppo.core.records import PromptKind, Sample
 from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from megatron_zppo.loss import LossConfig, policy_loss
+from megatron_zppo.core.loss import LossConfig, policy_loss
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_zppo.answers import last_boxed
+from megatron_zppo.core.answers import last_boxed
 from megatron_zppo.errors import RunError
 
-DEFAULT_DIR = Path(__file__).parent / "templates"
+DEFAULT_DIR = Path(__file__).parents[1] / "templates"  # megatron_zppo/templates/
 
 # Placeholders each template must contain, and the only ones it may contain.
 REQUIRED = {

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from megatron_zppo.answers import boxes
+from megatron_zppo.core.answers import boxes
 
 DIVERGENCES = ("reverse_kl", "jsd")
 

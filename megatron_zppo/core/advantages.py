@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from megatron_zppo.records import Group
+from megatron_zppo.core.records import Group
 
 
 def group_index(groups: list[Group]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-from megatron_zppo.answers import wrong_answer_list
+from megatron_zppo.core.answers import wrong_answer_list
 from megatron_zppo.config_io import Range
-from megatron_zppo.prompts import PromptTemplates
-from megatron_zppo.records import TEACHER, Group, PromptKind, Question, Sample
+from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.records import TEACHER, Group, PromptKind, Question, Sample
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from megatron_zppo.records import STUDENT, Group, Sample
+from megatron_zppo.core.records import STUDENT, Group, Sample
 
 
 def training_samples(groups: Sequence[Group], weight_version: str | None = None) -> list[Sample]:

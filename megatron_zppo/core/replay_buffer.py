@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from megatron_zppo.config_io import Range
-from megatron_zppo.records import Group, PromptKind, Question
+from megatron_zppo.core.records import Group, PromptKind, Question
 
 STATE_VERSION = 1
 
