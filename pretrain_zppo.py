@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's compiled kernels only pay off on GPU
@@ -29,7 +30,7 @@ from megatron_zppo.evaluate import evaluate
 from megatron_zppo import methods
 from megatron_zppo.loop import RolloutPhase, rollout_metrics, sync_weights, train_then_sync
 from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
-from megatron_zppo.overlap import RolloutFeed, accepted_versions, version_name, versions_behind
+from megatron_zppo.overlap import RolloutFeed, accepted_versions, rollouts_in_flight, version_name, versions_behind
 from megatron_zppo.shutdown import StopRequest
 
 
@@ -241,4 +242,13 @@ def _finite(x):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except Exception:  # printed as Python prints it; then the exit below
+        traceback.print_exc()
+        code = 1
+    if rollouts_in_flight():  # run.overlap=one_step, stopped mid-step: see rollouts_in_flight
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -31,6 +31,15 @@ from megatron_zppo.errors import RunError
 
 OVERLAPS = ("none", "one_step")
 DEFAULT_TIS_CAP = 2.0  # loss.tis_cap under one_step unless set (None there turns the correction off)
+_WORKING: set[int] = set()  # ids of the feeds whose background thread is inside the rollout phase now
+
+
+def rollouts_in_flight() -> bool:
+    """A background thread is making rollouts right now (the run stopped on an error or Ctrl-C
+    during a step's training). It cannot be stopped mid-call: the main job then ends the process
+    without the interpreter's shutdown, which would tear torch down under the running thread (the
+    C++ runtime aborts: "terminate called without an active exception")."""
+    return bool(_WORKING)
 
 
 def version_name(step: int) -> str:
@@ -95,11 +104,13 @@ class RolloutFeed:
     def _serve(self) -> None:
         while True:
             step, box, done = self._jobs.get()
+            _WORKING.add(id(self))
             try:
                 box["rollouts"] = self.phase(step)
             except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
                 box["error"] = e
             finally:
+                _WORKING.discard(id(self))
                 done.set()
 
     def join(self, times: dict[str, float] | None = None) -> None:
