@@ -98,10 +98,9 @@ def run(args) -> int:
     build.check_model_paths(cfg)  # before anything is written: a typo'd path leaves no run directory behind
     upstream_log.route(cfg.run.dir, verbose=args.verbose)  # Megatron's INFO lines, warnings -> the run dir
     build.check_inputs(cfg)
-    from megatron_zppo.train.rl_trainer import RLTrainer
 
     stop = StopRequest()
-    trainer = RLTrainer(cfg)  # initialises torch.distributed and Megatron's parallel groups
+    trainer = build.make_trainer(cfg)  # initialises torch.distributed and Megatron's parallel groups
     is_main = trainer.is_main
     run_dir = Path(cfg.run.dir)
     ctx = logger = None

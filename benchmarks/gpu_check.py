@@ -87,7 +87,8 @@ def build(hf_dir: str, dtype: str, fp8: str = "none", train: bool = False, recom
     """(policy, trainer or None) through our build path; FP8 fields set as precision.py maps them."""
     from megatron_zppo.train import model as model_mod
     from megatron_zppo.train.precision import PrecisionConfig, ddp_config_fields, transformer_config_fields
-    from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
+    from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
+    from megatron_zppo.train.trainer import PolicyTrainer
 
     precision = PrecisionConfig(dtype, fp8)
     opt = OptimizerConfig(lr=1e-6)

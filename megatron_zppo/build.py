@@ -27,6 +27,21 @@ from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
 from megatron_zppo.teacher import Teacher
 
 
+def make_trainer(cfg: Config, hf_path: str | None = None):
+    """The Megatron trainer (initialises torch.distributed and the parallel groups), given train/'s
+    own small configs; `hf_path` replaces student.hf_path (tools that train another model)."""
+    from megatron_zppo.train.model import ModelConfig
+    from megatron_zppo.train.parallel import ParallelConfig
+    from megatron_zppo.train.rl_trainer import Batching, RLTrainer
+
+    t, p = cfg.train, cfg.precision
+    model = ModelConfig(hf_path or cfg.student.hf_path, p.torch_dtype_name, t.layer_spec, p.fp8, p.fp8_param_gather,
+                        recompute=t.recompute)
+    return RLTrainer(model, ParallelConfig(t.tensor_parallel, t.pipeline_parallel, seed=cfg.run.seed), cfg.optimizer,
+                     cfg.loss, Batching(t.micro_batch_size, t.max_tokens_per_micro_batch, t.logprob_chunk_size),
+                     methods.trainer_teacher(cfg))
+
+
 def server_urls(cfg: EngineConfig, name: str) -> list[str]:
     """The engine's server URLs: `url` (one server or a router), `urls`, or the launcher's addresses
     file. From that file the student gets every one of its servers (each needs every weight update,

@@ -18,6 +18,7 @@ from megatron_zppo.overlap import DEFAULT_TIS_CAP, OVERLAPS
 from megatron_zppo.reformulate import ZppoConfig
 from megatron_zppo.replay_buffer import BufferConfig
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.train.optimizer import OptimizerConfig
 from megatron_zppo.train.precision import PrecisionConfig
 
 _OFF = {"zppo.bcq": False, "zppo.ncq": False, "zppo.compression": False}
@@ -176,21 +177,15 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of the Megatron trainer (passed to megatron_zppo.train)."""
+    """Layout and batching of the Megatron trainer (build.make_trainer turns it into train/'s own
+    ParallelConfig and ModelConfig); the optimizer has its own section, `optimizer`."""
 
     tensor_parallel: Annotated[int, Range(ge=1)] = 1
     pipeline_parallel: Annotated[int, Range(ge=1)] = 1
     micro_batch_size: Annotated[int, Range(ge=1)] = 8
     layer_spec: str = "auto"  # auto | local | transformer_engine
-    lr: Annotated[float, Range(ge=0)] = 1e-6
-    weight_decay: Annotated[float, Range(ge=0)] = 0.1
-    adam_beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
-    adam_beta2: Annotated[float, Range(ge=0, lt=1)] = 0.999
-    adam_eps: Annotated[float, Range(gt=0)] = 1e-8
-    clip_grad: Annotated[float, Range(ge=0)] = 1.0  # 0: no clipping
     logprob_chunk_size: Annotated[int, Range(ge=1)] = 512
     recompute: str = "none"  # activation recomputation: none | selective (attention core) | full (whole layers)
-    use_distributed_optimizer: bool = True
     # Token budget of a micro-batch (prompt + response, images expanded); set: micro-batches are packed
     # under it and balanced across DP ranks by tokens (micro_batch_size is then unused). null: fixed rows.
     max_tokens_per_micro_batch: Annotated[int | None, Range(ge=1)] = None
@@ -214,6 +209,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)  # dtype, FP8 (checked at start-up)
     eval: EvalConfig = field(default_factory=EvalConfig)
     templates: str = ""  # directory of prompt templates; empty: the package defaults
@@ -238,8 +234,17 @@ class Config:
                              "teacher.hf_path is empty")
 
 
+# train.<old> -> optimizer.<new>: the optimizer's settings have their own section since 2026-12-01.
+MOVED = {"lr": "lr", "adam_beta1": "beta1", "adam_beta2": "beta2", "adam_eps": "eps", "weight_decay": "weight_decay",
+         "clip_grad": "clip_grad", "use_distributed_optimizer": "use_distributed_optimizer"}
+
+
 def load_config(path: str | None, overrides: list[str]) -> Config:
     tree = load_tree(path, overrides)
+    moved = [f"train.{k} -> optimizer.{MOVED[k]}" for k in (tree.get("train") or {}) if k in MOVED]
+    if moved:
+        raise ConfigError(f"{path or 'overrides'}: the optimizer's settings moved to their own section: "
+                          f"{'; '.join(moved)}")
     algorithm = (tree.get("run") or {}).get("algorithm", RunConfig.algorithm)
     if algorithm not in PRESETS:
         raise ConfigError(f"run.algorithm {algorithm!r} unknown; expected one of {sorted(PRESETS)}")

@@ -2,9 +2,7 @@
 
 Serving (real text through its chat template), the train-inference mismatch users watch most
 (SGLang's log-probs of its own samples against the Megatron trainer's on the same tokens: mean and
-max absolute difference, printed). A weight sync into this server is not tested here: its first run
-(2026-12-01) served log-probs 2.7 away from the synced weights' and left the process group broken at
-teardown; the toy model's syncs (tests_live/test_sglang_live.py) pass. Open, see the README.
+max absolute difference, printed), and one weight sync from the trainer that changes what it serves.
 """
 
 import pytest
@@ -72,3 +70,31 @@ def test_sglang_logprobs_agree_with_the_megatron_trainer_on_its_own_samples(engi
     print(f"sglang_vs_trainer_logprob_abs_diff mean={mean:.2e} max={worst:.2e} over {len(diffs)} tokens")
     # fp32 on both sides, 30 layers: HF's own fp32 forward is within 1e-5 of fp64 on such tokens.
     assert mean < 1e-3 and worst < 1e-2
+
+
+def test_a_weight_sync_from_the_trainer_changes_what_the_server_serves(engine, prompts, policy, smollm2_dir):
+    from megatron_zppo.rollout.hf_engine import HFEngine
+    from megatron_zppo.train.model import export_hf_weights
+
+    ids, _ = prompts
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    (before,) = engine.generate([GenerateRequest(ids[1], 1)], params)[0]
+    norm = policy.chunks[0].decoder.final_layernorm.weight
+    with torch.no_grad():
+        norm.mul_(0.5)  # a trained step stands in: every logit halves
+    try:
+        # On CPU the exported tensors share memory with the parameters: copy them before undoing the change.
+        new = [(name, t.clone()) for bucket in export_hf_weights(policy) for name, t in bucket]
+        engine.update_weights(iter(new), "real-v1")
+    finally:
+        with torch.no_grad():
+            norm.mul_(2.0)
+    (after,) = engine.generate([GenerateRequest(ids[1], 1)], params)[0]
+    assert after.weight_version == "real-v1"
+    old_view = HFEngine(smollm2_dir).score([ids[1]], [after.response_ids])[0]  # the checkpoint's weights
+    reference = HFEngine(smollm2_dir)
+    reference.update_weights(new, "real-v1")
+    expected = reference.score([ids[1]], [after.response_ids])[0]
+    assert max(abs(a - b) for a, b in zip(expected, after.logprobs)) < 1e-2  # serves the synced weights ...
+    assert max(abs(a - b) for a, b in zip(old_view, after.logprobs)) > 0.1  # ... not the old ones
+    assert after.logprobs != before.logprobs

@@ -76,10 +76,10 @@ def make_engine(args):
     engine = HFEngine(args.model, name="eval")
     if args.megatron:  # weights from a run checkpoint, through the trainer that wrote it
         from megatron_zppo.config import load_config
-        from megatron_zppo.train.rl_trainer import RLTrainer
+        from megatron_zppo import build
 
         cfg = load_config(None, [f"student.hf_path={args.model}", "run.algorithm=grpo"])
-        trainer = RLTrainer(cfg)
+        trainer = build.make_trainer(cfg)
         trainer.load(str(Path(args.megatron) / "model"), weights_only=True)
         engine.update_weights(trainer.export_hf(), Path(args.megatron).name)
         trainer.close()

@@ -63,14 +63,14 @@ def train_one(m: ModelRecipe, out: Path, tok_dir: Path, pairs, seed: int) -> Non
 
     from megatron_zppo.config import load_config
     from megatron_zppo.toy_models import new_qwen3
-    from megatron_zppo.train.rl_trainer import RLTrainer
+    from megatron_zppo import build
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     path = out / m.name
     new_qwen3(path, m.size, tok, seed=seed)
     cfg = load_config(None, [f"student.hf_path={path}", "run.algorithm=grpo", f"run.seed={seed}",
-                             f"train.lr={m.lr}", "train.weight_decay=0.0", f"train.micro_batch_size={m.batch}"])
-    trainer = RLTrainer(cfg)
+                             f"optimizer.lr={m.lr}", "optimizer.weight_decay=0.0", f"train.micro_batch_size={m.batch}"])
+    trainer = build.make_trainer(cfg)
     rng = random.Random(seed)
     t0 = time.perf_counter()
     for step in range(m.steps):

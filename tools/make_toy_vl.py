@@ -105,12 +105,12 @@ def train_one(path: Path, samples: list, steps: int, recipe: Recipe, seed: int) 
     from safetensors.torch import save_file
 
     from megatron_zppo.config import load_config
-    from megatron_zppo.train.rl_trainer import RLTrainer
+    from megatron_zppo import build
 
     cfg = load_config(None, [f"student.hf_path={path}", "run.algorithm=grpo", f"run.seed={seed}",
-                             f"train.lr={recipe.lr}", "train.weight_decay=0.0",
+                             f"optimizer.lr={recipe.lr}", "optimizer.weight_decay=0.0",
                              f"train.micro_batch_size={recipe.batch}"])
-    trainer = RLTrainer(cfg)
+    trainer = build.make_trainer(cfg)
     rng = random.Random(seed)
     t0 = time.perf_counter()
     for step in range(steps):

@@ -13,7 +13,7 @@ from megatron_zppo.methods.prefix import PrefixPrompts
 from megatron_zppo.methods.zppo import ZppoPrompts
 
 __all__ = ["Grade", "HardPrompts", "HardPromptSet", "Objective", "build_hard_prompts", "build_objective",
-           "step_seed", "timed"]
+           "step_seed", "timed", "trainer_teacher"]
 
 
 def build_hard_prompts(cfg, teacher, templates, decode, grade: Grade) -> HardPrompts:
@@ -38,3 +38,14 @@ def build_objective(cfg, teacher=None, grade: Grade | None = None) -> Objective:
     if m.objective == "logit_distill":
         return LogitDistill(cfg.advantage, updates)
     return PolicyGradient(cfg.advantage, updates)
+
+
+def trainer_teacher(cfg):
+    """The teacher the trainer itself must hold (its distributions, not its text): logit
+    distillation's, a train.logit_distill.LogitTeacher; None for every other method."""
+    m = cfg.method
+    if m.objective != "logit_distill":
+        return None
+    from megatron_zppo.train.logit_distill import LogitTeacher
+
+    return LogitTeacher(cfg.teacher.hf_path, m.kd_temperature, m.kd_top_k)

@@ -34,9 +34,6 @@ class SamplingParams:
             raise ValueError(f"sampling.max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
 
 
-# The paper's evaluation decoding (SPEC.md "Sampling").
-EVAL_SAMPLING = SamplingParams(temperature=0.6, top_p=0.95, top_k=20, presence_penalty=1.5)
-
 
 @dataclass(frozen=True)
 class GenerateRequest:

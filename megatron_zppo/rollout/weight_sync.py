@@ -190,7 +190,12 @@ def pick_free_port(host: str = "127.0.0.1") -> int:
 
 
 def destroy_custom_process_group(group: dist.ProcessGroup) -> None:
-    dist.destroy_process_group(group)  # also drops the rank map registered above
+    """Also drops the rank map registered above. A global `destroy_process_group()` (Megatron's
+    teardown, `parallel.destroy`) may have destroyed this group already: then there is nothing to do."""
+    try:
+        dist.destroy_process_group(group)
+    except ValueError:  # torch's "Invalid process group specified": no longer registered
+        pass
 
 
 # SGLang's `load_format` for one broadcast per bucket: the tensors' bytes concatenated in bucket

@@ -6,6 +6,18 @@ machine without a GPU these fail as "Found no NVIDIA driver". Each shim below is
 call it works around. ``enable()`` applies them only when ``torch.cuda.is_available()`` is False;
 on a GPU machine it changes nothing but the Transformer Engine import stand-in, and that only where
 TE is not installed. We never edit the installed packages.
+
+The model-specific shims live beside their models; every one, by name:
+
+| where | shim | works around |
+|---|---|---|
+| here | ``CudaToCpuMode``, ``_patch_cuda_runtime`` | literal CUDA devices, streams and tensor-type names |
+| here | ``_TransformerEngineStandIn`` | the bridge importing TE where TE is absent |
+| ``qwen35_cpu.py`` | ``ZeroCenteredRMSNorm``, ``HeadParallelRMSNorm`` | no non-TE zero-centred norm; GDN's TP-shared norm grad |
+| ``qwen35_cpu.py`` | ``TorchLayerNormColumnParallelLinear``, ``local_block_spec`` | TE-only fused norm + linear and hybrid block spec |
+| ``qwen35_cpu.py`` | ``enable_torch_gated_delta_rule`` (``torch_l2norm``) | FLA's Triton kernels (no CPU driver) |
+| ``qwen35_vl.py`` | ``local_vision_modules``, ``PackedVisionAttention``, ``TorchLayerNorm`` | the ViT's TE classes; per-image attention |
+| ``qwen35_vl.py`` | ``exact_gelu_merger`` (GPU too) | the bridge's tanh GELU in the patch merger |
 """
 
 from __future__ import annotations

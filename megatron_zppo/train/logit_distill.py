@@ -21,6 +21,15 @@ from torch.utils.checkpoint import checkpoint
 from megatron_zppo.train.logprobs import SequenceBatch, _response_positions
 
 
+@dataclass(frozen=True)
+class LogitTeacher:
+    """The teacher the trainer holds for this baseline (method.kd_temperature, method.kd_top_k)."""
+
+    hf_path: str
+    temperature: float = 1.0
+    top_k: int = 0  # 0: the whole distribution
+
+
 @dataclass
 class KDMicroBatch:
     sequences: SequenceBatch

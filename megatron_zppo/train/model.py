@@ -153,7 +153,8 @@ def export_hf_weights(
 
     The bridge gathers TP/PP shards with collectives, so every rank of the model-parallel group
     must drain this generator, even if only one of them sends the weights on.
-    Tensors are on CPU (what a weight sync to the rollout engine or to disk needs).
+    Tensors are on CPU (what a weight sync to the rollout engine or to disk needs); on a CPU run they
+    may share memory with the parameters, so a caller that keeps them past the next update copies them.
     """
     bucket: list[tuple[str, torch.Tensor]] = []
     size = 0

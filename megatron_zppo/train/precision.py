@@ -129,7 +129,7 @@ def check_precision(
         raise PrecisionError(f"{where} needs CUDA >= {cuda_need} (Transformer Engine's block-scaled GEMM); "
                              f"torch is built with CUDA {cuda_version}")
     if cfg.fp8_param_gather and not distributed_optimizer:
-        raise PrecisionError("precision.fp8_param_gather=true needs train.use_distributed_optimizer=true "
+        raise PrecisionError("precision.fp8_param_gather=true needs optimizer.use_distributed_optimizer=true "
                              "(Megatron keeps the FP8 weight shards in its distributed optimizer)")
 
 

@@ -10,37 +10,45 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from megatron_zppo.checkpoint import CheckpointError
-from megatron_zppo.config import Config
 from megatron_zppo.images import is_vision_language
-from megatron_zppo.loss import importance_stats
+from megatron_zppo.loss import LossConfig, importance_stats
 from megatron_zppo.records import PromptKind, Sample
 from megatron_zppo.train import parallel
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.micro_batches import BatchRule, rank_micro_batches
 from megatron_zppo.train.precision import ddp_config_fields
 from megatron_zppo.train.model import ModelConfig, build_policy
-from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, PPOMicroBatch, build_optimizer, ddp_config
+from megatron_zppo.train.logit_distill import LogitTeacher
+from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
+from megatron_zppo.train.trainer import PolicyTrainer, PPOMicroBatch
 
 
 # Settings a resume must keep: the optimizer state carries them (Megatron restores lr, betas, eps and
 # weight decay from it, or refuses a change deep in its loader), and Adam's moments were gathered
 # under them. The others apply from this run's config (the checkpoint reshards to any layout).
-KEPT_ON_RESUME = ("train.lr", "train.adam_beta1", "train.adam_beta2", "train.adam_eps", "train.weight_decay",
-                  "train.use_distributed_optimizer")
+KEPT_ON_RESUME = ("optimizer.lr", "optimizer.beta1", "optimizer.beta2", "optimizer.eps", "optimizer.weight_decay",
+                  "optimizer.use_distributed_optimizer")
 
 
-def resume_settings(cfg: Config, dp_size: int) -> dict:
-    t = cfg.train
-    return {"train.lr": t.lr, "train.adam_beta1": t.adam_beta1, "train.adam_beta2": t.adam_beta2,
-            "train.adam_eps": t.adam_eps, "train.weight_decay": t.weight_decay,
-            "train.use_distributed_optimizer": t.use_distributed_optimizer, "train.clip_grad": t.clip_grad,
-            "train.tensor_parallel": t.tensor_parallel, "train.pipeline_parallel": t.pipeline_parallel,
-            "data-parallel size": dp_size}
+@dataclass(frozen=True)
+class Batching:
+    """How samples become micro-batches (config.TrainConfig's fields of the same names)."""
+
+    micro_batch_size: int = 8
+    max_tokens_per_micro_batch: int | None = None  # set: packed under this token budget, balanced by tokens
+    logprob_chunk_size: int = 512
+
+
+def resume_settings(optimizer: OptimizerConfig, parallel_cfg: parallel.ParallelConfig, dp_size: int) -> dict:
+    settings = {f"optimizer.{f.name}": getattr(optimizer, f.name) for f in dataclasses.fields(optimizer)}
+    return {**settings, "train.tensor_parallel": parallel_cfg.tensor_parallel,
+            "train.pipeline_parallel": parallel_cfg.pipeline_parallel, "data-parallel size": dp_size}
 
 
 def settings_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
@@ -58,28 +66,25 @@ def _pad(rows: Sequence[Sequence[float]], width: int) -> torch.Tensor:
 
 
 class RLTrainer:
-    def __init__(self, cfg: Config, hf_path: str | None = None):
+    """`logit_teacher`: the frozen teacher the logit-distillation baseline holds inside the trainer
+    (methods.trainer_teacher); None for every other method."""
+
+    def __init__(self, model_cfg: ModelConfig, parallel_cfg: parallel.ParallelConfig, optimizer: OptimizerConfig,
+                 loss: LossConfig, batching: Batching, logit_teacher: LogitTeacher | None = None):
         from megatron.core import parallel_state
 
-        t = cfg.train
-        pcfg = parallel.ParallelConfig(t.tensor_parallel, t.pipeline_parallel, seed=cfg.run.seed)
-        self.dp_size = parallel.initialize(pcfg)
+        self.dp_size = parallel.initialize(parallel_cfg)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.last_stage = parallel_state.is_pipeline_last_stage()
-        ocfg = OptimizerConfig(t.lr, t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay, t.clip_grad,
-                               t.use_distributed_optimizer)
-        p = cfg.precision
-        model_cfg = ModelConfig(hf_path or cfg.student.hf_path, p.torch_dtype_name, t.layer_spec, p.fp8,
-                                p.fp8_param_gather, recompute=t.recompute)
-        ddp = ddp_config(ocfg)
-        for key, value in ddp_config_fields(p).items():  # FP8 weight all-gather, if asked
+        ddp = ddp_config(optimizer)
+        for key, value in ddp_config_fields(model_cfg.precision).items():  # FP8 weight all-gather, if asked
             setattr(ddp, key, value)
-        self.policy = build_policy(model_cfg, pcfg, ddp)
-        self.optimizer, self.scheduler = build_optimizer(self.policy, ocfg)
-        self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=t.logprob_chunk_size,
-                                  variable_shapes=t.max_tokens_per_micro_batch is not None)
-        self.settings = resume_settings(cfg, self.dp_size)
-        self.loss_cfg = cfg.loss
+        self.policy = build_policy(model_cfg, parallel_cfg, ddp)
+        self.optimizer, self.scheduler = build_optimizer(self.policy, optimizer)
+        self.core = PolicyTrainer(self.policy, self.optimizer, self.scheduler, chunk_size=batching.logprob_chunk_size,
+                                  variable_shapes=batching.max_tokens_per_micro_batch is not None)
+        self.settings = resume_settings(optimizer, parallel_cfg, self.dp_size)
+        self.loss_cfg = loss
         hf_config = self.policy.bridge.hf_pretrained.config
         text_config = hf_config.get_text_config()
         # A vision-language student: its image processor turns samples' images into patches.
@@ -88,24 +93,25 @@ class RLTrainer:
             from transformers import AutoImageProcessor
 
             image_processor = AutoImageProcessor.from_pretrained(model_cfg.hf_path)
-        self.rule = BatchRule(t.micro_batch_size, t.max_tokens_per_micro_batch,
+        self.rule = BatchRule(batching.micro_batch_size, batching.max_tokens_per_micro_batch,
                               int(getattr(text_config, "max_position_embeddings", None) or 1 << 30),
                               int(getattr(text_config, "pad_token_id", None) or 0), image_processor,
                               getattr(hf_config, "image_token_id", None),
                               getattr(hf_config, "vision_start_token_id", None),
                               pack_rows=image_processor is None)  # M-RoPE positions are per row
         self.teacher = None
-        if cfg.method.objective == "logit_distill":  # the teacher inside the trainer, laid out like the student
+        if logit_teacher is not None:  # laid out like the student, frozen
             from megatron.core.utils import get_model_config
 
             from megatron_zppo.train.logit_distill import make_criterion, output_logits_fn
 
-            self.teacher = build_policy(ModelConfig(cfg.teacher.hf_path, p.torch_dtype_name, t.layer_spec), pcfg)
+            self.teacher = build_policy(dataclasses.replace(model_cfg, hf_path=logit_teacher.hf_path, fp8="none",
+                                                            fp8_param_gather=False, recompute="none"), parallel_cfg)
             for chunk in self.teacher.chunks:
                 chunk.requires_grad_(False)
             self._teacher_logits = output_logits_fn(self.teacher.chunks[-1]) if self.last_stage else None
-            self._criterion = make_criterion(get_model_config(self.policy.chunks[0]), cfg.method.kd_temperature,
-                                             cfg.method.kd_top_k)
+            self._criterion = make_criterion(get_model_config(self.policy.chunks[0]), logit_teacher.temperature,
+                                             logit_teacher.top_k)
 
     @property
     def is_main(self) -> bool:
@@ -174,7 +180,7 @@ class RLTrainer:
         from megatron_zppo.train.logit_distill import KDMicroBatch
 
         if self.teacher is None:
-            raise ValueError("distill() needs method.objective=logit_distill (the teacher is built only then)")
+            raise ValueError("distill() needs a logit_teacher (method.objective=logit_distill builds one)")
         per_update = []
         for mb in minibatches:
             cut, cost = self._micro_batches(mb, pack_rows=False)  # the KD forward takes padded rows
@@ -231,7 +237,7 @@ class RLTrainer:
             # A checkpoint without recorded settings: Megatron matches optimizer parameter groups by
             # their hyperparameters (lr, wd, ...), and the scheduler asserts its own.
             raise CheckpointError(f"checkpoint {directory}: its optimizer state does not fit this run's optimizer "
-                                  f"settings (train.lr/weight_decay/...: {type(e).__name__}: {str(e)[:200]}); resume "
+                                  f"settings (optimizer.lr/weight_decay/...: {type(e).__name__}: {str(e)[:200]}); resume "
                                   "with the settings it was written with") from None
 
     def close(self) -> None:

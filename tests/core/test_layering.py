@@ -52,3 +52,23 @@ def test_the_loop_names_no_method():
         "megatron_zppo.methods.__init__", "megatron_zppo.methods.base"}
     assert one_method and _imports(PACKAGE / "loop.py") & one_method == set()
     assert "cfg" not in {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}  # no root config either
+
+
+def test_the_train_package_never_sees_the_root_config():
+    # config.py holds train/'s small configs (precision, optimizer); the arrow must not also run back.
+    users = {str(p.relative_to(PACKAGE)) for p in (PACKAGE / "train").glob("*.py")
+             if _hits(_imports(p), ["megatron_zppo.config"])}
+    assert users == set()
+
+
+def test_every_cpu_shim_in_cpu_compats_table_exists_where_it_says():
+    import re
+
+    doc = ast.get_docstring(ast.parse((PACKAGE / "train" / "cpu_compat.py").read_text()))
+    rows = [r for r in doc.splitlines() if r.startswith("| ") and "``" in r.split("|")[2]]
+    listed = [(("cpu_compat.py" if w.strip() == "here" else w.strip().strip("`")), n)
+              for w, shims, _ in (r.strip("|").split("|") for r in rows) for n in re.findall(r"``(\w+)``", shims)]
+    assert len(listed) >= 10
+    defined = {f: {n.name for n in ast.parse((PACKAGE / "train" / f).read_text()).body
+                   if isinstance(n, (ast.FunctionDef, ast.ClassDef))} for f, _ in listed}
+    assert [(f, n) for f, n in listed if n not in defined[f]] == []

@@ -154,6 +154,15 @@ def test_config_errors_name_the_key_and_value(tmp_path):
         load_config(str(tmp_path / "none.yaml"), [])
 
 
+def test_optimizer_keys_under_train_name_their_new_place(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("train:\n  micro_batch_size: 4\n  lr: 1.0e-6\n  adam_beta2: 0.95\n")
+    with pytest.raises(ConfigError, match=rf"{old}: the optimizer's settings moved to their own section: "
+                                          r"train.lr -> optimizer.lr; train.adam_beta2 -> optimizer.beta2"):
+        load_config(str(old), BASE)
+    assert load_config(None, BASE + ["optimizer.lr=3e-6", "optimizer.beta2=0.95"]).optimizer.beta2 == 0.95
+
+
 def test_the_demo_config_loads():
     c = load_config("examples/cpu_toy/zppo.yaml", [])
     assert c.run.algorithm == "zppo" and c.zppo.bcq and c.buffer.enabled and len(c.data.train) == 1

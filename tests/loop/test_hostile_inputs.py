@@ -200,9 +200,9 @@ def test_resuming_the_main_job_refuses_changed_betas_and_names_a_damaged_shard(t
     assert (ckpts / "step_000001" / "COMPLETE").is_file() and (ckpts / "latest").read_text() == "step_000002"
 
     # Adam's betas live in the optimizer state: a resume that changes them is refused, not ignored.
-    betas = _main(_overrides(toy_world, run, 3, ["--load", "auto", "train.adam_beta2=0.99", "train.clip_grad=0.5"]))
+    betas = _main(_overrides(toy_world, run, 3, ["--load", "auto", "optimizer.beta2=0.99", "optimizer.clip_grad=0.5"]))
     assert betas.returncode == 2 and betas.stderr.splitlines()[-1].startswith("pretrain_zppo: "), betas.stderr[-3000:]
-    assert "train.adam_beta2: 0.999 -> 0.99" in betas.stderr and "clip_grad" not in betas.stderr.split("0.99")[-1]
+    assert "optimizer.beta2: 0.999 -> 0.99" in betas.stderr and "clip_grad" not in betas.stderr.split("0.99")[-1]
 
     # A model shard cut short after the save: named with its sizes, and the earlier checkpoint offered.
     shard = max((ckpts / "step_000002" / "model").glob("*.distcp"), key=lambda f: f.stat().st_size)

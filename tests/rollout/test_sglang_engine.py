@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-from megatron_zppo.rollout.engine import EVAL_SAMPLING, GenerateRequest, RolloutEngine, SamplingParams
+from megatron_zppo.build import eval_sampling
+from megatron_zppo.config import EvalConfig
+from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 from megatron_zppo.rollout.sglang_engine import (
     _checked_logprobs,
     MalformedResponse,
@@ -54,7 +56,7 @@ def test_generate_sends_token_ids_logprob_flags_and_request_id(server, make_engi
 
 
 def test_sampling_params_map_onto_sglang_names():
-    evaluation = sampling_payload(EVAL_SAMPLING, 4)
+    evaluation = sampling_payload(eval_sampling(EvalConfig(max_new_tokens=512), seed=None), 4)  # the paper's
     assert evaluation == {"max_new_tokens": 512, "temperature": 0.6, "top_p": 0.95, "top_k": 20,
                           "presence_penalty": 1.5, "n": 4}
     seeded = sampling_payload(SamplingParams(top_k=-1, seed=7, stop_token_ids=(2, 3)), 1)

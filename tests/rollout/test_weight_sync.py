@@ -215,3 +215,22 @@ def test_ipc_sync_with_cpu_tensors_sends_nothing_and_keeps_the_version(server, m
     with pytest.raises(WeightSyncError, match="during serialize.*stays on weight version 'v0'.*no weights were sent"):
         engine.update_weights([("w", torch.zeros(2))], "v1")
     assert engine.server_weight_version() != "v1"
+
+
+def test_leaving_a_sync_group_that_megatrons_teardown_already_destroyed_is_quiet(tmp_path):
+    # The trainer's parallel.destroy() (destroy_process_group(), every group) may run before the
+    # engine's shutdown; leaving the sync group then raised torch's "Invalid process group specified".
+    import subprocess
+    import sys
+
+    script = f"""
+import torch.distributed as dist
+from megatron_zppo.rollout.weight_sync import destroy_custom_process_group
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
+group = dist.new_group([0])
+dist.destroy_process_group()
+destroy_custom_process_group(group)
+print("left")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "left", done.stderr[-2000:]

@@ -21,8 +21,8 @@ def test_paper_configs_carry_the_papers_hyperparameters(path):
     assert (c.zppo.tau, c.zppo.rho_aug, c.buffer.rho_replay, c.buffer.capacity) == (0.5, 0.25, 0.25, 10_000)
     assert fraction_count(c.zppo.rho_aug, c.rollout.n_new) == 96
     assert (c.loss.eps_low, c.loss.eps_high, c.loss.dual_clip_c, c.loss.kl_coef) == (0.2, 0.28, 10.0, 0.0)
-    assert (c.train.lr, c.train.weight_decay, c.train.adam_beta1, c.train.adam_beta2, c.train.adam_eps,
-            c.train.clip_grad) == (1e-6, 0.1, 0.9, 0.999, 1e-8, 1.0)
+    assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.beta1, c.optimizer.beta2, c.optimizer.eps,
+            c.optimizer.clip_grad) == (1e-6, 0.1, 0.9, 0.999, 1e-8, 1.0)
     assert (c.student.temperature, c.student.top_p, c.teacher.temperature) == (1.0, 1.0, 1.0)
     assert (c.eval.temperature, c.eval.top_p, c.eval.top_k, c.eval.presence_penalty) == (0.6, 0.95, 20, 1.5)
     assert c.advantage == "reinforce_pp" and c.precision.dtype == "bf16"

@@ -57,7 +57,8 @@ def main(make_micro_batches=None) -> None:
     from megatron_zppo.loss import LossConfig
     from megatron_zppo.train import parallel
     from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
-    from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
+    from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
+    from megatron_zppo.train.trainer import PolicyTrainer
     from tests.train.tiny_qwen3 import ppo_micro_batches
 
     ap = argparse.ArgumentParser()

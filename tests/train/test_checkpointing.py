@@ -16,7 +16,8 @@ from megatron_zppo.loss import LossConfig
 from megatron_zppo.train.checkpointing import adam_step_counts, load_checkpoint, save_checkpoint
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig
-from megatron_zppo.train.trainer import OptimizerConfig, PolicyTrainer, build_optimizer, ddp_config
+from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
+from megatron_zppo.train.trainer import PolicyTrainer
 from tests.train.tiny_qwen3 import ppo_micro_batches
 from tests.train.workers import run_worker
 
@@ -201,11 +202,15 @@ def test_a_resume_refuses_settings_the_optimizer_state_carries_and_applies_the_o
     from megatron_zppo.config import load_config
     from megatron_zppo.train.rl_trainer import resume_settings, settings_changes
 
+    def settings(cfg, dp_size):
+        return resume_settings(cfg.optimizer, ParallelConfig(cfg.train.tensor_parallel, cfg.train.pipeline_parallel),
+                               dp_size)
+
     base = ["student.hf_path=s", "teacher.hf_path=t"]
-    saved = resume_settings(load_config(None, base), dp_size=2)
-    changed = load_config(None, base + ["train.adam_beta2=0.99", "train.adam_eps=1e-6", "train.clip_grad=0.5",
+    saved = settings(load_config(None, base), dp_size=2)
+    changed = load_config(None, base + ["optimizer.beta2=0.99", "optimizer.eps=1e-6", "optimizer.clip_grad=0.5",
                                         "train.tensor_parallel=2"])
-    refused, applied = settings_changes(saved, resume_settings(changed, dp_size=1))
-    assert refused == ["train.adam_beta2: 0.999 -> 0.99", "train.adam_eps: 1e-08 -> 1e-06"]
-    assert applied == ["train.clip_grad: 1.0 -> 0.5", "train.tensor_parallel: 1 -> 2", "data-parallel size: 2 -> 1"]
+    refused, applied = settings_changes(saved, settings(changed, dp_size=1))
+    assert refused == ["optimizer.beta2: 0.999 -> 0.99", "optimizer.eps: 1e-08 -> 1e-06"]
+    assert applied == ["optimizer.clip_grad: 1.0 -> 0.5", "train.tensor_parallel: 1 -> 2", "data-parallel size: 2 -> 1"]
     assert settings_changes(saved, saved) == ([], [])
