@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's compiled kernels only pay off on GPU
@@ -29,6 +30,7 @@ from megatron_zppo.evaluate import evaluate
 from megatron_zppo import methods
 from megatron_zppo.loop import RolloutPhase, rollout_metrics, sync_weights, train_then_sync
 from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
+from megatron_zppo.overlap import RolloutFeed, accepted_versions, rollouts_in_flight, version_name, versions_behind
 from megatron_zppo.shutdown import StopRequest
 
 
@@ -117,6 +119,7 @@ def run(args) -> int:
 def train(cfg: Config, trainer, ctx: RolloutPhase | None, stop: StopRequest, run_dir: Path) -> int:
     is_main = ctx is not None
     objective = ctx.objective if is_main else methods.build_objective(cfg)  # training needs no teacher
+    feed = RolloutFeed(ctx, cfg.run.overlap, cfg.run.overlap_timeout_s) if is_main else None
     start, summary = 0, {"eval": {}}
     ckpt = checkpoint.resolve(cfg.run.load, run_dir)
     if ckpt is not None:
@@ -125,39 +128,46 @@ def train(cfg: Config, trainer, ctx: RolloutPhase | None, stop: StopRequest, run
         if is_main:
             ctx.buffer.load_state_dict(state["buffer"])
             ctx.stream.load_state_dict(state["stream"])
+            feed.load_state_dict(state.get("rollouts"), start)  # one_step: the rollouts in flight
             print(f"resumed from {ckpt} at step {start}")
     elif cfg.run.load == "auto" and is_main:
         print(f"run.load=auto: no checkpoint under {run_dir / 'checkpoints'}; starting at step 0")
-    version = f"step-{start}"
-    sync_weights(trainer, ctx.student if is_main else None, version)
+    sync_weights(trainer, ctx.student if is_main else None, version_name(start))
     if is_main:
         logger = MetricsLogger(run_dir, cfg.run.steps, start)
         if start == 0:
             summary["eval"] = {k: {"family": v["family"], "n": v["n"], "before": v["accuracy"], "ci95_before": v["ci95"],
                                    "correct_before": v["correct"]} for k, v in run_evals(cfg, ctx).items()}
 
-    mode = cfg.run.mode
+    mode, overlap = cfg.run.mode, cfg.run.overlap
     for step in range(start, cfg.run.steps):
         t_step = time.perf_counter()
         if mode == "train_only":  # replay rollouts written by an earlier rollout_only run
             rollouts = torch.load(rollout_file(cfg.run.rollouts_from, step), weights_only=False)
         else:
-            rollouts = broadcast(ctx(step) if is_main else None, is_main)
+            rollouts = broadcast(feed.take(step) if is_main else None, is_main)
+        if is_main and cfg.buffer.enabled:  # with the buffer off (grpo) there is no buffer at all, not a silent one
+            ctx.buffer.update(rollouts.plain)  # before the next step's rollouts draw from it, in either overlap
         if is_main and (mode == "rollout_only" or cfg.run.dump_rollouts):
             save_rollouts(rollouts, rollout_file(run_dir, step))
         times, stats = dict(rollouts.times), {}
         if mode != "rollout_only":
-            version, stats = train_then_sync(objective, trainer, rollouts, ctx.student if is_main else None,
-                                             None if mode == "train_only" else version, f"step-{step + 1}", times,
-                                             seed=cfg.run.seed, colocated=cfg.student.release_memory)
+            if is_main:
+                feed.start(step + 1)  # one_step: made while this step trains, waited for before the sync
+            _, stats = train_then_sync(objective, trainer, rollouts, ctx.student if is_main else None,
+                                       None if mode == "train_only" else accepted_versions(overlap, step),
+                                       version_name(step + 1), times, seed=cfg.run.seed,
+                                       colocated=cfg.student.release_memory,
+                                       before_sync=(lambda: feed.join(times)) if is_main else None)
         if is_main:
-            if cfg.buffer.enabled:  # with the buffer off (grpo) there is no buffer at all, not a silent one
-                ctx.buffer.update(rollouts.plain)
             m = {**dict.fromkeys(TRAIN_STATS, float("nan")), **rollout_metrics(rollouts, ctx.buffer), **stats}
             m.update({f"t_{k}": times.get(k, 0.0) for k in ("rollout", "reward", "teacher", "zppo", "train", "sync")})
             m.update(periodic_evals(cfg, ctx, step, summary))
             if getattr(ctx.student, "last_sync", None) is not None:  # SGLang students report each weight sync
                 m.update(ctx.student.last_sync.metrics())  # sync_s, sync_bytes, sync_gb_per_s, sync_servers
+            m["rollout_versions_behind"] = versions_behind(rollouts, step)
+            if "overlap_wait" in times:  # one_step: how long the trainer waited for the next rollouts
+                m["t_overlap_wait"] = times["overlap_wait"]
             m["t_step"] = time.perf_counter() - t_step
             m["tokens_per_s"] = m["tokens_generated"] / max(m["t_rollout"], 1e-9)
             logger.log(m)
@@ -166,7 +176,7 @@ def train(cfg: Config, trainer, ctx: RolloutPhase | None, stop: StopRequest, run
         if (step + 1) % cfg.run.save_every == 0 or step + 1 == cfg.run.steps or stopping:
             state = {"step": step + 1, "summary": summary}  # rank 0 writes it, with the buffer and data position
             if is_main:
-                state.update(buffer=ctx.buffer.state_dict(), stream=ctx.stream.state_dict())
+                state.update(buffer=ctx.buffer.state_dict(), stream=ctx.stream.state_dict(), rollouts=feed.state_dict())
             saved = checkpoint.save(run_dir, step + 1, trainer, state)
         if stopping and step + 1 < cfg.run.steps:
             if is_main:
@@ -231,4 +241,13 @@ def _finite(x):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except Exception:  # printed as Python prints it; then the exit below
+        traceback.print_exc()
+        code = 1
+    if rollouts_in_flight():  # run.overlap=one_step, stopped mid-step: see rollouts_in_flight
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -14,6 +14,7 @@ from megatron_zppo.core.baselines import DIVERGENCES
 from megatron_zppo.config_io import ConfigError, Range, from_dict, load_tree
 from megatron_zppo.data import SourceConfig
 from megatron_zppo.core.loss import LossConfig
+from megatron_zppo.overlap import DEFAULT_TIS_CAP, OVERLAPS
 from megatron_zppo.core.reformulate import ZppoConfig
 from megatron_zppo.core.replay_buffer import BufferConfig
 from megatron_zppo.rollout.weight_sync import WeightSyncConfig
@@ -63,12 +64,21 @@ class RunConfig:
     mode: str = "train"
     rollouts_from: str = ""
     dump_rollouts: bool = False
+    # one_step: step k+1's rollouts are made while the trainer trains on step k, by weights one version
+    # behind (overlap.py); loss.tis_cap then defaults to overlap.DEFAULT_TIS_CAP. none: the synchronous loop.
+    overlap: str = "none"
+    overlap_timeout_s: Annotated[float, Range(gt=0)] = 3600.0  # wait for them after training, at most
 
     def __post_init__(self):
         if self.algorithm not in PRESETS:
             raise ValueError(f"run.algorithm {self.algorithm!r} unknown; expected one of {sorted(PRESETS)}")
         if self.mode not in MODES:
             raise ValueError(f"run.mode {self.mode!r} unknown; expected one of {MODES}")
+        if self.overlap not in OVERLAPS:
+            raise ValueError(f"run.overlap {self.overlap!r} unknown; expected one of {OVERLAPS}")
+        if self.overlap != "none" and self.mode != "train":
+            raise ValueError(f"run.overlap={self.overlap!r} overlaps rollouts with training; run.mode={self.mode!r} "
+                             "does not do both (use run.overlap=none)")
 
 
 @dataclass(frozen=True)
@@ -214,6 +224,9 @@ class Config:
         if m.objective != "policy_gradient" and (self.zppo.bcq or self.zppo.ncq or m.hard_prompts != "zppo"):
             raise ValueError(f"method.objective={m.objective!r} trains on no reformulated prompts; zppo.bcq, "
                              "zppo.ncq must be false and method.hard_prompts must be zppo")
+        if self.run.overlap != "none" and self.student.release_memory:
+            raise ValueError(f"run.overlap={self.run.overlap!r} generates while the trainer trains, but "
+                             "student.release_memory gives the server's GPU memory to the trainer then; turn one off")
         needs_teacher = self.zppo.bcq or self.zppo.compression or m.hard_prompts != "zppo" or m.objective != \
             "policy_gradient"
         if needs_teacher and not self.teacher.hf_path and self.teacher.engine == "embedded":
@@ -238,4 +251,6 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     for key, value in PRESETS[algorithm].items():
         section, name = key.split(".")
         tree.setdefault(section, {}).setdefault(name, value)
+    if (tree.get("run") or {}).get("overlap") == "one_step":  # off-policy by one version: correct it, unless told
+        tree.setdefault("loss", {}).setdefault("tis_cap", DEFAULT_TIS_CAP)
     return from_dict(Config, tree)

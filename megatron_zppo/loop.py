@@ -139,16 +139,21 @@ def sync_weights(trainer: Trainer, engine: RolloutEngine | None, version: str) -
 
 
 def train_then_sync(objective: Objective, trainer: Trainer, r: Rollouts, engine: RolloutEngine | None,
-                    weight_version: str | None, new_version: str, times: dict[str, float], *, seed: int,
-                    colocated: bool = False) -> tuple[str, dict]:
+                    weight_version: str | tuple[str, ...] | None, new_version: str, times: dict[str, float], *,
+                    seed: int, colocated: bool = False, before_sync: Callable[[], None] | None = None
+                    ) -> tuple[str, dict]:
     """The updates of one rollout step, then the new weights into the engine. A co-located server
     (`student.release_memory`) gives its GPU memory to the trainer for the updates and takes its
-    weights' memory back before the sync, its cache after it. Returns (new version, train stats)."""
+    weights' memory back before the sync, its cache after it. `before_sync` waits for rollouts
+    still being made with the engine's current weights (run.overlap=one_step, overlap.py).
+    Returns (new version, train stats)."""
     colocated = colocated and engine is not None
     if colocated:
         engine.release_memory()
     with timed(times, "train"):
         stats = objective.train(trainer, r, weight_version, random.Random(step_seed(seed, r.step, 3)))
+    if before_sync is not None:
+        before_sync()
     with timed(times, "sync"):
         if colocated:
             engine.resume_memory(("weights",))

@@ -99,3 +99,29 @@ def test_main_job_trains_on_sglang_rollouts_and_syncs_weights_each_step(live_ser
     assert all(m["logprob_diff_mean"] < 1e-3 for m in metrics)
     assert all(m["t_sync"] > 0 for m in metrics)
     assert all(m["sync_bytes"] > 0 and m["sync_servers"] == 1 for m in metrics)  # each step's sync is logged
+
+
+def test_main_job_with_overlapped_rollouts_trains_one_version_behind(live_server, toy_model, tmp_path):
+    """run.overlap=one_step with the student on the real server: step k+1's rollouts are made by
+    SGLang while the trainer trains on step k, so from step 1 on each step's samples carry the
+    version before the trainer's, as the server reported it; the weights are synced every step."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    chain = "{kind: reasoning_gym, task: chain_sum, seed: 0, size: 20, task_config: {max_digits: 1, max_terms: 2}}"
+    args = ["--config", "examples/cpu_toy/zppo.yaml", f"run.dir={tmp_path}", "run.steps=3", "run.save_every=3",
+            "run.overlap=one_step", f"student.hf_path={toy_model}", "student.engine=sglang",
+            f"student.url={live_server}", "student.weight_sync.backend=gloo", f"teacher.hf_path={toy_model}",
+            "rollout.n_new=4", "rollout.group_size=4", "rollout.max_new_tokens=8", "train.micro_batch_size=8",
+            f"data.train=[{chain}]", "data.eval={}"]
+    proc = subprocess.run([sys.executable, "pretrain_zppo.py", *args], cwd=root, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rollout_versions_behind"] for m in metrics] == [0, 1, 1]
+    assert metrics[0]["logprob_diff_mean"] < 1e-3  # step 0: made synchronously, by the trainer's own weights
+    assert all(m["sync_bytes"] > 0 and m["is_ratio_min"] <= m["is_ratio_max"] for m in metrics)

@@ -112,6 +112,17 @@ def policy_loss(
     return loss, stats
 
 
+def importance_stats(log_ratio: torch.Tensor, cap: float | None) -> dict[str, float]:
+    """Importance ratios proximal / behaviour policy (the trainer's recomputed log-probs over the
+    engine's) of real response tokens, `log_ratio` 1-D: what loss.tis_cap truncates. With
+    run.overlap=one_step the engine's weights are one version behind, so these move away from 1."""
+    r = torch.exp(log_ratio.double())
+    out = {"is_ratio_mean": float(r.mean()), "is_ratio_max": float(r.max()), "is_ratio_min": float(r.min())}
+    if cap is not None:
+        out["is_ratio_capped_frac"] = float((r > cap).double().mean())
+    return out
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 

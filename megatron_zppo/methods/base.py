@@ -53,8 +53,10 @@ class Objective(Protocol):
         """On the rank that holds the engines, after grading: set the samples' advantages.
         Returns the step's supervised targets (off-policy distillation), else []."""
 
-    def train(self, trainer, rollouts, weight_version: str | None, rng: random.Random) -> dict[str, float]:
-        """On every trainer rank: the step's updates from `rollouts` (loop.Rollouts)."""
+    def train(self, trainer, rollouts, weight_version: str | tuple[str, ...] | None,
+              rng: random.Random) -> dict[str, float]:
+        """On every trainer rank: the step's updates from `rollouts` (loop.Rollouts). Samples must
+        carry `weight_version` (or one of them; batch.training_samples)."""
 
 
 # Grades samples in place against their own questions (rollout.collect.score_samples, bound).

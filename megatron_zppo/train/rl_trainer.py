@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from megatron_zppo.checkpoint import CheckpointError
 from megatron_zppo.images import is_vision_language
-from megatron_zppo.core.loss import LossConfig
+from megatron_zppo.core.loss import LossConfig, importance_stats
 from megatron_zppo.core.records import PromptKind, Sample
 from megatron_zppo.train import parallel
 from megatron_zppo.train.logprobs import SequenceBatch
@@ -138,7 +138,7 @@ class RLTrainer:
         optimizer update per mini-batch. Returns the mean of each statistic over the updates."""
         cut, costs = zip(*[self._micro_batches(mb) for mb in minibatches])
         olds = [self._old_logprobs(batches) for batches in cut]
-        diffs, per_update = [], []
+        diffs, log_ratios, per_update = [], [], []
         for batches, old, cost in zip(cut, olds, costs):
             mbs = []
             for (seq, rows), old_lp in zip(batches, old):
@@ -147,12 +147,14 @@ class RLTrainer:
                 mbs.append(PPOMicroBatch(seq, old_lp, adv, rollout_logprobs=rollout))
                 mask = seq.response_mask()
                 if self.last_stage and mask.any():
-                    diffs.append((old_lp - rollout).abs()[mask])
+                    log_ratios.append((old_lp - rollout)[mask])
+                    diffs.append(log_ratios[-1].abs())
             per_update.append({**self.core.ppo_step(mbs, self.loss_cfg), **cost})
         local = _mean_stats(per_update)
         if diffs:
             d = torch.cat(diffs)
             local.update(logprob_diff_mean=float(d.mean()), logprob_diff_max=float(d.max()))
+            local.update(importance_stats(torch.cat(log_ratios), self.loss_cfg.tis_cap))
         return self._gather(local)
 
     def _gather(self, local: dict[str, float]) -> dict[str, float]:

@@ -46,6 +46,7 @@ class _State:
         self.last_generate: dict = {}
         self.update_count = 0
         self.in_flight = 0
+        self.busy_s, self.busy_since = 0.0, 0.0  # time with a generate request in flight (benchmarks)
         self.aborted: set[str] = set()
         self.weight_version = "default"
         self.weights: dict = {}  # name -> torch tensor
@@ -122,6 +123,12 @@ class _Handler(BaseHTTPRequestHandler):
     def h__fake_version(self, body):
         self._send(200, {"weight_version": self.state.weight_version})
 
+    def h__fake_busy(self, body):
+        st = self.state
+        with st.lock:
+            busy = st.busy_s + (time.monotonic() - st.busy_since if st.in_flight else 0.0)
+        self._send(200, {"busy_s": busy})
+
     def h__fake_group(self, body):
         self._send(200, {"group": self.state.group_args, "loaded_from": self.state.loaded_from})
 
@@ -171,11 +178,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if st.fault_budget("garbage_body"):  # e.g. a proxy's error page with status 200
             return self._send(200, "<html><body>upstream connect error</body></html>")
-        st.in_flight += 1
+        with st.lock:
+            st.in_flight += 1
+            if st.in_flight == 1:
+                st.busy_since = time.monotonic()
         try:
             items = self._generations(body)
         finally:
-            st.in_flight -= 1
+            with st.lock:
+                st.in_flight -= 1
+                if st.in_flight == 0:
+                    st.busy_s += time.monotonic() - st.busy_since
         if items[0]["output_ids"] and st.fault_budget("out_of_vocab"):  # consistent logprobs, foreign id
             items[0]["output_ids"][0] = VOCAB + 5
             items[0]["meta_info"]["output_token_logprobs"][0][1] = VOCAB + 5
@@ -370,6 +383,10 @@ class FakeSGLang:
 
     def weight_version(self) -> str:
         return self._control("/_fake/version")["weight_version"]
+
+    def busy_s(self) -> float:
+        """Seconds so far with at least one generate request in flight."""
+        return self._control("/_fake/busy")["busy_s"]
 
     def weights(self) -> dict[str, dict]:
         return self._control("/_fake/weights")
