@@ -123,3 +123,28 @@ def test_a_text_model_refuses_a_video_question(toy_world):
     with pytest.raises(ValueError, match="video"):
         generate_groups(HFEngine(toy_world["student"]), encode, [PromptSpec(q, PromptKind.PLAIN, "g", q.text)], 1,
                         GREEDY, max_prompt_tokens=100)
+
+
+def test_prepare_vl_data_keeps_decodable_videos_and_names_the_rest(tmp_path):
+    import subprocess
+    import sys
+
+    good = tmp_path / "ok.mp4"
+    good.write_bytes(toy_video.toy_video(random.Random(0), 2))
+    small = tmp_path / "small.mp4"
+    small.write_bytes(toy_video.encode_mp4(np.zeros((4, 32, 32, 3), np.uint8)))
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    rows = [{"id": "v", "question": "q", "answer": "2", "videos": [str(good)]},
+            {"id": "s", "question": "q", "answer": "2", "videos": [str(small)]},
+            {"id": "b", "question": "q", "answer": "2", "videos": [str(tmp_path / "bad.mp4")]}]
+    src = tmp_path / "src.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "tools/prepare_vl_data.py", "--source", str(src), "--out", str(out),
+                           "--min-side", "64"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["kept"] == 1 and report["dropped"] == {"video too small": 1, "video unreadable": 1}
+    (kept,) = [json.loads(line) for line in (out / "questions.jsonl").read_text().splitlines()]
+    assert kept["id"] == "v" and Path(kept["videos"][0]).read_bytes() == good.read_bytes()
+    assert load_questions([SourceConfig(kind="jsonl", path=str(out / "questions.jsonl"))])[0].videos == tuple(kept["videos"])
