@@ -19,6 +19,7 @@ from megatron_zppo.data import QuestionStream, load_questions
 from megatron_zppo.errors import RunError
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.images import is_vision_language
+from megatron_zppo.videos import VideoTokens, load_video_processor
 from megatron_zppo.loop import RolloutPhase
 from megatron_zppo.core.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
 from megatron_zppo.core.replay_buffer import ReplayBuffer
@@ -94,9 +95,13 @@ def make_encoder(hf_path: str) -> Callable[..., list[int]]:
     """Prompt text -> token ids with the model's own tokenizer and chat template."""
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
-    vision = is_vision_language(AutoConfig.from_pretrained(hf_path))
-    return PromptEncoder(AutoTokenizer.from_pretrained(hf_path), AutoImageProcessor.from_pretrained(hf_path)
-                         if vision else None)
+    hf_config = AutoConfig.from_pretrained(hf_path)
+    tokenizer = AutoTokenizer.from_pretrained(hf_path)
+    if not is_vision_language(hf_config):
+        return PromptEncoder(tokenizer)
+    video_processor = load_video_processor(hf_path)
+    return PromptEncoder(tokenizer, AutoImageProcessor.from_pretrained(hf_path), video_processor,
+                         VideoTokens.of(hf_config) if video_processor is not None else None)
 
 
 def make_decoder(hf_path: str) -> Callable[[list[int]], str]:

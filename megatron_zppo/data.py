@@ -1,7 +1,7 @@
 """Question sources: local JSONL/Parquet files, HF `datasets`, and reasoning-gym generators.
 
 Every source yields `Question`s. A malformed record (bad JSON, missing or empty fields, an image
-that is missing or cannot be decoded) is reported with its file and line (or row): it stops the
+or video that is missing or cannot be decoded) is reported with its file and line (or row): it stops the
 run unless the source says `skip_bad_records: true`, in which case it is skipped and logged. A
 source with no usable record stops the run before it starts.
 """
@@ -20,6 +20,7 @@ from megatron_zppo.config_io import Range
 from megatron_zppo.errors import RunError
 from megatron_zppo.images import image_problem
 from megatron_zppo.core.records import Question
+from megatron_zppo.videos import video_problem
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class SourceConfig:
     question_field: str = "question"
     answer_field: str = "answer"
     images_field: str = "images"
+    videos_field: str = "videos"
     id_field: str = "id"
     grader: str = ""  # stored in metadata["grader"]; empty: the reward's default
     task: str = ""  # reasoning_gym task name
@@ -39,7 +41,7 @@ class SourceConfig:
     seed: Annotated[int, Range(ge=0)] = 0
     task_config: dict[str, Any] = field(default_factory=dict)
     skip_bad_records: bool = False  # false: a bad record stops the run, naming it; true: skip and log it
-    check_images: bool = True  # decode every image once at load time (a bad one is a bad record)
+    check_images: bool = True  # decode every image and video once at load time (a bad one is a bad record)
 
     def __post_init__(self):
         if self.kind not in ("jsonl", "parquet", "hf", "reasoning_gym"):
@@ -69,7 +71,9 @@ def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
             if err:
                 raise DataError(err)
             q = _question(row, cfg, where)
-            bad = [p for p in (image_problem(i) for i in q.images) if p] if cfg.check_images else []
+            bad = []
+            if cfg.check_images:
+                bad = [p for p in [*map(image_problem, q.images), *map(video_problem, q.videos)] if p]
             if bad:
                 raise DataError(bad[0])
             questions.append(q)
@@ -171,12 +175,17 @@ def _question(row: dict, cfg: SourceConfig, where: str) -> Question:
     if not isinstance(images, (list, tuple)):
         raise DataError(f"field {cfg.images_field!r} must be an image or a list of images, got {images!r:.60}")
     images = tuple(_image_ref(i) for i in images)
+    videos = row.get(cfg.videos_field) or ()
+    videos = (videos,) if isinstance(videos, (str, bytes, dict)) else videos
+    if not isinstance(videos, (list, tuple)):
+        raise DataError(f"field {cfg.videos_field!r} must be a video or a list of videos, got {videos!r:.60}")
+    videos = tuple(_video_ref(v) for v in videos)
     raw_id = row.get(cfg.id_field, "")
     if not isinstance(raw_id, (str, int)) or isinstance(raw_id, bool):
         raise DataError(f"field {cfg.id_field!r} must be a string or an integer, got {raw_id!r:.60}")
     qid = str(raw_id) or f"{Path(cfg.path).stem}:{where.rsplit(' ', 1)[-1]}"
     meta = {"grader": cfg.grader} if cfg.grader else {}
-    return Question(qid, text, answer, images, source=cfg.path, metadata=meta)
+    return Question(qid, text, answer, images, source=cfg.path, metadata=meta, videos=videos)
 
 
 def _image_ref(img) -> str | bytes:
@@ -191,6 +200,15 @@ def _image_ref(img) -> str | bytes:
         img.save(buf, format="PNG")
         return buf.getvalue()
     raise DataError(f"image entry of type {type(img).__name__} is not a path, URL, bytes or image")
+
+
+def _video_ref(video) -> str | bytes:
+    """A path, URL, data URI or bytes as given; an HF-style {bytes, path} dict becomes its bytes or path."""
+    if isinstance(video, (str, bytes)):
+        return video
+    if isinstance(video, dict) and (video.get("bytes") or video.get("path")):
+        return video.get("bytes") or video["path"]
+    raise DataError(f"video entry of type {type(video).__name__} is not a path, URL or bytes")
 
 
 def _reasoning_gym(cfg: SourceConfig) -> list[Question]:

@@ -10,7 +10,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.core.prompts import PromptTemplates, encode_media
 from megatron_zppo.core.records import Question
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
@@ -40,8 +40,8 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, level: float = 0.9
 def evaluate(engine: RolloutEngine, encode: Callable[..., list[int]], templates: PromptTemplates,
              questions: Sequence[Question], graders: GraderPool, params: SamplingParams,
              samples_per_question: int = 1) -> EvalResult:
-    reqs = [GenerateRequest(encode(templates.plain(q.text), len(q.images)), samples_per_question, q.images, f"eval:{q.id}")
-            for q in questions]
+    reqs = [GenerateRequest(encode_media(encode, templates.plain(q.text), q), samples_per_question, q.images,
+                            f"eval:{q.id}", videos=q.videos) for q in questions]
     gens = engine.generate(reqs, params)
     flat_q = [q for q, gs in zip(questions, gens) for _ in gs]
     scores = graders.grade([g.text for gs in gens for g in gs], flat_q)

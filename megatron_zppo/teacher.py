@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from megatron_zppo.core.baselines import redact_answers
-from megatron_zppo.core.prompts import PromptTemplates, parse_summary
+from megatron_zppo.core.prompts import PromptTemplates, encode_media, parse_summary
 from megatron_zppo.core.records import TEACHER, PromptKind, Question, Sample
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
 
@@ -45,20 +45,20 @@ class Teacher:
     def rollouts(self, questions: Sequence[Question], n: int, seed: int | None = None) -> dict[str, list[Sample]]:
         """`n` unscored teacher rollouts per question, on the plain prompt, drawn afresh each call
         (`seed`: a reproducible draw, so that a resumed run samples what the uninterrupted one did)."""
-        reqs = [GenerateRequest(self.encode(self.templates.plain(q.text), len(q.images)), n, q.images, f"teacher:{q.id}")
-                for q in questions]
+        reqs = [GenerateRequest(encode_media(self.encode, self.templates.plain(q.text), q), n, q.images,
+                                f"teacher:{q.id}", videos=q.videos) for q in questions]
         out = {}
         for q, req, gens in zip(questions, reqs, self.engine.generate(reqs, self._sampling(seed))):
             out[q.id] = [Sample(q.id, f"{q.id}:teacher", PromptKind.PLAIN, req.prompt_ids, g.response_ids, g.text,
                                 g.logprobs, sampled_by=TEACHER, finish_reason=g.finish_reason,
-                                weight_version=g.weight_version, images=q.images) for g in gens]
+                                weight_version=g.weight_version, images=q.images, videos=q.videos) for g in gens]
         return out
 
     def hints(self, questions: Sequence[Question], seed: int | None = None) -> list[str]:
         """One answer-free hint per question (Hint baseline): the teacher's reply to the hint request,
         sampled like its rollouts, with every `\\boxed{}` cut out so no final answer is handed over."""
-        reqs = [GenerateRequest(self.encode(self.templates.hint_request_prompt(q.text), len(q.images)), 1,
-                                q.images, f"hint:{q.id}")
+        reqs = [GenerateRequest(encode_media(self.encode, self.templates.hint_request_prompt(q.text), q), 1,
+                                q.images, f"hint:{q.id}", videos=q.videos)
                 for q in questions]
         gens = self.engine.generate(reqs, self._sampling(seed)) if reqs else []
         return [redact_answers(g.text) for (g,) in gens]

@@ -81,11 +81,12 @@ def _save(model, tokenizer, out_dir: str | Path):
 
 
 VISION_TOKENS = ["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]
-# The toy chat template, with Qwen's image entry: one placeholder per image before the text.
+# The toy chat template, with Qwen's image and video entries: one placeholder per image or video
+# before the text.
 VL_CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{% else %}<|assistant|>{{ m['content'] }}<|endoftext|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
@@ -94,11 +95,12 @@ VL_CHAT_TEMPLATE = (
 def new_qwen35_vl(out_dir: str | Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0):
     """A randomly initialised, tiny Qwen3.5 vision-language checkpoint (hybrid Gated-DeltaNet +
     attention text model, one-block vision tower) with the toy tokenizer, Qwen's vision tokens and
-    an image processor, saved as an HF checkpoint. For tests of the image path; it knows nothing."""
+    image and video processors, saved as an HF checkpoint. For tests of the vision path; it knows nothing."""
     import copy
 
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
     tok = copy.deepcopy(tokenizer)
     tok.add_tokens(VISION_TOKENS, special_tokens=True)
@@ -119,4 +121,7 @@ def new_qwen35_vl(out_dir: str | Path, tokenizer: PreTrainedTokenizerFast, seed:
     # Small images stay small: 32x32 to 128x128 pixels, 16-px patches merged 2x2 into vision tokens.
     Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32,
                           max_pixels=128 * 128).save_pretrained(out_dir)
+    # Videos: 2 frames a second, 4 to 8 frames, each 32x32 to 64x64 pixels (size bounds count all frames).
+    Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, fps=2, min_frames=4, max_frames=8,
+                          size={"shortest_edge": 32 * 32 * 4, "longest_edge": 64 * 64 * 8}).save_pretrained(out_dir)
     return model

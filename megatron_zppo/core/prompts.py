@@ -127,15 +127,16 @@ def parse_summary(output: str, original: str) -> tuple[str, bool]:
 
 
 class PromptEncoder:
-    """Prompt text (and its number of images) -> token ids with the model's tokenizer and chat
-    template; for a vision-language model also how many prompt tokens its images take once each
-    placeholder is expanded to the image's vision tokens (what length limits must count)."""
+    """Prompt text (and its number of images and videos) -> token ids with the model's tokenizer and
+    chat template; for a vision-language model also how many prompt tokens its images and videos
+    take once each placeholder is expanded (what length limits must count)."""
 
-    def __init__(self, tokenizer, image_processor=None):
+    def __init__(self, tokenizer, image_processor=None, video_processor=None, video_tokens=None):
         self.tokenizer, self.image_processor = tokenizer, image_processor
+        self.video_processor, self.video_token_ids = video_processor, video_tokens
 
-    def __call__(self, text: str, n_images: int = 0) -> list[int]:
-        return encode_prompt(self.tokenizer, text, n_images)
+    def __call__(self, text: str, n_images: int = 0, n_videos: int = 0) -> list[int]:
+        return encode_prompt(self.tokenizer, text, n_images, n_videos)
 
     def image_tokens(self, images) -> int:
         if not images or self.image_processor is None:
@@ -144,18 +145,37 @@ class PromptEncoder:
 
         return sum(vision_token_counts(self.image_processor, images))
 
+    def video_tokens(self, videos) -> int:
+        """Tokens the videos' placeholders become: per temporal patch of sampled frames, its
+        timestamp text, vision start/end and the frame's vision tokens. The frames are sampled and
+        processed for it (a video's header does not say what its frames decode to)."""
+        if not videos or self.video_processor is None:
+            return len(videos)
+        from megatron_zppo.videos import video_inputs
 
-def encode_prompt(tokenizer, text: str, n_images: int = 0) -> list[int]:
+        return sum(map(len, video_inputs(self.video_processor, self.tokenizer, self.video_token_ids, videos)[1]))
+
+
+def encode_prompt(tokenizer, text: str, n_images: int = 0, n_videos: int = 0) -> list[int]:
     """Token ids of a user prompt ready for generation: the chat template when the tokenizer has one.
 
     With images, the user turn is the chat template's image entries then the text, so the ids hold
-    the model's image placeholder once per image (the engine expands each to the image's patches)."""
-    if n_images and not tokenizer.chat_template:
-        raise ValueError(f"a prompt with {n_images} image(s) needs a chat template that places them; the "
-                         "tokenizer has none")
+    the model's image placeholder once per image (the engine expands each to the image's patches);
+    videos likewise, after the images."""
+    if (n_images or n_videos) and not tokenizer.chat_template:
+        raise ValueError(f"a prompt with {n_images} image(s) and {n_videos} video(s) needs a chat template that "
+                         "places them; the tokenizer has none")
     if tokenizer.chat_template:
-        content = text if not n_images else [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+        media = [{"type": "image"}] * n_images + [{"type": "video"}] * n_videos
+        content = text if not media else media + [{"type": "text", "text": text}]
         ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                             tokenize=True)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     return tokenizer(text)["input_ids"]
+
+
+def encode_media(encode, text: str, question) -> list[int]:
+    """`text` encoded with one placeholder per image and video of `question` (the count of videos
+    is passed only when there are some: plain callables that encode text and images keep working)."""
+    q = question
+    return encode(text, len(q.images), len(q.videos)) if q.videos else encode(text, len(q.images))

@@ -38,6 +38,8 @@ class Question:
     images: tuple[str | bytes, ...] = ()
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # Video references, as images are given (a Qwen3.5-VL student takes both in one prompt).
+    videos: tuple[str | bytes, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.id, str) or not self.id:
@@ -48,6 +50,8 @@ class Question:
             raise ValueError(f"Question {self.id!r}: answer must be a string, got {self.answer!r}")
         if not isinstance(self.images, tuple):
             object.__setattr__(self, "images", tuple(self.images))
+        if not isinstance(self.videos, tuple):
+            object.__setattr__(self, "videos", tuple(self.videos))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,7 @@ class Question:
             "text": self.text,
             "answer": self.answer,
             "images": list(self.images),
+            "videos": list(self.videos),
             "source": self.source,
             "metadata": dict(self.metadata),
         }
@@ -66,6 +71,7 @@ class Question:
             text=d["text"],
             answer=d["answer"],
             images=tuple(d.get("images", ())),
+            videos=tuple(d.get("videos", ())),
             source=d.get("source", ""),
             metadata=dict(d.get("metadata", {})),
         )
@@ -97,6 +103,8 @@ class Sample:
     # The prompt's images (its question's), one placeholder each in prompt_ids: the trainer feeds
     # them to a vision-language policy with the tokens.
     images: tuple[str | bytes, ...] = ()
+    # The prompt's videos, likewise one placeholder each.
+    videos: tuple[str | bytes, ...] = ()
 
     def __post_init__(self):
         if len(self.logprobs) != len(self.response_ids):

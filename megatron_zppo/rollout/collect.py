@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from megatron_zppo.core.answers import last_boxed
+from megatron_zppo.core.prompts import encode_media
 from megatron_zppo.core.records import Group, PromptKind, Question, Sample
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
@@ -28,14 +29,15 @@ def generate_groups(engine: RolloutEngine, encode: Callable[..., list[int]], spe
     they come back as the second value so the caller can count them."""
     kept, too_long, reqs = [], [], []
     for s in specs:
-        ids = encode(s.text, len(s.question.images)) + list(s.prefix_ids)  # one placeholder per image
-        # Each placeholder becomes its image's vision tokens in the model: count those, not 1.
-        length = len(ids) - len(s.question.images) + _image_tokens(encode, s.question.images)
+        q = s.question
+        ids = encode_media(encode, s.text, q) + list(s.prefix_ids)  # one placeholder per image and video
+        # Each placeholder becomes its image's (video's) tokens in the model: count those, not 1.
+        length = len(ids) + media_tokens(encode, q.images, q.videos)
         if length > max_prompt_tokens:
             too_long.append(s)
             continue
         kept.append(s)
-        reqs.append(GenerateRequest(ids, n, s.question.images, s.group_id))
+        reqs.append(GenerateRequest(ids, n, q.images, s.group_id, videos=q.videos))
     gens = engine.generate(reqs, params) if reqs else []
     groups = []
     for s, req, gs in zip(kept, reqs, gens, strict=True):
@@ -43,13 +45,18 @@ def generate_groups(engine: RolloutEngine, encode: Callable[..., list[int]], spe
             raise RuntimeError(f"engine returned {len(gs)} of {n} rollouts for prompt {s.group_id!r}")
         samples = [Sample(s.question.id, s.group_id, s.kind, list(req.prompt_ids), g.response_ids, g.text,
                           g.logprobs, finish_reason=g.finish_reason, weight_version=g.weight_version,
-                          answer_prefix=s.prefix_text, images=s.question.images) for g in gs]
+                          answer_prefix=s.prefix_text, images=s.question.images,
+                          videos=s.question.videos) for g in gs]
         groups.append(Group(s.group_id, s.question, s.kind, s.text, samples))
     return groups, too_long
 
 
-def _image_tokens(encode, images) -> int:
-    return encode.image_tokens(images) if images and hasattr(encode, "image_tokens") else len(images)
+def media_tokens(encode, images, videos) -> int:
+    """Tokens the placeholders add once expanded (each placeholder itself already counted once)."""
+    extra = encode.image_tokens(images) - len(images) if images and hasattr(encode, "image_tokens") else 0
+    if videos and hasattr(encode, "video_tokens"):
+        extra += encode.video_tokens(videos) - len(videos)
+    return extra
 
 
 def score_samples(samples: Sequence[Sample], questions: dict[str, Question], graders: GraderPool,

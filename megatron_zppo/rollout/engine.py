@@ -41,6 +41,7 @@ class GenerateRequest:
     n: int = 1
     images: tuple[str | bytes, ...] = ()
     request_id: str = ""
+    videos: tuple[str | bytes, ...] = ()
 
 
 @dataclass

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from megatron_zppo.images import expand_placeholders, is_vision_language, vision_inputs
+from megatron_zppo.videos import VideoTokens, expand_videos, load_video_processor, video_inputs
 from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, SamplingParams
 
 
@@ -56,20 +57,24 @@ class HFEngine:
         self._calls = 0
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer in {model_dir} has no pad token; set one before serving it")
-        self.image_processor = None
+        self.image_processor = self.video_processor = None
         if vision:
             from transformers import AutoImageProcessor
 
             self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
+            self.video_processor = load_video_processor(model_dir)  # None: the checkpoint ships none
 
     def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
         for r in requests:
             if r.images and self.image_processor is None:
                 raise ValueError(f"{self.name} engine: request {r.request_id!r} has images but this engine "
                                  "serves a text-only model")
+            if r.videos and self.video_processor is None:
+                raise ValueError(f"{self.name} engine: request {r.request_id!r} has videos but the served model "
+                                 "has no video processor (video_preprocessor_config.json)")
         t0 = time.perf_counter()
         out: list[list[Generation]] = [[] for _ in requests]
-        text = [i for i, r in enumerate(requests) if not r.images]  # batched together
+        text = [i for i, r in enumerate(requests) if not (r.images or r.videos)]  # batched together
         flat = [list(requests[i].prompt_ids) for i in text for _ in range(requests[i].n)]
         gens = []
         for b in range(0, len(flat), self.max_batch):
@@ -78,32 +83,40 @@ class HFEngine:
         for i in text:
             out[i], k = gens[k:k + requests[i].n], k + requests[i].n
         for i, r in enumerate(requests):
-            if r.images:  # one request at a time: its n samples share the image inputs
+            if r.images or r.videos:  # one request at a time: its n samples share the vision inputs
                 out[i] = self._generate_with_images(r, params)
         self.stats.seconds_generating += time.perf_counter() - t0
         self.stats.tokens_generated += sum(len(g.response_ids) for gs in out for g in gs)
         return out
 
     def _generate_with_images(self, req: GenerateRequest, params: SamplingParams) -> list[Generation]:
-        """`n` samples of one prompt with images (they share the image inputs)."""
-        ids, inputs = self._with_images(req.prompt_ids, req.images, f"request {req.request_id!r}")
+        """`n` samples of one prompt with images or videos (they share the vision inputs)."""
+        ids, inputs = self._with_images(req.prompt_ids, req.images, f"request {req.request_id!r}", req.videos)
         n = req.n
         return self._generate_batch([ids] * n, params, **{k: v.repeat(n, 1) for k, v in inputs.items()})
 
-    def _with_images(self, prompt_ids: Sequence[int], images, where: str) -> tuple[list[int], dict]:
-        """The prompt with each placeholder expanded to its image's vision-token count, and the
-        image processor's tensors for the images."""
+    def _with_images(self, prompt_ids: Sequence[int], images, where: str, videos=()) -> tuple[list[int], dict]:
+        """The prompt with each placeholder expanded to its image's vision tokens (its video's
+        timestamped frames), and the image (video) processor's tensors."""
         if self.image_processor is None:
             raise ValueError(f"{self.name} engine: {where} has images but this engine serves a text-only model")
-        vision, counts = vision_inputs(self.image_processor, images)
-        ids = expand_placeholders(list(prompt_ids), self.model.config.image_token_id, counts,
-                                  f"{self.name} engine, {where}")
-        return ids, {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+        ids, inputs = list(prompt_ids), {}
+        if images:
+            vision, counts = vision_inputs(self.image_processor, images)
+            ids = expand_placeholders(ids, self.model.config.image_token_id, counts, f"{self.name} engine, {where}")
+            inputs = {"pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+        if videos:
+            vision, replacements = video_inputs(self.video_processor, self.tokenizer, VideoTokens.of(self.model.config),
+                                                videos)
+            ids = expand_videos(ids, self.model.config.video_token_id, replacements, f"{self.name} engine, {where}")
+            inputs |= vision
+        return ids, inputs
 
     def _image_positions(self, ids: torch.Tensor) -> torch.Tensor:
-        """HF's ``mm_token_type_ids``: without it, HF's Qwen-VL models silently give image tokens
-        plain text positions instead of the multimodal (M-RoPE) ones the model was trained with."""
-        return (ids == self.model.config.image_token_id).long()
+        """HF's ``mm_token_type_ids`` (1: image, 2: video): without it, HF's Qwen-VL models silently
+        give vision tokens plain text positions instead of the multimodal (M-RoPE) ones."""
+        cfg = self.model.config
+        return (ids == cfg.image_token_id).long() + 2 * (ids == cfg.video_token_id).long()
 
     @torch.no_grad()
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, **model_inputs) -> list[Generation]:
@@ -111,7 +124,7 @@ class HFEngine:
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        if "pixel_values" in model_inputs:
+        if "pixel_values" in model_inputs or "pixel_values_videos" in model_inputs:
             model_inputs["mm_token_type_ids"] = self._image_positions(ids)
         processors = LogitsProcessorList()
         if params.presence_penalty:
@@ -144,10 +157,11 @@ class HFEngine:
 
     @torch.no_grad()
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-              images: Sequence[tuple] | None = None) -> list[list[float]]:
+              images: Sequence[tuple] | None = None, videos: Sequence[tuple] | None = None) -> list[list[float]]:
         out = []
         for k, (p, r) in enumerate(zip(prompt_ids, response_ids, strict=True)):
-            p, inputs = (self._with_images(p, images[k], f"score row {k}") if images and images[k]
+            row_images, row_videos = images[k] if images else (), videos[k] if videos else ()
+            p, inputs = (self._with_images(p, row_images, f"score row {k}", row_videos) if row_images or row_videos
                          else (list(p), {}))  # fmt: skip
             ids = torch.tensor([p + list(r)])
             if inputs:

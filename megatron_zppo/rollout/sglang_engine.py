@@ -84,11 +84,17 @@ def sampling_payload(params: SamplingParams, n: int) -> dict[str, Any]:
     return payload
 
 
-def image_payload(images: Sequence[str | bytes]) -> str | list[str]:
+def image_payload(images: Sequence[str | bytes], mime: str = "image") -> str | list[str]:
     """Paths/URLs/data-URIs pass through; raw bytes become a base64 data URI (SGLang decodes those)."""
-    encoded = [img if isinstance(img, str) else "data:image;base64," + base64.b64encode(img).decode("ascii")
+    encoded = [img if isinstance(img, str) else f"data:{mime};base64," + base64.b64encode(img).decode("ascii")
                for img in images]
     return encoded[0] if len(encoded) == 1 else encoded  # a list on a single request = several images
+
+
+def video_payload(videos: Sequence[str | bytes]) -> str | list[str]:
+    """`video_data` as SGLang's request takes it: the same forms as images (its loader decodes a
+    data URI's base64 payload). SGLang samples the frames itself, by its own fps rule."""
+    return image_payload(videos, "video/mp4")
 
 
 def response_json(resp: httpx.Response) -> Any:
@@ -251,6 +257,8 @@ class SGLangEngine:
                                    "return_logprob": True, "logprob_start_len": -1}  # -1: output tokens only
         if req.images:
             payload["image_data"] = image_payload(req.images)
+        if req.videos:
+            payload["video_data"] = video_payload(req.videos)
         def parse(resp: httpx.Response) -> list[Generation]:
             items = response_json(resp)
             items = [items] if isinstance(items, dict) else items  # n > 1 answers with a list

@@ -27,7 +27,9 @@ class SequenceBatch:
 
     For a vision-language model, the prompts' image placeholders are already expanded to one token
     per vision embedding, and ``pixel_values``/``image_grid_thw`` hold the images of all rows in
-    the order their placeholders appear (row by row): the HF image processor's output.
+    the order their placeholders appear (row by row): the HF image processor's output. Videos
+    likewise: each placeholder already replaced by its frames' timestamps and vision tokens, and
+    ``pixel_values_videos``/``video_grid_thw`` the video processor's output.
     """
 
     tokens: torch.Tensor  # [B, S] int64
@@ -36,6 +38,8 @@ class SequenceBatch:
     response_width: int  # T: width of response-aligned outputs (>= max response length)
     pixel_values: torch.Tensor | None = None  # [patches, channels * temporal * patch * patch]
     image_grid_thw: torch.Tensor | None = None  # [images, 3]
+    pixel_values_videos: torch.Tensor | None = None  # [patches, channels * temporal * patch * patch]
+    video_grid_thw: torch.Tensor | None = None  # [videos, 3]
     # Run the model on the rows back to back in one packed (THD) row, no padding computed; outputs
     # stay response-aligned [B, T] (see packed_sequences.py).
     packed: bool = False
@@ -72,13 +76,18 @@ class SequenceBatch:
             response_lens=self.response_lens.to(device),
             pixel_values=None if self.pixel_values is None else self.pixel_values.to(device),
             image_grid_thw=None if self.image_grid_thw is None else self.image_grid_thw.to(device),
+            pixel_values_videos=None if self.pixel_values_videos is None else self.pixel_values_videos.to(device),
+            video_grid_thw=None if self.video_grid_thw is None else self.video_grid_thw.to(device),
         )  # fmt: skip
 
     def model_inputs(self) -> dict:
-        """Keyword arguments for the model's forward besides the tokens: the images, if any."""
-        if self.pixel_values is None:
-            return {}
-        return {"pixel_values": self.pixel_values, "image_grid_thw": self.image_grid_thw}
+        """Keyword arguments for the model's forward besides the tokens: the images and videos, if any."""
+        out = {}
+        if self.pixel_values is not None:
+            out |= {"pixel_values": self.pixel_values, "image_grid_thw": self.image_grid_thw}
+        if self.pixel_values_videos is not None:
+            out |= {"pixel_values_videos": self.pixel_values_videos, "video_grid_thw": self.video_grid_thw}
+        return out
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,7 @@ def forward_response_logprobs(model, request: LogprobRequest):
     """
     batch = request.batch
     if batch.packed:
-        if batch.pixel_values is not None:
+        if batch.pixel_values is not None or batch.pixel_values_videos is not None:
             raise NotImplementedError("packed rows with images: Qwen3.5-VL's multimodal positions are per row")
         from megatron_zppo.train.packed_sequences import packed_row
 

@@ -18,7 +18,7 @@ from megatron_zppo.images import vision_token_counts
 from megatron_zppo.core.records import Sample
 from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.packing import PlanCost, pack, plan_cost, stride_plan
-from megatron_zppo.train.vision_batch import expand_images
+from megatron_zppo.train.vision_batch import expand_images, expand_videos_of_rows
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,11 @@ class BatchRule:
     image_processor: object = None  # a vision-language student's, else None
     image_token_id: int | None = None
     vision_start_id: int | None = None
+    # Videos: the student's video processor, tokenizer (for the frames' timestamp text) and
+    # videos.VideoTokens; None: samples with videos are refused.
+    video_processor: object = None
+    tokenizer: object = None
+    video_tokens: object = None
     # Under a budget: each micro-batch's sequences back to back in one row (no padding computed;
     # packed_sequences.py), else rows padded to the micro-batch's longest. Text models only.
     pack_rows: bool = False
@@ -40,12 +45,18 @@ def _name(s: Sample) -> str:
 
 
 def sample_lengths(samples: Sequence[Sample], rule: BatchRule) -> list[int]:
-    """Prompt + response tokens of each sample, each image placeholder counted as its vision tokens."""
+    """Prompt + response tokens of each sample, each image placeholder counted as its vision tokens
+    and each video placeholder as its timestamped frames."""
     out = []
     for s in samples:
         n = len(s.prompt_ids) + len(s.response_ids)
         if s.images and rule.image_processor is not None:
             n += sum(vision_token_counts(rule.image_processor, s.images)) - len(s.images)
+        if s.videos and rule.video_processor is not None:
+            from megatron_zppo.videos import video_inputs
+
+            n += sum(map(len, video_inputs(rule.video_processor, rule.tokenizer, rule.video_tokens, s.videos)[1]))
+            n -= len(s.videos)
         out.append(n)
     return out
 
@@ -78,10 +89,14 @@ def _build(rows: Sequence[Sample | None], rule: BatchRule) -> SequenceBatch:
     """Empty rows are one pad token with no response: the loss masks them out entirely."""
     prompts = [list(s.prompt_ids) if s else [rule.pad_id] for s in rows]
     responses = [list(s.response_ids) if s else [] for s in rows]
+    names = [_name(s) if s else "filler" for s in rows]
     prompts, pixels, grid = expand_images(prompts, [s.images if s else () for s in rows], rule.image_processor,
-                                          rule.image_token_id, [_name(s) if s else "filler" for s in rows],
-                                          rule.vision_start_id)
+                                          rule.image_token_id, names, rule.vision_start_id)
+    prompts, video_pixels, video_grid = expand_videos_of_rows(prompts, [s.videos if s else () for s in rows],
+                                                              rule.video_processor, rule.tokenizer, rule.video_tokens,
+                                                              names)
     width = max(1, max(len(r) for r in responses))
     batch = SequenceBatch.from_lists(prompts, responses, rule.pad_id, width)
     packed = rule.budget is not None and rule.pack_rows
-    return replace(batch, pixel_values=pixels, image_grid_thw=grid, packed=packed)
+    return replace(batch, pixel_values=pixels, image_grid_thw=grid, pixel_values_videos=video_pixels,
+                   video_grid_thw=video_grid, packed=packed)

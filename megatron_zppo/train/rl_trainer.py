@@ -88,16 +88,22 @@ class RLTrainer:
         hf_config = self.policy.bridge.hf_pretrained.config
         text_config = hf_config.get_text_config()
         # A vision-language student: its image processor turns samples' images into patches.
-        image_processor = None
+        image_processor = video_processor = tokenizer = video_tokens = None
         if is_vision_language(hf_config):
-            from transformers import AutoImageProcessor
+            from transformers import AutoImageProcessor, AutoTokenizer
+
+            from megatron_zppo.videos import VideoTokens, load_video_processor
 
             image_processor = AutoImageProcessor.from_pretrained(model_cfg.hf_path)
+            video_processor = load_video_processor(model_cfg.hf_path)  # and its videos' timestamp text:
+            if video_processor is not None:
+                tokenizer, video_tokens = AutoTokenizer.from_pretrained(model_cfg.hf_path), VideoTokens.of(hf_config)
         self.rule = BatchRule(batching.micro_batch_size, batching.max_tokens_per_micro_batch,
                               int(getattr(text_config, "max_position_embeddings", None) or 1 << 30),
                               int(getattr(text_config, "pad_token_id", None) or 0), image_processor,
                               getattr(hf_config, "image_token_id", None),
                               getattr(hf_config, "vision_start_token_id", None),
+                              video_processor, tokenizer, video_tokens,
                               pack_rows=image_processor is None)  # M-RoPE positions are per row
         self.teacher = None
         if logit_teacher is not None:  # laid out like the student, frozen

@@ -2,7 +2,7 @@
 into patches, and each image placeholder of the prompt (one per image, as rollouts carry them) is
 expanded to that image's number of vision tokens, the positions the model fills with its image
 embeddings. Those positions are prompt tokens: the loss, which covers response positions only,
-never sees them.
+never sees them. Videos go the same way through the checkpoint's video processor.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from megatron_zppo.images import expand_placeholders, vision_inputs
+from megatron_zppo.videos import expand_videos, video_inputs
 
 
 def expand_images(prompts: Sequence[Sequence[int]], images: Sequence[Sequence], image_processor,
@@ -40,3 +41,22 @@ def expand_images(prompts: Sequence[Sequence[int]], images: Sequence[Sequence], 
         expanded.append(expand_placeholders(list(prompt), image_token_id, counts[k : k + len(row)], name))
         k += len(row)
     return expanded, inputs["pixel_values"], inputs["image_grid_thw"].to(torch.long)
+
+
+def expand_videos_of_rows(prompts: Sequence[Sequence[int]], videos: Sequence[Sequence], video_processor, tokenizer,
+                          tokens, where: Sequence[str]):
+    """(prompts with each video placeholder replaced by its timestamped frames, pixel_values_videos,
+    video_grid_thw) for rows with `videos` (a tuple per row, empty for rows without); (prompts,
+    None, None) when no row has one. The same expansion the in-process engine does
+    (megatron_zppo/videos.py), so trainer and engine score one sequence."""
+    refs = [ref for row in videos for ref in row]
+    if not refs:
+        return [list(p) for p in prompts], None, None
+    if video_processor is None:
+        raise ValueError(f"{where[0]}: samples carry videos but the policy checkpoint has no video processor")
+    inputs, replacements = video_inputs(video_processor, tokenizer, tokens, refs)
+    expanded, k = [], 0
+    for prompt, row, name in zip(prompts, videos, where, strict=True):
+        expanded.append(expand_videos(list(prompt), tokens.video, replacements[k : k + len(row)], name))
+        k += len(row)
+    return expanded, inputs["pixel_values_videos"], inputs["video_grid_thw"].to(torch.long)

@@ -46,9 +46,10 @@ def test_the_core_folder_holds_the_methods_maths_and_imports_only_itself():
     assert {"records", "answers", "prompts", "reformulate", "replay_buffer", "advantages", "loss", "batch",
             "baselines"} <= core
     ours = {f: {n for n in _imports(PACKAGE / "core" / f"{f}.py") if n.startswith("megatron_zppo")} for f in core}
-    # images: the vision-token count a prompt's length limit needs (pixels in, a number out).
+    # images, videos: the vision-token count a prompt's length limit needs (media in, a number out).
     outside = {f: sorted(n for n in names if not n.startswith(("megatron_zppo.core", "megatron_zppo.config_io",
-                                                                 "megatron_zppo.errors", "megatron_zppo.images")))
+                                                                 "megatron_zppo.errors", "megatron_zppo.images",
+                                                                 "megatron_zppo.videos")))
                for f, names in ours.items()}
     assert {f: v for f, v in outside.items() if v} == {}
 

@@ -178,6 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if st.fault_budget("garbage_body"):  # e.g. a proxy's error page with status 200
             return self._send(200, "<html><body>upstream connect error</body></html>")
+        bad = _bad_media(body.get("video_data"))
+        if bad:  # what SGLang answers for a video it cannot load
+            return self._send(400, {"error": f"Could not decode video: {bad}"})
         with st.lock:
             st.in_flight += 1
             if st.in_flight == 1:
@@ -308,6 +311,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.weights.update(load_file(str(f)))
         self.state.weight_version = body.get("weight_version") or self.state.weight_version
         self._send(200, {"success": True, "message": "Succeeded to update model weights.", "num_paused_requests": 0})
+
+
+def _bad_media(data) -> str | None:
+    """Why a `video_data` field is not one of SGLang's forms (a path, URL or data URI, or a list of
+    them), or None. The fake decodes a data URI's base64 but not the video inside it."""
+    import base64
+    import binascii
+
+    if data is None:
+        return None
+    for item in data if isinstance(data, list) else [data]:
+        if not isinstance(item, str) or not item:
+            return f"expected a path, URL or data URI string, got {type(item).__name__}"
+        if item.startswith("data:"):
+            try:
+                base64.b64decode(item.split(",", 1)[1], validate=True)
+            except (IndexError, binascii.Error) as e:
+                return f"bad base64 data URI ({e})"
+    return None
 
 
 def tensor_digest(tensor) -> dict:

@@ -15,6 +15,7 @@ from megatron_zppo.rollout.sglang_engine import (
     image_payload,
     parse_generation,
     sampling_payload,
+    video_payload,
 )
 from tests.rollout.fake_sglang import DEFAULT_LEN, EOS, VOCAB, FakeSGLang, fake_logprob, fake_token
 
@@ -67,6 +68,23 @@ def test_sampling_params_map_onto_sglang_names():
 def test_image_bytes_become_a_base64_data_uri_and_several_images_a_list():
     assert image_payload([b"\x89PNG"]) == "data:image;base64,iVBORw=="
     assert image_payload(["a.png", "http://x/b.jpg"]) == ["a.png", "http://x/b.jpg"]
+
+
+def test_videos_travel_as_video_data_beside_the_images(server, make_engine):
+    """The stand-in's contract only (SGLang's field names and forms); not checked against a real
+    vision-language SGLang server, which samples a video's frames by its own rule."""
+    assert video_payload([b"\x00\x00\x00\x18ftyp"]) == "data:video/mp4;base64,AAAAGGZ0eXA="
+    assert video_payload(["a.mp4", "http://x/b.mp4"]) == ["a.mp4", "http://x/b.mp4"]
+    req = GenerateRequest([5, 6], 1, ("/img/a.png",), "v1", videos=(b"\x00\x00\x00\x18ftyp", "/v/b.mp4"))
+    make_engine(server.url).generate([req], PARAMS)
+    body = server.last_generate()
+    assert body["image_data"] == "/img/a.png" and body["video_data"] == ["data:video/mp4;base64,AAAAGGZ0eXA=", "/v/b.mp4"]
+    make_engine(server.url).generate([GenerateRequest([5, 6], 1, (), "v2")], PARAMS)
+    assert "video_data" not in server.last_generate()
+    import httpx
+
+    bad = httpx.post(f"{server.url}/generate", json={"input_ids": [1], "video_data": [3]}, timeout=10)
+    assert bad.status_code == 400 and "Could not decode video" in bad.text
 
 
 def test_max_new_tokens_cut_is_reported_as_length(server, make_engine):
