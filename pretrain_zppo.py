@@ -22,7 +22,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's compiled kernels
 
 import torch
 
-from megatron_zppo import build, checkpoint, upstream_log
+from megatron_zppo import build, run_checkpoint, upstream_log
 from megatron_zppo.config import Config, load_config
 from megatron_zppo.config_io import dump_yaml
 from megatron_zppo.errors import RunError
@@ -121,9 +121,9 @@ def train(cfg: Config, trainer, ctx: RolloutPhase | None, stop: StopRequest, run
     objective = ctx.objective if is_main else methods.build_objective(cfg)  # training needs no teacher
     feed = RolloutFeed(ctx, cfg.run.overlap, cfg.run.overlap_timeout_s) if is_main else None
     start, summary = 0, {"eval": {}}
-    ckpt = checkpoint.resolve(cfg.run.load, run_dir)
+    ckpt = run_checkpoint.resolve(cfg.run.load, run_dir)
     if ckpt is not None:
-        state = checkpoint.load(ckpt, trainer)
+        state = run_checkpoint.load(ckpt, trainer)
         start, summary = state["step"], state["summary"]
         if is_main:
             ctx.buffer.load_state_dict(state["buffer"])
@@ -177,7 +177,7 @@ def train(cfg: Config, trainer, ctx: RolloutPhase | None, stop: StopRequest, run
             state = {"step": step + 1, "summary": summary}  # rank 0 writes it, with the buffer and data position
             if is_main:
                 state.update(buffer=ctx.buffer.state_dict(), stream=ctx.stream.state_dict(), rollouts=feed.state_dict())
-            saved = checkpoint.save(run_dir, step + 1, trainer, state)
+            saved = run_checkpoint.save(run_dir, step + 1, trainer, state)
         if stopping and step + 1 < cfg.run.steps:
             if is_main:
                 logger.close()

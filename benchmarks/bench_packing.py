@@ -96,7 +96,7 @@ def _update(hf_dir: str, samples: list[Sample], budget: int | None):
     from megatron_zppo.train.model import ModelConfig, build_policy
     from megatron_zppo.train.parallel import ParallelConfig
     from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-    from megatron_zppo.train.trainer import PolicyTrainer, PPOMicroBatch
+    from megatron_zppo.train.steps import PolicyTrainer, PPOMicroBatch
 
     opt = OptimizerConfig(lr=1e-5)
     policy = build_policy(ModelConfig(hf_path=hf_dir), ParallelConfig(), ddp_config=ddp_config(opt))

@@ -79,7 +79,7 @@ def our_step(hf_dir: str):
     from megatron_zppo.train.model import ModelConfig, build_policy
     from megatron_zppo.train.parallel import ParallelConfig
     from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-    from megatron_zppo.train.trainer import PolicyTrainer, PPOMicroBatch
+    from megatron_zppo.train.steps import PolicyTrainer, PPOMicroBatch
 
     opt = OptimizerConfig(lr=LR, weight_decay=WEIGHT_DECAY, clip_grad=CLIP)
     policy = build_policy(ModelConfig(hf_path=hf_dir), ParallelConfig(), ddp_config=ddp_config(opt))

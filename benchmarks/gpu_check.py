@@ -88,7 +88,7 @@ def build(hf_dir: str, dtype: str, fp8: str = "none", train: bool = False, recom
     from megatron_zppo.train import model as model_mod
     from megatron_zppo.train.precision import PrecisionConfig, ddp_config_fields, transformer_config_fields
     from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-    from megatron_zppo.train.trainer import PolicyTrainer
+    from megatron_zppo.train.steps import PolicyTrainer
 
     precision = PrecisionConfig(dtype, fp8)
     opt = OptimizerConfig(lr=1e-6)
@@ -168,7 +168,7 @@ def flops_per_token(shape: dict, seq_len: int) -> float:
 def time_ppo_step(trainer, vocab: int, seq_len: int, warmup: int, steps: int) -> float:
     """Median seconds of one PPO update on one row of ``seq_len`` tokens."""
     from megatron_zppo.train.logprobs import SequenceBatch
-    from megatron_zppo.train.trainer import PPOMicroBatch
+    from megatron_zppo.train.steps import PPOMicroBatch
 
     prompt = min(PROMPT, seq_len // 4)
     g = torch.Generator().manual_seed(seq_len)

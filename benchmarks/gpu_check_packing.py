@@ -49,7 +49,7 @@ def _samples(vocab: int, smoke: bool):
 
 def _ppo_micro_batches(samples, rule):
     from megatron_zppo.train.micro_batches import rank_micro_batches
-    from megatron_zppo.train.trainer import PPOMicroBatch
+    from megatron_zppo.train.steps import PPOMicroBatch
 
     batches, cost = rank_micro_batches(samples, rule, 0, 1)
     micro = []
@@ -80,7 +80,7 @@ def thd_parity(policy, vocab: int) -> float:
 def packing_rows(build, time_steps, smoke: bool, warmup: int, steps: int) -> list[str]:
     """Markdown rows; a failure is a row, so the rows of the other checks still come back."""
     from megatron_zppo.train.micro_batches import BatchRule
-    from megatron_zppo.train.trainer import PolicyTrainer
+    from megatron_zppo.train.steps import PolicyTrainer
 
     from gpu_check import TINY, save_random_model
 

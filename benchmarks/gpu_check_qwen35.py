@@ -46,7 +46,7 @@ def _gdn_path(policy) -> str:
 def qwen35_rows(check, smoke: bool, args) -> Iterator[str]:
     """The Markdown rows; ``check`` is the gpu_check module (its build, parity and timing helpers)."""
     from megatron_zppo.train.logprobs import SequenceBatch
-    from megatron_zppo.train.trainer import PPOMicroBatch
+    from megatron_zppo.train.steps import PPOMicroBatch
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_random_qwen35(tmp, smoke)

@@ -96,7 +96,7 @@ def vl_rows(check, smoke: bool, args) -> Iterator[str]:
     """The Markdown rows; ``check`` is the gpu_check module (its build, parity and timing helpers)."""
     import tempfile
 
-    from megatron_zppo.train.trainer import PPOMicroBatch
+    from megatron_zppo.train.steps import PPOMicroBatch
 
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = save_random_vl(tmp, smoke)

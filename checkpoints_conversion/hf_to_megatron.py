@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 checkpoints_conversion/hf_to_megatron.py --hf HF_DIR --out DIR --tp 2
 
 Megatron-Bridge maps the HF weights onto Megatron's GPTModel under the requested TP/PP layout;
-``megatron_zppo.train.checkpointing`` writes them with ``dist_checkpointing``, i.e. in global
+``megatron_zppo.train.dist_checkpoint`` writes them with ``dist_checkpointing``, i.e. in global
 shapes, so the result loads under any layout (the trainer's ``load_checkpoint(policy, None, None,
 dir)``). ``--verify`` reloads what was written into a fresh model and compares its logits with the
 HF model's on a few fixed prompts; the tool exits 1 if they differ by more than ``--tolerance``.
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     from logit_check import verify
 
     from megatron_zppo.train import parallel
-    from megatron_zppo.train.checkpointing import load_checkpoint, save_checkpoint
+    from megatron_zppo.train.dist_checkpoint import load_checkpoint, save_checkpoint
     from megatron_zppo.train.model import ModelConfig, build_policy
 
     layout = parallel.ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)

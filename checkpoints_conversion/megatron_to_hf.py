@@ -3,7 +3,7 @@
     python checkpoints_conversion/megatron_to_hf.py --megatron DIR --hf-config HF_DIR --out OUT [--verify]
     torchrun --nproc_per_node 2 checkpoints_conversion/megatron_to_hf.py ... --tp 2
 
-``DIR`` is any checkpoint written by ``megatron_zppo.train.checkpointing`` (a training checkpoint
+``DIR`` is any checkpoint written by ``megatron_zppo.train.dist_checkpoint`` (a training checkpoint
 or ``hf_to_megatron.py``'s output; only the model weights are read). ``--hf-config`` is the
 original HF directory: the architecture is built from its config, and its non-weight files
 (config, generation config, tokenizer, chat template, custom code) are copied to ``OUT``. The
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     from logit_check import verify
 
     from megatron_zppo.train import parallel
-    from megatron_zppo.train.checkpointing import load_checkpoint
+    from megatron_zppo.train.dist_checkpoint import load_checkpoint
     from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 
     layout = parallel.ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)

@@ -5,7 +5,7 @@ Slurm tells a job about its time limit or a preemption with SIGTERM (ahead of ti
 the loop asks `stop_now()` at the end of each rollout step, where every rank has finished the
 step, so the ranks agree (one all-reduce) and all save the same checkpoint before leaving.
 SIGINT (Ctrl-C) is left to Python: it raises KeyboardInterrupt at once and the main job reports
-it in one line; the last complete checkpoint stays loadable either way (checkpoint.py).
+it in one line; the last complete checkpoint stays loadable either way (run_checkpoint.py).
 """
 
 from __future__ import annotations

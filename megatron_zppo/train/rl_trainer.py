@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from megatron_zppo.checkpoint import CheckpointError
+from megatron_zppo.run_checkpoint import CheckpointError
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.core.loss import LossConfig, importance_stats
 from megatron_zppo.core.records import PromptKind, Sample
@@ -26,7 +26,7 @@ from megatron_zppo.train.precision import ddp_config_fields
 from megatron_zppo.train.model import ModelConfig, build_policy
 from megatron_zppo.train.logit_distill import LogitTeacher
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-from megatron_zppo.train.trainer import PolicyTrainer, PPOMicroBatch
+from megatron_zppo.train.steps import PolicyTrainer, PPOMicroBatch
 
 
 # Settings a resume must keep: the optimizer state carries them (Megatron restores lr, betas, eps and
@@ -217,18 +217,18 @@ class RLTrainer:
         yield from self.policy.bridge.export_hf_weights(self.policy.chunks, cpu=False, show_progress=False)
 
     def save(self, directory: str) -> None:
-        from megatron_zppo.train import checkpointing
+        from megatron_zppo.train import dist_checkpoint
 
-        checkpointing.save_checkpoint(self.policy, self.optimizer, self.scheduler, directory,
+        dist_checkpoint.save_checkpoint(self.policy, self.optimizer, self.scheduler, directory,
                                       extra={"settings": self.settings})
 
     def load(self, directory: str, weights_only: bool = False) -> None:
-        from megatron_zppo.train import checkpointing
+        from megatron_zppo.train import dist_checkpoint
 
         if weights_only:
-            checkpointing.load_checkpoint(self.policy, None, None, directory)
+            dist_checkpoint.load_checkpoint(self.policy, None, None, directory)
             return
-        saved = checkpointing.read_extra(directory).get("settings")
+        saved = dist_checkpoint.read_extra(directory).get("settings")
         if saved:
             refused, applied = settings_changes(saved, self.settings)
             if refused:
@@ -238,7 +238,7 @@ class RLTrainer:
             if applied and self.is_main:
                 print(f"resume: this run's settings apply over the checkpoint's: {'; '.join(applied)}")
         try:
-            checkpointing.load_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
+            dist_checkpoint.load_checkpoint(self.policy, self.optimizer, self.scheduler, directory)
         except (KeyError, ValueError, AssertionError) as e:
             # A checkpoint without recorded settings: Megatron matches optimizer parameter groups by
             # their hyperparameters (lr, wd, ...), and the scheduler asserts its own.

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from megatron_zppo import checkpoint
+from megatron_zppo import run_checkpoint
 from megatron_zppo.evaluate import bootstrap_ci, evaluate
 from megatron_zppo.core.records import Question
 from megatron_zppo.grader_pool import GraderPool
@@ -66,25 +66,25 @@ class DirTrainer:
 
 
 def test_checkpoint_round_trip_and_latest_pointer(tmp_path):
-    checkpoint.save(tmp_path, 2, DirTrainer(7), {"step": 2, "buffer": {"a": 1}})
-    checkpoint.save(tmp_path, 4, DirTrainer(9), {"step": 4})
-    assert checkpoint.latest(tmp_path).name == "step_000004"
+    run_checkpoint.save(tmp_path, 2, DirTrainer(7), {"step": 2, "buffer": {"a": 1}})
+    run_checkpoint.save(tmp_path, 4, DirTrainer(9), {"step": 4})
+    assert run_checkpoint.latest(tmp_path).name == "step_000004"
     t = DirTrainer()
-    state = checkpoint.load(checkpoint.resolve("auto", tmp_path), t)
+    state = run_checkpoint.load(run_checkpoint.resolve("auto", tmp_path), t)
     assert state == {"step": 4} and t.value == 9
-    assert checkpoint.load(checkpoint.resolve(str(tmp_path / "checkpoints" / "step_000002"), tmp_path), t)["step"] == 2
-    with pytest.raises(checkpoint.CheckpointError, match="not a complete checkpoint"):
-        checkpoint.resolve(str(tmp_path), tmp_path)
-    assert checkpoint.resolve("", tmp_path) is None
+    assert run_checkpoint.load(run_checkpoint.resolve(str(tmp_path / "checkpoints" / "step_000002"), tmp_path), t)["step"] == 2
+    with pytest.raises(run_checkpoint.CheckpointError, match="not a complete checkpoint"):
+        run_checkpoint.resolve(str(tmp_path), tmp_path)
+    assert run_checkpoint.resolve("", tmp_path) is None
 
 
 @pytest.mark.timeout(60)
 def test_a_run_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
-    checkpoint.save(tmp_path, 1, DirTrainer(1), {"step": 1})
+    run_checkpoint.save(tmp_path, 1, DirTrainer(1), {"step": 1})
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {os.getcwd()!r})
-        from megatron_zppo import checkpoint
+        from megatron_zppo import run_checkpoint
         from tests.loop.test_evaluate_and_checkpoint import DirTrainer
 
         class Slow(DirTrainer):
@@ -93,24 +93,24 @@ def test_a_run_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_p
                 print("saving", flush=True)
                 time.sleep(60)  # killed here, half-way through the checkpoint
 
-        checkpoint.save({str(tmp_path)!r}, 2, Slow(2), {{"step": 2}})
+        run_checkpoint.save({str(tmp_path)!r}, 2, Slow(2), {{"step": 2}})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "saving"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     t = DirTrainer()
-    state = checkpoint.load(checkpoint.latest(tmp_path), t)
+    state = run_checkpoint.load(run_checkpoint.latest(tmp_path), t)
     assert state == {"step": 1} and t.value == 1
     # the next save cleans up the half-written directory and completes
-    checkpoint.save(tmp_path, 2, DirTrainer(2), {"step": 2})
-    assert checkpoint.latest(tmp_path).name == "step_000002"
+    run_checkpoint.save(tmp_path, 2, DirTrainer(2), {"step": 2})
+    assert run_checkpoint.latest(tmp_path).name == "step_000002"
     assert not any(p.name.startswith(".") for p in (tmp_path / "checkpoints").iterdir())
 
 
 def _three_checkpoints(tmp_path):
     for step in (1, 2, 3):
-        checkpoint.save(tmp_path, step, DirTrainer(step), {"step": step})
+        run_checkpoint.save(tmp_path, step, DirTrainer(step), {"step": step})
     return [tmp_path / "checkpoints" / f"step_{s:06d}" for s in (1, 2, 3)]
 
 
@@ -129,17 +129,17 @@ def _truncate(path):
 def test_a_damaged_checkpoint_is_named_with_the_earlier_one_to_load_instead(tmp_path, damage, found):
     first, second, third = _three_checkpoints(tmp_path)
     damage(third)
-    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"checkpoint {third}{found}.*the earlier complete "
+    with pytest.raises(run_checkpoint.DamagedCheckpoint, match=f"checkpoint {third}{found}.*the earlier complete "
                                                            f"checkpoint {second} can be loaded instead"):
-        checkpoint.load(checkpoint.resolve("auto", tmp_path), DirTrainer())
+        run_checkpoint.load(run_checkpoint.resolve("auto", tmp_path), DirTrainer())
     # The suggestion skips checkpoints whose sizes are wrong too (an overwrite of the same size
     # shows only when it is read, so it is not looked for here).
     _truncate(second / "loop_state.pt")
-    with pytest.raises(checkpoint.DamagedCheckpoint, match=f"checkpoint {first} can be loaded instead"):
-        checkpoint.load(third, DirTrainer())
+    with pytest.raises(run_checkpoint.DamagedCheckpoint, match=f"checkpoint {first} can be loaded instead"):
+        run_checkpoint.load(third, DirTrainer())
     (first / "model" / "w.txt").unlink()
-    with pytest.raises(checkpoint.DamagedCheckpoint, match="no earlier complete checkpoint is left in"):
-        checkpoint.load(third, DirTrainer())
+    with pytest.raises(run_checkpoint.DamagedCheckpoint, match="no earlier complete checkpoint is left in"):
+        run_checkpoint.load(third, DirTrainer())
 
 
 def test_a_loop_state_that_is_no_loop_state_is_refused(tmp_path):
@@ -148,33 +148,33 @@ def test_a_loop_state_that_is_no_loop_state_is_refused(tmp_path):
     *_, third = _three_checkpoints(tmp_path)
     torch.save([1, 2], third / "loop_state.pt")
     (third / "MANIFEST.json").unlink()  # as a checkpoint from before manifests: no size check
-    with pytest.raises(checkpoint.DamagedCheckpoint, match="loop_state.pt holds list, not a loop state"):
-        checkpoint.load(third, DirTrainer())
+    with pytest.raises(run_checkpoint.DamagedCheckpoint, match="loop_state.pt holds list, not a loop state"):
+        run_checkpoint.load(third, DirTrainer())
 
 
 def test_load_auto_takes_the_newest_complete_checkpoint_when_latest_points_nowhere(tmp_path):
     *_, second, third = _three_checkpoints(tmp_path)
     heard = []
     (tmp_path / "checkpoints" / "latest").unlink()
-    assert checkpoint.resolve("auto", tmp_path, heard.append) == third
+    assert run_checkpoint.resolve("auto", tmp_path, heard.append) == third
     assert "latest is missing; using the newest complete checkpoint" in heard[-1]
     (third / "COMPLETE").unlink()  # e.g. removed by hand: not complete any more
     (tmp_path / "checkpoints" / "latest").write_text(third.name)
-    assert checkpoint.resolve("auto", tmp_path, heard.append) == second
+    assert run_checkpoint.resolve("auto", tmp_path, heard.append) == second
     assert f"names {third}, which is not a complete checkpoint" in heard[-1]
 
 
 def test_load_auto_with_nothing_to_resume_is_none_and_a_missing_path_is_named(tmp_path):
     heard = []
-    assert checkpoint.resolve("auto", tmp_path / "run", heard.append) is None and heard == []
-    with pytest.raises(checkpoint.CheckpointError, match=r"run.load='.*nope' does not exist; expected a directory"):
-        checkpoint.resolve(str(tmp_path / "nope"), tmp_path)
+    assert run_checkpoint.resolve("auto", tmp_path / "run", heard.append) is None and heard == []
+    with pytest.raises(run_checkpoint.CheckpointError, match=r"run.load='.*nope' does not exist; expected a directory"):
+        run_checkpoint.resolve(str(tmp_path / "nope"), tmp_path)
 
 
 def test_saving_a_step_again_replaces_it_whole(tmp_path):
-    checkpoint.save(tmp_path, 2, DirTrainer(2), {"step": 2})
-    checkpoint.save(tmp_path, 4, DirTrainer(4), {"step": 4, "run": "first"})
-    checkpoint.save(tmp_path, 4, DirTrainer(40), {"step": 4, "run": "resumed"})  # resumed from step 2
+    run_checkpoint.save(tmp_path, 2, DirTrainer(2), {"step": 2})
+    run_checkpoint.save(tmp_path, 4, DirTrainer(4), {"step": 4, "run": "first"})
+    run_checkpoint.save(tmp_path, 4, DirTrainer(40), {"step": 4, "run": "resumed"})  # resumed from step 2
     t = DirTrainer()
-    assert checkpoint.load(checkpoint.resolve("auto", tmp_path), t) == {"step": 4, "run": "resumed"} and t.value == 40
+    assert run_checkpoint.load(run_checkpoint.resolve("auto", tmp_path), t) == {"step": 4, "run": "resumed"} and t.value == 40
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_000002", "step_000004"]

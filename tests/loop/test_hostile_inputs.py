@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from megatron_zppo import build, checkpoint
+from megatron_zppo import build, run_checkpoint
 from megatron_zppo.config import load_config
 from megatron_zppo.data import SourceConfig, load_questions
 from megatron_zppo.errors import RunError

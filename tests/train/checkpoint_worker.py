@@ -16,10 +16,10 @@ import torch.distributed as dist  # noqa: E402
 
 from megatron_zppo.core.loss import LossConfig  # noqa: E402
 from megatron_zppo.train import parallel  # noqa: E402
-from megatron_zppo.train.checkpointing import adam_step_counts, load_checkpoint, save_checkpoint  # noqa: E402
+from megatron_zppo.train.dist_checkpoint import adam_step_counts, load_checkpoint, save_checkpoint  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config  # noqa: E402
-from megatron_zppo.train.trainer import PolicyTrainer  # noqa: E402
+from megatron_zppo.train.steps import PolicyTrainer  # noqa: E402
 from tests.train.tiny_qwen3 import ppo_micro_batches  # noqa: E402
 
 OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # as in test_checkpointing.py

@@ -17,7 +17,7 @@ from megatron_zppo.core.loss import LossConfig  # noqa: E402
 from megatron_zppo.train import parallel  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config  # noqa: E402
-from megatron_zppo.train.trainer import PolicyTrainer  # noqa: E402
+from megatron_zppo.train.steps import PolicyTrainer  # noqa: E402
 from tests.train.tiny_qwen3 import packed_ppo_micro_batches, ppo_micro_batches  # noqa: E402
 
 OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # see test_trainer.py for these values

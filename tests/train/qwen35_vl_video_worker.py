@@ -89,7 +89,7 @@ def old_logprobs(hf_dir: str, seed: int = 0):
 
 
 def ppo_micro_batches(hf_dir: str, rows_per_micro: int):
-    from megatron_zppo.train.trainer import PPOMicroBatch
+    from megatron_zppo.train.steps import PPOMicroBatch
 
     full, old = old_logprobs(hf_dir)
     return [PPOMicroBatch(vl_video_batch(hf_dir, slice(s, s + rows_per_micro), full.response_width),

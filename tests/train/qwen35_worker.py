@@ -58,7 +58,7 @@ def main(make_micro_batches=None) -> None:
     from megatron_zppo.train import parallel
     from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
     from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-    from megatron_zppo.train.trainer import PolicyTrainer
+    from megatron_zppo.train.steps import PolicyTrainer
     from tests.train.tiny_qwen3 import ppo_micro_batches
 
     ap = argparse.ArgumentParser()

@@ -15,7 +15,7 @@ from megatron_zppo.core.loss import LossConfig  # noqa: E402
 from megatron_zppo.train import parallel  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config  # noqa: E402
-from megatron_zppo.train.trainer import PolicyTrainer, PPOMicroBatch  # noqa: E402
+from megatron_zppo.train.steps import PolicyTrainer, PPOMicroBatch  # noqa: E402
 
 OPT = OptimizerConfig(lr=1e-4, eps=1e-6, clip_grad=1.0)
 LOSS = LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)

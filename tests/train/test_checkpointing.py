@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from megatron_zppo.checkpoint import CheckpointError, DamagedCheckpoint
+from megatron_zppo.run_checkpoint import CheckpointError, DamagedCheckpoint
 from megatron_zppo.core.loss import LossConfig
-from megatron_zppo.train.checkpointing import adam_step_counts, load_checkpoint, save_checkpoint
+from megatron_zppo.train.dist_checkpoint import adam_step_counts, load_checkpoint, save_checkpoint
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-from megatron_zppo.train.trainer import PolicyTrainer
+from megatron_zppo.train.steps import PolicyTrainer
 from tests.train.tiny_qwen3 import ppo_micro_batches
 from tests.train.workers import run_worker
 
@@ -41,7 +41,7 @@ def _weights(policy):
 
 def _adam_moments(optimizer):
     """[(exp_avg, exp_avg_sq)] in the inner optimizer's parameter order (same for identical builds)."""
-    from megatron_zppo.train.checkpointing import _inner_torch_optimizers
+    from megatron_zppo.train.dist_checkpoint import _inner_torch_optimizers
 
     return [
         (inner.state[p]["exp_avg"].clone(), inner.state[p]["exp_avg_sq"].clone())

@@ -8,7 +8,7 @@ from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-from megatron_zppo.train.trainer import PolicyTrainer
+from megatron_zppo.train.steps import PolicyTrainer
 from tests.train.tiny_qwen3 import PROMPTS, RESPONSES, save_tiny_qwen3
 
 OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.01)  # see test_trainer.py for eps; the clip is active

@@ -114,7 +114,7 @@ def test_ppo_step_matches_a_hand_written_hf_adamw_step(tiny_qwen35_dir, megatron
     from transformers import AutoModelForCausalLM
 
     from megatron_zppo.train.optimizer import build_optimizer, ddp_config
-    from megatron_zppo.train.trainer import PolicyTrainer
+    from megatron_zppo.train.steps import PolicyTrainer
     from tests.train.test_trainer import LOSS, OPT, _reference_ppo_step
     from tests.train.tiny_qwen3 import ppo_micro_batches
 
@@ -144,9 +144,9 @@ def test_distributed_checkpoint_resumes_the_hybrid_model_exactly(tiny_qwen35_dir
 
 def assert_resume_is_exact(hf_dir: str, micro_batches, ckpt: Path) -> None:
     """A PPO step, a checkpoint, a fresh trainer loading it: the next step is bit-identical."""
-    from megatron_zppo.train.checkpointing import load_checkpoint, save_checkpoint
+    from megatron_zppo.train.dist_checkpoint import load_checkpoint, save_checkpoint
     from megatron_zppo.train.optimizer import build_optimizer, ddp_config
-    from megatron_zppo.train.trainer import PolicyTrainer
+    from megatron_zppo.train.steps import PolicyTrainer
     from tests.train.test_trainer import LOSS, OPT
 
     def trainer():

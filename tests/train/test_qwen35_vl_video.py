@@ -103,7 +103,7 @@ def test_logprobs_and_entropy_with_videos_match_hf(policy, vl_dir):
 def test_ppo_step_with_videos_matches_a_hand_written_hf_adamw_step(vl_dir, megatron_world):
     from megatron_zppo.core.loss import policy_loss
     from megatron_zppo.train.optimizer import build_optimizer, ddp_config
-    from megatron_zppo.train.trainer import PolicyTrainer
+    from megatron_zppo.train.steps import PolicyTrainer
     from tests.train.test_trainer import LOSS, OPT
 
     policy = build_policy(ModelConfig(hf_path=vl_dir), ParallelConfig(), ddp_config=ddp_config(OPT))

@@ -8,7 +8,7 @@ from megatron_zppo.train.logprobs import SequenceBatch
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
 from megatron_zppo.train.parallel import ParallelConfig
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
-from megatron_zppo.train.trainer import PolicyTrainer, PPOMicroBatch
+from megatron_zppo.train.steps import PolicyTrainer, PPOMicroBatch
 from tests.train.tiny_qwen3 import ADVANTAGES, PROMPTS, RESPONSES, old_logprobs, packed_ppo_micro_batches, \
     ppo_micro_batches
 

@@ -53,7 +53,7 @@ def old_logprobs(seed: int = 0):
 
 def ppo_micro_batches(rows_per_micro: int):
     from megatron_zppo.train.logprobs import SequenceBatch
-    from megatron_zppo.train.trainer import PPOMicroBatch
+    from megatron_zppo.train.steps import PPOMicroBatch
 
     full, old = old_logprobs()
     out = []
@@ -75,7 +75,7 @@ def packed_ppo_micro_batches(budget: int = PACK_BUDGET, dp_rank: int = 0, dp_siz
 
     from megatron_zppo.train.logprobs import SequenceBatch
     from megatron_zppo.train.packing import pack
-    from megatron_zppo.train.trainer import PPOMicroBatch
+    from megatron_zppo.train.steps import PPOMicroBatch
 
     _, old = old_logprobs()
     lengths = [len(p) + len(r) for p, r in zip(PROMPTS, RESPONSES)]

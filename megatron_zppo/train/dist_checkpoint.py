@@ -5,7 +5,7 @@ under their global (unsharded) shapes and layer numbers, so a checkpoint written
 tensor/pipeline/data-parallel layout loads under another. The distributed optimizer's state is
 saved in the ``fully_reshardable`` form (one Adam moment tensor per model parameter) for the same
 reason. The save is synchronous: when ``save_checkpoint`` returns on every rank the files are
-complete (the caller, e.g. ``megatron_zppo.checkpoint``, may then mark the directory complete).
+complete (the caller, e.g. ``megatron_zppo.run_checkpoint``, may then mark the directory complete).
 
 Every checkpoint records the identity of the model it holds (its HF config's architecture and
 sizes): loading it into another model is refused before Megatron's loader runs, naming both, and
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from megatron_zppo.checkpoint import CheckpointError, DamagedCheckpoint
+from megatron_zppo.run_checkpoint import CheckpointError, DamagedCheckpoint
 from megatron_zppo.train.model import Policy
 
 # Passed to the model's and optimizer's sharded_state_dict and stored with the checkpoint, so a
