@@ -2,7 +2,8 @@
 
 Serving (real text through its chat template), the train-inference mismatch users watch most
 (SGLang's log-probs of its own samples against the Megatron trainer's on the same tokens: mean and
-max absolute difference, printed), and one weight sync from the trainer that changes what it serves.
+max absolute difference, printed), one weight sync from the trainer that changes what it serves,
+and the main job for two ZPPO steps with this server as its student (the teacher in process).
 """
 
 import pytest
@@ -98,3 +99,29 @@ def test_a_weight_sync_from_the_trainer_changes_what_the_server_serves(engine, p
     assert max(abs(a - b) for a, b in zip(expected, after.logprobs)) < 1e-2  # serves the synced weights ...
     assert max(abs(a - b) for a, b in zip(old_view, after.logprobs)) > 0.1  # ... not the old ones
     assert after.logprobs != before.logprobs
+
+
+def test_the_main_job_trains_the_real_model_on_its_sglang_rollouts(real_model_server, smollm2_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.loop.test_real_model_e2e import CHAIN
+
+    root = Path(__file__).resolve().parents[1]
+    args = ["--config", "examples/real_model/zppo.yaml", f"run.dir={tmp_path}", "run.steps=2", "run.save_every=2",
+            f"student.hf_path={smollm2_dir}", "student.engine=sglang", f"student.url={real_model_server}",
+            "student.weight_sync.backend=gloo", f"teacher.hf_path={smollm2_dir}", "rollout.n_new=4",
+            "rollout.group_size=2", "rollout.teacher_group_size=4", "rollout.max_new_tokens=12",
+            "train.micro_batch_size=4", "eval.max_new_tokens=12", f"data.train=[{CHAIN % (0, 40)}]",
+            f"data.eval={{chain_sum: [{CHAIN % (1, 4)}]}}"]
+    proc = subprocess.run([sys.executable, "pretrain_zppo.py", *args], cwd=root, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1]
+    # SGLang's log-probs of its samples against the Megatron trainer's, step 1 after a real sync (fp32)
+    assert all(m["logprob_diff_mean"] < 1e-3 for m in metrics), [m["logprob_diff_mean"] for m in metrics]
+    assert all(m["sync_bytes"] > 0 and m["sync_servers"] == 1 for m in metrics)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -158,14 +159,18 @@ class DistributedSync(ServerSync):
         super().__init__(cfg, servers)
         self.device = torch.device("cuda" if cfg.backend == "nccl" else "cpu")
         self._groups: list[tuple[str, object, list[SGLangEngine]]] = []  # (name, process group, members)
+        # A server keeps a group until told to drop it, and refuses a second one of the same name: a
+        # trainer restarted against servers still up (a resume) would never join. So each trainer
+        # process's groups get their own name.
+        self.prefix = f"{cfg.group_name}_{uuid.uuid4().hex[:8]}"
 
     def layout(self) -> list[tuple[str, int, list[tuple[SGLangEngine, int]], int]]:
         """[(group name, master port, [(server, rank_offset)], world size)]: one group, or one per server."""
         cfg, size = self.cfg, self.cfg.server_world_size
         if cfg.fanout == "one_group" or len(self.servers) == 1:
             world, offsets = weight_sync.rank_offsets([size] * len(self.servers))
-            return [(cfg.group_name, cfg.master_port, list(zip(self.servers, offsets)), world)]
-        return [(f"{cfg.group_name}_{i}", cfg.master_port and cfg.master_port + i, [(s, 1)], 1 + size)
+            return [(self.prefix, cfg.master_port, list(zip(self.servers, offsets)), world)]
+        return [(f"{self.prefix}_{i}", cfg.master_port and cfg.master_port + i, [(s, 1)], 1 + size)
                 for i, s in enumerate(self.servers)]
 
     def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:

@@ -258,6 +258,10 @@ class _Handler(BaseHTTPRequestHandler):
     def h_init_weights_update_group(self, body):
         from megatron_zppo.rollout import weight_sync  # torch import only where a test needs it
 
+        if self.state.group is not None and self.state.group_args.get("group_name") == body["group_name"]:
+            # SGLang keeps a group until it is destroyed, and torch refuses a second one of that name.
+            return self._send(400, {"success": False, "message": "Failed to initialize custom process group: "
+                                    "The specified group name has already been used."})
         self.state.group = weight_sync.init_custom_process_group(
             backend=body["backend"], init_method=f"tcp://{body['master_address']}:{body['master_port']}",
             world_size=body["world_size"], rank=body["rank_offset"], group_name=body["group_name"],

@@ -70,6 +70,21 @@ def test_one_group_broadcast_leaves_every_server_bit_exact(n, fakes, make_engine
         pool.shutdown()
 
 
+def test_a_restarted_trainer_joins_servers_that_still_hold_the_last_ones_group(fakes, make_engine):
+    # A resume against servers still up: the first trainer never left its group (it was killed).
+    servers = fakes(2)
+    first, second = make_pool(make_engine, servers), make_pool(make_engine, servers)
+    try:
+        first.update_weights(iter(mixed_weights(2)), "v1")
+        weights = mixed_weights(3)
+        second.update_weights(iter(weights), "v2")
+        want = {name: tensor_digest(t) for name, t in weights}
+        assert [s.weights() for s in servers] == [want, want] and first.sync.prefix != second.sync.prefix
+    finally:
+        second.shutdown()
+        first.shutdown()
+
+
 def test_per_server_fanout_gives_each_server_its_own_group(fakes, make_engine):
     servers = fakes(2)
     pool = make_pool(make_engine, servers, fanout="per_server", server_world_size=1)
@@ -79,7 +94,7 @@ def test_per_server_fanout_gives_each_server_its_own_group(fakes, make_engine):
         want = {name: tensor_digest(t) for name, t in weights}
         assert [s.weights() for s in servers] == [want, want]
         assert [(s.group()["group_name"], s.group()["rank_offset"], s.group()["world_size"]) for s in servers] == [
-            ("zppo_weight_sync_0", 1, 2), ("zppo_weight_sync_1", 1, 2)]
+            (pool.sync.prefix + "_0", 1, 2), (pool.sync.prefix + "_1", 1, 2)]
     finally:
         pool.shutdown()
 

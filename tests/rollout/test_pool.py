@@ -85,8 +85,8 @@ def test_engines_left_on_different_versions_make_the_pool_refuse(servers, make_e
 
 
 @pytest.mark.parametrize("fanout, layout", [
-    ("one_group", [("zppo_weight_sync", 29600, [1, 3], 5)]),
-    ("per_server", [("zppo_weight_sync_0", 29600, [1], 3), ("zppo_weight_sync_1", 29601, [1], 3)])])
+    ("one_group", [("", 29600, [1, 3], 5)]),
+    ("per_server", [("_0", 29600, [1], 3), ("_1", 29601, [1], 3)])])
 def test_make_engine_builds_a_pool_with_one_sync_over_its_servers(servers, fanout, layout):
     cfg = load_config(None, ["student.hf_path=s", "run.algorithm=grpo", "student.engine=sglang",
                              f"student.urls=[{servers[0].url}, {servers[1].url}]",
@@ -95,8 +95,10 @@ def test_make_engine_builds_a_pool_with_one_sync_over_its_servers(servers, fanou
     pool = build.make_engine(cfg.student, "student", 0)
     try:
         assert isinstance(pool, EnginePool) and isinstance(pool.sync, DistributedSync)
+        assert pool.sync.prefix.startswith("zppo_weight_sync_")  # and unique to this trainer process
         assert [(name, port, [offset for _, offset in members], world)
-                for name, port, members, world in pool.sync.layout()] == layout
+                for name, port, members, world in pool.sync.layout()] == [
+            (pool.sync.prefix + suffix, port, offsets, world) for suffix, port, offsets, world in layout]
     finally:
         pool.shutdown()
 
