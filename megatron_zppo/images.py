@@ -63,14 +63,20 @@ def image_problem(ref: str | bytes, min_side: int = 0) -> str | None:
 def expand_placeholders(prompt_ids: list[int], image_token_id: int, counts: list[int], where: str = "") -> list[int]:
     """Each single image placeholder of `prompt_ids` (one per image, as the chat template writes
     them) repeated to that image's number of vision tokens, in order."""
-    found = prompt_ids.count(image_token_id)
-    if found != len(counts):
-        raise ValueError(f"{where}: the prompt holds {found} image placeholder(s) for {len(counts)} image(s); "
-                         "encode it with its images (encode_prompt(..., n_images))")
+    return replace_placeholders(prompt_ids, image_token_id, [[image_token_id] * n for n in counts], "image", where)
+
+
+def replace_placeholders(prompt_ids: list[int], token_id: int, replacements: list[list[int]], kind: str,
+                         where: str = "") -> list[int]:
+    """Each single `kind` placeholder (`token_id`, one per image or video) replaced by its ids, in order."""
+    found = prompt_ids.count(token_id)
+    if found != len(replacements):
+        raise ValueError(f"{where}: the prompt holds {found} {kind} placeholder(s) for {len(replacements)} {kind}(s); "
+                         f"encode it with its {kind}s (encode_prompt(..., n_{kind}s=...))")
     out, k = [], 0
     for t in prompt_ids:
-        if t == image_token_id:
-            out += [t] * counts[k]
+        if t == token_id:
+            out += replacements[k]
             k += 1
         else:
             out.append(t)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
-from megatron_zppo.images import describe, image_bytes
+from megatron_zppo.images import describe, image_bytes, replace_placeholders
 
 DEFAULT_FPS = 24.0  # what transformers assumes for a stream that states no frame rate
 
@@ -102,18 +102,7 @@ def frame_timestamps(indices: list[int], fps: float, temporal_patch_size: int) -
 
 def expand_videos(prompt_ids: list[int], video_token_id: int, replacements: list[list[int]], where: str = "") -> list[int]:
     """Each single video placeholder of `prompt_ids` (one per video) replaced by its ids, in order."""
-    found = prompt_ids.count(video_token_id)
-    if found != len(replacements):
-        raise ValueError(f"{where}: the prompt holds {found} video placeholder(s) for {len(replacements)} video(s); "
-                         "encode it with its videos (encode_prompt(..., n_videos=...))")
-    out, k = [], 0
-    for t in prompt_ids:
-        if t == video_token_id:
-            out += replacements[k]
-            k += 1
-        else:
-            out.append(t)
-    return out
+    return replace_placeholders(prompt_ids, video_token_id, replacements, "video", where)
 
 
 def load_video_processor(model_dir: str):
