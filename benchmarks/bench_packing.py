@@ -9,8 +9,8 @@
       stride, every row padded to the longest of its rank's share (trainer.py ``_run``);
     - the new rule (``train.max_tokens_per_micro_batch``, budget 16,384 as in examples/paper):
       token-balanced ranks, micro-batches packed under the budget, each micro-batch's sequences
-      back to back in one row (what the trainer runs for a text student); also printed: the
-      same budget with rows padded to their micro-batch's longest (a vision-language student).
+      back to back in one row (what the trainer runs); also printed: the same budget with rows
+      padded to their micro-batch's longest (what logit distillation's teacher forward gets).
     padding_efficiency = real / computed tokens; dp_imbalance = max / mean computed tokens per rank.
 (b) The toy Qwen3 on this CPU (packed rows, as for a text student), the same shape scaled down by 32 in length (responses capped at
     384, median 64; prompts 6-38 plus 31-94 for reformulated ones) and to 64 samples on one rank:

@@ -191,14 +191,14 @@ def forward_response_logprobs(model, request: LogprobRequest):
     """
     batch = request.batch
     if batch.packed:
-        if batch.pixel_values is not None or batch.pixel_values_videos is not None:
-            raise NotImplementedError("packed rows with images: Qwen3.5-VL's multimodal positions are per row")
         from megatron_zppo.train.packed_sequences import packed_row
 
         row = packed_row(batch.tokens, batch.prompt_lens + batch.response_lens)
         return model(row.tokens, row.position_ids, None, packed_seq_params=row.params,
                      output_processor=response_logprobs_processor,
-                     output_processor_context=dataclasses.replace(request, row=row))
+                     output_processor_context=dataclasses.replace(request, row=row),
+                     # A VL model derives each sequence's multimodal positions from cu_seqlens itself.
+                     **batch.model_inputs())
     tokens = request.batch.tokens
     position_ids = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     return model(

@@ -4,9 +4,9 @@ Two rules (see packing.py): fixed rows (``train.micro_batch_size``, samples deal
 micro-batches filled with empty rows) or a token budget (``train.max_tokens_per_micro_batch``:
 packed micro-batches, ranks balanced by tokens, empty micro-batches where a rank has fewer).
 Every rank computes the same plan from the whole mini-batch, so no rank needs to ask another.
-Under a budget, a text model's micro-batch runs as one packed row (its sequences back to back,
-``pack_rows``), a vision-language model's as rows padded to the micro-batch's longest. The
-fixed-rows path is padded to the rank's longest row by the trainer (one shape for the pipeline).
+Under a budget, a micro-batch runs as one packed row (its sequences back to back, ``pack_rows``;
+a vision-language model derives each sequence's multimodal positions from the row's cu_seqlens).
+The fixed-rows path is padded to the rank's longest row by the trainer (one shape for the pipeline).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BatchRule:
     tokenizer: object = None
     video_tokens: object = None
     # Under a budget: each micro-batch's sequences back to back in one row (no padding computed;
-    # packed_sequences.py), else rows padded to the micro-batch's longest. Text models only.
+    # packed_sequences.py), else rows padded to the micro-batch's longest.
     pack_rows: bool = False
 
 

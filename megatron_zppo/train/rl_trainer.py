@@ -103,8 +103,7 @@ class RLTrainer:
                               int(getattr(text_config, "pad_token_id", None) or 0), image_processor,
                               getattr(hf_config, "image_token_id", None),
                               getattr(hf_config, "vision_start_token_id", None),
-                              video_processor, tokenizer, video_tokens,
-                              pack_rows=image_processor is None)  # M-RoPE positions are per row
+                              video_processor, tokenizer, video_tokens, pack_rows=True)
         self.teacher = None
         if logit_teacher is not None:  # laid out like the student, frozen
             from megatron.core.utils import get_model_config

@@ -124,10 +124,16 @@ def test_distillation_baselines_train_the_vision_language_student(vl_world, tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("layout", ["train.tensor_parallel=2", "train.pipeline_parallel=2"], ids=["tp2", "pp2"])
+@pytest.mark.parametrize("layout", ["train.tensor_parallel=2", "train.pipeline_parallel=2"], ids=["tp2", "pp2-packed"])
 def test_torchrun_two_processes_train_the_vision_language_student(vl_world, tmp_path, layout):
-    _run(_overrides(vl_world, tmp_path / "run", 2, [layout]), torchrun=2)
+    # PP=2 with packing: each micro-batch's samples, images included, back to back in one THD row
+    # of its own length through the pipeline (the paper recipes' path).
+    packed = "pipeline" in layout
+    extra = [layout] + (["train.max_tokens_per_micro_batch=1024"] if packed else [])
+    _run(_overrides(vl_world, tmp_path / "run", 2, extra), torchrun=2)
     metrics = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1]
     _check_contract(metrics)
     assert all(m["logprob_diff_mean"] < 1e-5 and m["grad_norm"] > 0 for m in metrics)
+    if packed:  # nothing padded is computed
+        assert all(m["padding_efficiency"] == 1.0 and m["real_tokens"] == m["computed_tokens"] for m in metrics)

@@ -6,6 +6,7 @@ pipeline stage), the step's stats and the exported HF weights after the step.
 """
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -66,14 +67,18 @@ def main(make_micro_batches=None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--packed", action="store_true", help="each micro-batch's rows as one packed (THD) row")
     args = ap.parse_args()
 
     layout = parallel.ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
     parallel.initialize(layout)
     opt = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.1)  # see test_trainer.py for these values
     policy = build_policy(ModelConfig(hf_path=args.hf_dir), layout, ddp_config=ddp_config(opt))
-    trainer = PolicyTrainer(policy, *build_optimizer(policy, opt), chunk_size=2)
+    trainer = PolicyTrainer(policy, *build_optimizer(policy, opt), chunk_size=2, variable_shapes=args.packed)
     micro_batches = (make_micro_batches or (lambda _: ppo_micro_batches(rows_per_micro=2)))(args.hf_dir)
+    if args.packed:
+        micro_batches = [dataclasses.replace(mb, sequences=dataclasses.replace(mb.sequences, packed=True))
+                         for mb in micro_batches]
     logprobs = trainer.compute_logprobs([mb.sequences for mb in micro_batches])
     stats = trainer.ppo_step(micro_batches, LossConfig(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0))
     result = {

@@ -6,6 +6,8 @@ goes through ``Qwen35VLBridge`` into Megatron's ``Qwen3VLModel``, built from the
 processor, is the reference throughout.
 """
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -118,6 +120,51 @@ def test_images_change_the_logprobs_of_their_rows_only(policy, vl_dir):
     assert change[1] == 0 and (change[[0, 2, 3]] > 1e-3).all()
 
 
+def assert_packed_equals_padded(chunk, vocab_size: int, batch: SequenceBatch) -> list[torch.Tensor]:
+    """``batch``'s rows as one packed (THD) row give exactly its padded rows' log-probs, entropies
+    and multimodal positions; returns the padded log-probs and entropies."""
+    positions = []  # the multimodal position ids [3, rows, S] the language model is given
+    hook = chunk.language_model.register_forward_pre_hook(
+        lambda _, args, kwargs: positions.append(kwargs["position_ids"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            padded = forward_response_logprobs(chunk, LogprobRequest(batch, vocab_size, 4, True))
+            packed = forward_response_logprobs(chunk, LogprobRequest(dataclasses.replace(batch, packed=True),
+                                                                     vocab_size, 4, True))
+    finally:
+        hook.remove()
+    for got, expected in zip(packed, padded):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # Each sequence's positions are its own row's (what HF and SGLang use), not continued from the
+    # sequence before it: a uniform shift would leave the toy's numbers equal, not a long run's.
+    lengths = (batch.prompt_lens + batch.response_lens).tolist()
+    row_positions, packed_positions = positions
+    segments = torch.split(packed_positions[:, 0], lengths, dim=1)
+    for i, (segment, n) in enumerate(zip(segments, lengths)):
+        assert torch.equal(segment, row_positions[:, i, :n]), f"row {i}"
+    return padded
+
+
+def test_packed_rows_with_images_equal_the_padded_rows(policy, vl_dir):
+    # One THD row holding all four samples (three with images, one with two): each sequence's
+    # multimodal positions restart at its start, and its attention and delta-rule state stop at its end.
+    from megatron_zppo.train.packed_sequences import packed_row
+
+    batch = vl_batch(vl_dir)
+    (chunk,) = policy.chunks
+    padded_lp, _ = assert_packed_equals_padded(chunk, policy.vocab_size, batch)
+    # Not equal by accident: the same tokens as one ordinary row (no boundaries) score the last
+    # sample, which has an image, clearly differently.
+    row = packed_row(batch.tokens, batch.prompt_lens + batch.response_lens)
+    last = int(row.starts[-1]) + int(batch.prompt_lens[-1])
+    boundless = dataclasses.replace(batch, tokens=row.tokens, prompt_lens=torch.tensor([last]),
+                                    response_lens=batch.response_lens[-1:])
+    with torch.no_grad():
+        leaked, _ = forward_response_logprobs(chunk, LogprobRequest(boundless, policy.vocab_size, 4))
+    n = int(batch.response_lens[-1])
+    assert (leaked[0, :n] - padded_lp[-1, :n]).abs().max() > 1e-3
+
+
 def test_image_tokens_are_prompt_tokens_never_scored(vl_dir):
     batch = vl_batch(vl_dir)
     # Placeholders expanded to the images' vision tokens: (64x48 -> 2x2 merged) + (32x32 -> 1) + (96x64 -> 3x2) ...
@@ -161,6 +208,26 @@ def test_ppo_step_with_images_matches_a_hand_written_hf_adamw_step(vl_dir, megat
         torch.testing.assert_close(after[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_ppo_step_on_packed_rows_with_images_equals_the_padded_step(vl_dir, megatron_world):
+    from megatron_zppo.train.optimizer import build_optimizer, ddp_config
+    from megatron_zppo.train.steps import PolicyTrainer
+    from tests.train.test_trainer import LOSS, OPT
+
+    results = []
+    for packed in (False, True):
+        policy = build_policy(ModelConfig(hf_path=vl_dir), ParallelConfig(), ddp_config=ddp_config(OPT))
+        trainer = PolicyTrainer(policy, *build_optimizer(policy, OPT), chunk_size=2, variable_shapes=packed)
+        micro = [dataclasses.replace(mb, sequences=dataclasses.replace(mb.sequences, packed=packed))
+                 for mb in ppo_micro_batches(vl_dir, rows_per_micro=2)]
+        stats = trainer.ppo_step(micro, LOSS)
+        results.append((stats, dict(pair for bucket in export_hf_weights(policy) for pair in bucket)))
+    (padded, w_padded), (stats, w_packed) = results
+    assert stats["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    assert stats["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4)
+    for name, w in w_padded.items():
+        torch.testing.assert_close(w_packed[name], w, atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_distributed_checkpoint_resumes_the_vision_language_model_exactly(vl_dir, megatron_world, tmp_path):
     assert_resume_is_exact(vl_dir, lambda: ppo_micro_batches(vl_dir, 2), tmp_path / "ckpt")
 
@@ -172,10 +239,13 @@ def single_process_step(vl_dir, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [("--tp", "2"), ("--pp", "2")], ids=["tp2", "pp2"])
+@pytest.mark.parametrize("layout", [("--tp", "2"), ("--pp", "2"), ("--tp", "2", "--packed"), ("--pp", "2", "--packed")],
+                         ids=["tp2", "pp2", "tp2-packed", "pp2-packed"])
 def test_tensor_and_pipeline_parallel_match_single_process(vl_dir, single_process_step, tmp_path, layout):
     # TP=2 splits the vision tower's heads and MLP too; PP=2 puts the vision tower on the first
     # stage only, while every stage derives the multimodal positions from tokens and image grids.
+    # "packed": each micro-batch's rows as one THD row (of its own length: variable shapes through
+    # the pipeline), against the padded rows of one process.
     assert_layout_matches(single_process_step, run_worker("qwen35_vl_worker.py", vl_dir, tmp_path / "out", 2, *layout))
 
 

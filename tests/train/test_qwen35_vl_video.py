@@ -149,3 +149,11 @@ def test_samples_with_videos_are_refused_without_a_video_processor():
 
     with pytest.raises(ValueError, match="sample 'g': samples carry videos but the policy checkpoint has no video"):
         expand_videos_of_rows([[1, VIDEO]], [(b"x",)], None, None, None, ["sample 'g'"])
+
+
+def test_packed_rows_with_videos_equal_the_padded_rows(policy, vl_dir):
+    # Videos split into one grid per temporal patch for the multimodal positions: each packed
+    # sequence must still take its own videos' grids, in order.
+    from tests.train.test_qwen35_vl import assert_packed_equals_padded
+
+    assert_packed_equals_padded(policy.chunks[0], policy.vocab_size, vl_video_batch(vl_dir))
