@@ -19,9 +19,11 @@ weights, or be paused) until a later sync succeeds; the error names the server t
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,8 +72,8 @@ class ServerSync:
 
     def each(self, fn: Callable[[SGLangEngine], object]) -> list:
         """`fn` on every server at once; the first server (in order) that failed is named."""
-        futures = [self._threads.submit(fn, s) for s in self.servers]
-        return [wait_for(f, s, self.cfg.timeout_s) for f, s in zip(futures, self.servers)]
+        pending = [self._threads.submit(fn, s) for s in self.servers]
+        return [wait_for(f, s, self.cfg.timeout_s) for f, s in zip(pending, self.servers)]
 
     def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> SyncReport:
         """pause -> flush -> send -> verify -> resume on every server; any failure leaves a precise error."""
@@ -137,6 +139,13 @@ class ServerSync:
     def shutdown(self) -> None:
         self.close()
         self._threads.shutdown(wait=False)
+
+
+def _run_into(future: Future, fn: Callable[[], object]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as err:
+        future.set_exception(err)
 
 
 def wait_for(future: Future, server: SGLangEngine, timeout_s: float):
@@ -230,15 +239,25 @@ class DistributedSync(ServerSync):
         http = [(s, s.call("/init_weights_update_group", {
             "master_address": addr, "master_port": port, "rank_offset": offset,
             "world_size": world, "group_name": name, "backend": cfg.backend})) for s, offset in members]
-        try:
-            group = weight_sync.init_custom_process_group(
-                backend=cfg.backend, init_method=f"tcp://{addr}:{port}", world_size=world, rank=0,
-                group_name=name, timeout_s=cfg.timeout_s)
-        except Exception as err:  # a server that answered with an error is the likely reason
-            for s, future in http:
-                if future.done() and future.exception() is not None:
-                    raise ServerFailed(s, future.exception()) from err
-            raise
+        # A server that refuses to join (an HTTP error) leaves the rendezvous waiting for its rank
+        # until timeout_s, which cannot be interrupted: so the rendezvous runs in a daemon thread
+        # and we stop at the first refusal instead. (A server that joins answers only once the
+        # group exists, so the HTTP calls finish after the rendezvous.)
+        rendezvous: Future = Future()
+        threading.Thread(target=_run_into, name="weight-sync-rendezvous", daemon=True, args=(rendezvous, lambda: (
+            weight_sync.init_custom_process_group(backend=cfg.backend, init_method=f"tcp://{addr}:{port}",
+                                                  world_size=world, rank=0, group_name=name,
+                                                  timeout_s=cfg.timeout_s)))).start()
+        futures.wait([rendezvous, *(f for _, f in http)], timeout=cfg.timeout_s, return_when=futures.FIRST_EXCEPTION)
+        refused = [(s, f.exception()) for s, f in http if f.done() and f.exception() is not None]
+        if refused:
+            if rendezvous.done() and rendezvous.exception() is None:
+                weight_sync.destroy_custom_process_group(rendezvous.result())
+            raise ServerFailed(*refused[0])
+        if not rendezvous.done():
+            raise TimeoutError(f"the servers did not join weight-sync group {name!r} within "
+                               f"weight_sync.timeout_s={cfg.timeout_s:g} s")
+        group = rendezvous.result()  # or the rendezvous's own error
         try:
             for s, future in http:
                 wait_for(future, s, cfg.timeout_s)

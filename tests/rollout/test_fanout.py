@@ -32,7 +32,7 @@ def fakes():
 
 
 def make_pool(make_engine, servers, **sync) -> EnginePool:
-    cfg = WeightSyncConfig(backend="gloo", bucket_bytes=MB, timeout_s=60, **sync)  # generous: a loaded machine
+    cfg = WeightSyncConfig(**{"backend": "gloo", "bucket_bytes": MB, "timeout_s": 60} | sync)  # 60: a loaded machine
     engines = [make_engine(s.url, weight_sync=cfg, weight_version="v0", name=f"student{i}")
                for i, s in enumerate(servers)]
     return EnginePool(engines, sync=make_sync(cfg, engines))
@@ -80,6 +80,23 @@ def test_a_restarted_trainer_joins_servers_that_still_hold_the_last_ones_group(f
         second.update_weights(iter(weights), "v2")
         want = {name: tensor_digest(t) for name, t in weights}
         assert [s.weights() for s in servers] == [want, want] and first.sync.prefix != second.sync.prefix
+    finally:
+        second.shutdown()
+        first.shutdown()
+
+
+@pytest.mark.timeout(60)  # far below weight_sync.timeout_s: waiting it out would fail here
+def test_a_server_refusing_to_join_the_group_fails_the_sync_at_once_naming_it(fakes, make_engine):
+    servers = fakes(2)
+    first = make_pool(make_engine, servers[:1])
+    second = make_pool(make_engine, servers, timeout_s=150)
+    try:
+        first.update_weights(iter(mixed_weights(1)), "v1")
+        second.sync.prefix = first.sync.prefix  # server 0 still holds a group of this name: it refuses
+        with pytest.raises(WeightSyncError) as info:
+            second.update_weights(iter(mixed_weights(1)), "v2")
+        assert f"student0 server {servers[0].url}" in str(info.value)
+        assert "already been used" in str(info.value)
     finally:
         second.shutdown()
         first.shutdown()
