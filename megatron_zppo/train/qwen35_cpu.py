@@ -20,8 +20,9 @@ runs on a CPU. Each piece below is named after what it works around:
   (``HAVE_FLA`` is False) and its q/k ``l2norm`` is None. Megatron ships plain-torch paths for the
   conv1d and the chunked delta rule, chosen by ``deterministic_mode``; the l2norm is missing,
   so we supply a torch one, and the delta rule is swapped for delta_rule.py's, which keeps the
-  log-decays in float64 (Megatron's float32 ones drift by 5e-5 on video rows). This runs when CUDA is absent (Triton has no CPU driver) or FLA is
-  (a GPU machine without it, e.g. the lent one of ../shared/notes/gpu-device.md).
+  log-decays in float64 (Megatron's float32 ones drift by 5e-5 on video rows). This runs when
+  CUDA is absent (Triton has no CPU driver) or FLA is (a GPU machine without it, e.g. the lent
+  one of ../shared/notes/gpu-device.md).
 
 ``configure`` applies these to a bridge provider; the spec parts only when the local spec is
 chosen, the delta-rule parts only without CUDA or without FLA. On a GPU with TE and FLA it changes
