@@ -16,6 +16,7 @@ The model-specific shims live beside their models; every one, by name:
 | ``qwen35_cpu.py`` | ``ZeroCenteredRMSNorm``, ``HeadParallelRMSNorm`` | no non-TE zero-centred norm; GDN's TP-shared norm grad |
 | ``qwen35_cpu.py`` | ``TorchLayerNormColumnParallelLinear``, ``local_block_spec`` | TE-only fused norm + linear and hybrid block spec |
 | ``qwen35_cpu.py`` | ``enable_torch_gated_delta_rule`` (``torch_l2norm``) | FLA's Triton kernels (no CPU driver) |
+| ``delta_rule.py`` | ``chunk_gated_delta_rule`` (via the above) | Megatron's torch delta rule's float32 log-decays |
 | ``qwen35_vl.py`` | ``local_vision_modules``, ``PackedVisionAttention``, ``TorchLayerNorm`` | the ViT's TE classes; per-image attention |
 | ``qwen35_vl.py`` | ``exact_gelu_merger`` (GPU too) | the bridge's tanh GELU in the patch merger |
 """

@@ -191,6 +191,9 @@ def test_configure_changes_nothing_with_cuda_and_fla_but_takes_the_torch_path_on
         changed = qwen35_cpu.configure(provider, local_spec=True)
         assert provider.deterministic_mode is True and common.HAVE_FLA
         assert common.l2norm is qwen35_cpu.torch_l2norm, changed
+        from megatron.core.ssm.gated_delta_net import gdn
+        from megatron_zppo.train import delta_rule
+        assert gdn.torch_chunk_gated_delta_rule is delta_rule.chunk_gated_delta_rule, changed
         print("as expected")
         """
     )
