@@ -1,8 +1,9 @@
 """Videos as datasets give them (a file path, raw bytes, a base64 data URI or an http(s) URL, as
 images are), decoded with PyAV and sampled to frames by the checkpoint's own video processor.
 
-`open_video` decodes every frame once (a truncated or corrupt file fails here, at load time, not
-in the middle of a rollout); `video_problem` says in words what is wrong with one, or None.
+`probe_video` decodes every frame once, keeping none (a truncated or corrupt file fails here, at
+load time, not in the middle of a rollout); `video_problem` says in words what is wrong with one,
+or None. Later uses decode only the frames the processor samples.
 
 In the prompt a video is ONE placeholder token (``<|video_pad|>``, between the vision-start and
 vision-end tokens the chat template writes), as images are. The model sees more: Qwen3-VL's
@@ -15,7 +16,10 @@ sent the unexpanded prompt and the video, and expands it itself.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from megatron_zppo.images import describe, image_bytes, replace_placeholders
@@ -31,26 +35,64 @@ def video_bytes(ref: str | bytes) -> bytes:
         raise type(e)(str(e).replace("image", "video")) from None
 
 
-def open_video(ref: str | bytes):
-    """(frames [T, H, W, 3] uint8, the container's frame rate) with every frame decoded."""
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int  # decoded frames (a container's stated count can be missing or wrong)
+    fps: float
+    height: int
+    width: int
+
+
+_INFO: dict[str, VideoInfo] = {}  # by content digest: a few numbers each, read once per video
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()
+
+
+def _decode(data: bytes, keep=None):
+    """(frames kept [n, H, W, 3] uint8 (all if `keep` is None, else those whose index it holds),
+    VideoInfo of the whole stream). Frames are dropped as they are decoded: a long benchmark video
+    (an hour at 30 fps is ~100,000 frames) fits in memory only as the frames sampled from it."""
     import av
     import numpy as np
 
-    with av.open(io.BytesIO(video_bytes(ref))) as container:
+    kept, count, height, width = [], 0, 0, 0
+    with av.open(io.BytesIO(data)) as container:
         if not container.streams.video:
             raise ValueError("the file holds no video stream")
         stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         fps = float(stream.average_rate) if stream.average_rate else DEFAULT_FPS
-    if not frames:
+        for frame in container.decode(stream):
+            if keep is None or count in keep:
+                kept.append(frame.to_ndarray(format="rgb24"))
+            count, height, width = count + 1, frame.height, frame.width
+    if not count:
         raise ValueError("the video stream holds no frame")
-    return np.stack(frames), fps
+    frames = np.stack(kept) if kept else np.zeros((0, height, width, 3), np.uint8)
+    return frames, VideoInfo(count, fps, height, width)
+
+
+def probe_video(ref: str | bytes) -> VideoInfo:
+    """Frame count, rate and size, every frame decoded once (so a truncated file fails here, at
+    load time) and none kept. Remembered per content, so later uses decode only sampled frames."""
+    data = video_bytes(ref)
+    key = _digest(data)
+    if key not in _INFO:
+        _INFO[key] = _decode(data, keep=())[1]
+    return _INFO[key]
+
+
+def open_video(ref: str | bytes, indices=None):
+    """(frames [T, H, W, 3] uint8, the stream's frame rate): every frame, or those at `indices`."""
+    frames, info = _decode(video_bytes(ref), None if indices is None else set(int(i) for i in indices))
+    return frames, info.fps
 
 
 def video_problem(ref: str | bytes) -> str | None:
     """Why `ref` is unusable (missing, not a video, undecodable, no frames), or None."""
     try:
-        open_video(ref)
+        probe_video(ref)
     except Exception as e:  # noqa: BLE001 - FFmpeg raises many types for bad files; all mean "unusable"
         return f"video {describe(ref)} cannot be read: {type(e).__name__}: {e}"
     return None
@@ -69,26 +111,58 @@ class VideoTokens:
         return cls(hf_config.video_token_id, hf_config.vision_start_token_id, hf_config.vision_end_token_id)
 
 
+CACHE_BYTES = 1 << 30  # processed videos kept (pixel tensors), least recently used dropped first
+_PROCESSED: OrderedDict[tuple, tuple] = OrderedDict()
+_LOCK = threading.Lock()
+
+
 def video_inputs(video_processor, tokenizer, tokens: VideoTokens, refs) -> tuple[dict, list[list[int]]]:
     """The processor's ``pixel_values_videos``/``video_grid_thw`` for `refs`, frames sampled by its
-    own settings (fps, min/max frames), and each video's replacement ids for its placeholder."""
+    own settings (fps, min/max frames), and each video's replacement ids for its placeholder.
+
+    Each video is processed once and remembered (by content, up to CACHE_BYTES): a sample's video
+    is needed for its length in every rank's plan, for the old-log-prob pass and for the update,
+    and its BCQ/NCQ prompts and replays carry it again."""
+    import torch
+
+    done = [_processed(video_processor, tokenizer, tokens, ref) for ref in refs]
+    pixels, grids, replacements = zip(*done)
+    return {"pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.cat(grids)}, [list(r) for r in replacements]
+
+
+def _processed(video_processor, tokenizer, tokens: VideoTokens, ref) -> tuple:
+    """(pixel_values_videos, video_grid_thw [1, 3], replacement ids) of one video, from the cache."""
+    # By what decides the result (not by object identity, which a later processor may reuse).
+    key = (_digest(video_bytes(ref)), video_processor.to_json_string(), tokenizer.name_or_path, tokens)
+    with _LOCK:  # the rollout thread of run.overlap=one_step processes videos beside the trainer
+        if key in _PROCESSED:
+            _PROCESSED.move_to_end(key)
+            return _PROCESSED[key]
+    value = _process(video_processor, tokenizer, tokens, ref)
+    with _LOCK:
+        _PROCESSED[key] = value
+        while len(_PROCESSED) > 1 and sum(v[0].nbytes for v in _PROCESSED.values()) > CACHE_BYTES:
+            _PROCESSED.popitem(last=False)
+    return value
+
+
+def _process(video_processor, tokenizer, tokens: VideoTokens, ref) -> tuple:
     from transformers.video_utils import VideoMetadata
 
-    decoded = [open_video(r) for r in refs]
-    metadata = [VideoMetadata(total_num_frames=len(f), fps=fps, height=f.shape[1], width=f.shape[2],
-                              video_backend="pyav") for f, fps in decoded]
-    out = video_processor(videos=[f for f, _ in decoded], video_metadata=metadata, do_sample_frames=True,
-                          return_metadata=True, return_tensors="pt")
+    info = probe_video(ref)  # the processor's own sampling rule picks the frames; only those are decoded
+    meta = VideoMetadata(total_num_frames=info.frames, fps=info.fps, height=info.height, width=info.width,
+                         video_backend="pyav")
+    meta.frames_indices = [int(i) for i in video_processor.sample_frames(meta)]
+    out = video_processor(videos=[open_video(ref, meta.frames_indices)[0]], video_metadata=[meta],
+                          do_sample_frames=False, return_metadata=True, return_tensors="pt")
     merge, temporal = video_processor.merge_size, video_processor.temporal_patch_size
-    replacements = []
-    for grid, meta in zip(out["video_grid_thw"].tolist(), out["video_metadata"], strict=True):
-        per_frame = grid[1] * grid[2] // merge**2
-        ids: list[int] = []
-        for t in frame_timestamps(list(meta.frames_indices), meta.fps, temporal)[: grid[0]]:
-            ids += tokenizer(f"<{t:.1f} seconds>", add_special_tokens=False)["input_ids"]
-            ids += [tokens.vision_start] + [tokens.video] * per_frame + [tokens.vision_end]
-        replacements.append(ids)
-    return {"pixel_values_videos": out["pixel_values_videos"], "video_grid_thw": out["video_grid_thw"]}, replacements
+    (grid,), (meta,) = out["video_grid_thw"].tolist(), out["video_metadata"]
+    per_frame = grid[1] * grid[2] // merge**2
+    ids: list[int] = []
+    for t in frame_timestamps(list(meta.frames_indices), meta.fps, temporal)[: grid[0]]:
+        ids += tokenizer(f"<{t:.1f} seconds>", add_special_tokens=False)["input_ids"]
+        ids += [tokens.vision_start] + [tokens.video] * per_frame + [tokens.vision_end]
+    return out["pixel_values_videos"], out["video_grid_thw"], tuple(ids)
 
 
 def frame_timestamps(indices: list[int], fps: float, temporal_patch_size: int) -> list[float]:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from megatron_zppo.data import DataError, SourceConfig, load_source  # noqa: E402
 from megatron_zppo.images import open_image  # noqa: E402
-from megatron_zppo.videos import open_video, video_bytes  # noqa: E402
+from megatron_zppo.videos import probe_video, video_bytes  # noqa: E402
 
 PAPER_MAX_ANSWER_CHARS = 512
 PAPER_MIN_SIDE = 100
@@ -59,10 +59,10 @@ def check(q, max_answer_chars: int, min_side: int, allow_text_only: bool) -> tup
         decoded.append(img)
     for ref in q.videos:
         try:
-            frames, _ = open_video(ref)
+            info = probe_video(ref)  # no frame kept: a long video's would not fit in memory
         except Exception:  # noqa: BLE001 - FFmpeg raises many types for bad files; all mean "unreadable"
             return "video unreadable", []
-        if min(frames.shape[1:3]) < min_side:
+        if min(info.height, info.width) < min_side:
             return "video too small", []
     return None, decoded
 

@@ -79,6 +79,70 @@ def test_bad_videos_are_bad_records_named_by_file_and_line(tmp_path):
     assert video_problem(uri) is None and Question.from_dict(kept[1].to_dict()) == kept[1]
 
 
+def test_only_the_sampled_frames_are_decoded_and_the_processor_sees_what_it_would_sample_itself(vl, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.video_utils import VideoMetadata
+
+    from megatron_zppo.videos import VideoTokens, load_video_processor, probe_video, video_inputs
+
+    processor, tokenizer = load_video_processor(vl), AutoTokenizer.from_pretrained(vl)
+    path = tmp_path / "long.mp4"  # 40 frames at 4 fps: the processor (2 fps) samples 20 of them
+    path.write_bytes(toy_video.encode_mp4(np.concatenate([toy_video.frames(random.Random(i), 3) for i in range(5)])))
+    info = probe_video(str(path))
+    assert (info.frames, info.fps) == (40, 4.0)
+    meta = VideoMetadata(total_num_frames=40, fps=4.0, height=info.height, width=info.width, video_backend="pyav")
+    indices = processor.sample_frames(meta)
+    kept, _ = open_video(str(path), indices)
+    every, _ = open_video(str(path))
+    assert len(kept) == len(indices) < len(every) and np.array_equal(kept, every[np.asarray(indices)])
+    # The processor sampling from every frame itself gives the same tensors as from ours alone.
+    got, replacements = video_inputs(processor, tokenizer, VideoTokens.of(_config(vl)), [str(path)])
+    ref = processor(videos=[every], video_metadata=[meta], do_sample_frames=True, return_tensors="pt")
+    assert torch.equal(got["pixel_values_videos"], ref["pixel_values_videos"])
+    assert torch.equal(got["video_grid_thw"], ref["video_grid_thw"])
+    times = frame_timestamps(list(indices), 4.0, processor.temporal_patch_size)  # the sampled frames' times
+    assert tokenizer.decode(replacements[0]).count(" seconds>") == len(times) == int(got["video_grid_thw"][0, 0])
+    assert all(f"<{t:.1f} seconds>" in tokenizer.decode(replacements[0]) for t in times) and times[-1] > 4.0
+
+
+def test_a_processed_video_is_remembered_by_content_and_the_cache_stays_within_its_budget(vl, tmp_path, monkeypatch):
+    import torch
+    from transformers import AutoTokenizer
+
+    from megatron_zppo import videos
+
+    processor, tokenizer = videos.load_video_processor(vl), AutoTokenizer.from_pretrained(vl)
+    tokens = videos.VideoTokens.of(_config(vl))
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"v{i}.mp4")
+        paths[-1].write_bytes(toy_video.toy_video(random.Random(10 + i), 1 + i))
+    first = videos.video_inputs(processor, tokenizer, tokens, [str(p) for p in paths])
+    decoded = []
+    real = videos._decode
+    monkeypatch.setattr(videos, "_decode", lambda data, keep=None: decoded.append(keep) or real(data, keep))
+    copy = tmp_path / "copy.mp4"  # the same content under another name: no decoding again
+    copy.write_bytes(paths[1].read_bytes())
+    again = videos.video_inputs(processor, tokenizer, tokens, [str(paths[0]), str(copy), str(paths[2])])
+    assert decoded == [] and again[1] == first[1]
+    assert all(torch.equal(again[0][k], first[0][k]) for k in first[0])
+    # Over the budget the least recently used videos go; the newest always stays.
+    monkeypatch.setattr(videos, "CACHE_BYTES", 1)
+    new = tmp_path / "new.mp4"
+    new.write_bytes(toy_video.toy_video(random.Random(20), 4))
+    videos.video_inputs(processor, tokenizer, tokens, [str(new)])  # probed (nothing kept), then decoded
+    assert len(videos._PROCESSED) == 1 and decoded == [(), {0, 2, 5, 7}]  # the frames the processor samples
+    videos.video_inputs(processor, tokenizer, tokens, [str(paths[0])])  # dropped: decoded again, not probed
+    assert len(videos._PROCESSED) == 1 and decoded[2:] == [{0, 2, 5, 7}]
+
+
+def _config(model_dir):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_dir)
+
+
 def test_timestamps_are_the_mean_time_of_each_temporal_patch():
     assert frame_timestamps([0, 2, 5, 7], 4.0, 2) == [0.25, 1.5]
     assert frame_timestamps([0, 3, 6], 2.0, 2) == [0.75, 3.0]  # the last patch padded with its last frame
