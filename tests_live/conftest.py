@@ -70,13 +70,15 @@ def _serve(model: str, run: Path, max_total_tokens: int, servers: int = 1):
     proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_servers(toy_model, tmp_path_factory):
-    """Two student servers of the toy model (~2-3 GB of RAM each), started together once."""
+    """Two student servers of the toy model (~2-3 GB of RAM each), started together once for
+    test_sglang_live.py, their only user: stopped before the next module, whose own server would
+    otherwise share the 2 cores with their two busy-polling schedulers."""
     yield from _serve(toy_model, tmp_path_factory.mktemp("sglang"), 4096, servers=2)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_server(live_servers):
     return live_servers[0]
 
