@@ -77,10 +77,13 @@ def probe_video(ref: str | bytes) -> VideoInfo:
     """Frame count, rate and size, every frame decoded once (so a truncated file fails here, at
     load time) and none kept. Remembered per content, so later uses decode only sampled frames."""
     data = video_bytes(ref)
-    key = _digest(data)
-    if key not in _INFO:
-        _INFO[key] = _decode(data, keep=())[1]
-    return _INFO[key]
+    return _probe(data, _digest(data))
+
+
+def _probe(data: bytes, digest: str) -> VideoInfo:
+    if digest not in _INFO:
+        _INFO[digest] = _decode(data, keep=())[1]
+    return _INFO[digest]
 
 
 def open_video(ref: str | bytes, indices=None):
@@ -132,13 +135,15 @@ def video_inputs(video_processor, tokenizer, tokens: VideoTokens, refs) -> tuple
 
 def _processed(video_processor, tokenizer, tokens: VideoTokens, ref) -> tuple:
     """(pixel_values_videos, video_grid_thw [1, 3], replacement ids) of one video, from the cache."""
+    data = video_bytes(ref)  # read (or fetched) once per use, however it is processed
+    digest = _digest(data)
     # By what decides the result (not by object identity, which a later processor may reuse).
-    key = (_digest(video_bytes(ref)), video_processor.to_json_string(), tokenizer.name_or_path, tokens)
+    key = (digest, video_processor.to_json_string(), tokenizer.name_or_path, tokens)
     with _LOCK:  # the rollout thread of run.overlap=one_step processes videos beside the trainer
         if key in _PROCESSED:
             _PROCESSED.move_to_end(key)
             return _PROCESSED[key]
-    value = _process(video_processor, tokenizer, tokens, ref)
+    value = _process(video_processor, tokenizer, tokens, data, digest)
     with _LOCK:
         _PROCESSED[key] = value
         while len(_PROCESSED) > 1 and sum(v[0].nbytes for v in _PROCESSED.values()) > CACHE_BYTES:
@@ -146,15 +151,16 @@ def _processed(video_processor, tokenizer, tokens: VideoTokens, ref) -> tuple:
     return value
 
 
-def _process(video_processor, tokenizer, tokens: VideoTokens, ref) -> tuple:
+def _process(video_processor, tokenizer, tokens: VideoTokens, data: bytes, digest: str) -> tuple:
     from transformers.video_utils import VideoMetadata
 
-    info = probe_video(ref)  # the processor's own sampling rule picks the frames; only those are decoded
+    info = _probe(data, digest)  # the processor's own sampling rule picks the frames; only those are decoded
     meta = VideoMetadata(total_num_frames=info.frames, fps=info.fps, height=info.height, width=info.width,
                          video_backend="pyav")
     meta.frames_indices = [int(i) for i in video_processor.sample_frames(meta)]
-    out = video_processor(videos=[open_video(ref, meta.frames_indices)[0]], video_metadata=[meta],
-                          do_sample_frames=False, return_metadata=True, return_tensors="pt")
+    frames, _ = _decode(data, set(meta.frames_indices))
+    out = video_processor(videos=[frames], video_metadata=[meta], do_sample_frames=False, return_metadata=True,
+                          return_tensors="pt")
     merge, temporal = video_processor.merge_size, video_processor.temporal_patch_size
     (grid,), (meta,) = out["video_grid_thw"].tolist(), out["video_metadata"]
     per_frame = grid[1] * grid[2] // merge**2
