@@ -1,14 +1,9 @@
 #!/usr/bin/env bash
-# Opt-in test lane: install SGLang 0.5.23 into its own environment (.venv-sglang, ~11 GB, a few
-# minutes), serve a toy model with it on the CPU, and run tests_live/ against the real server.
+# Opt-in test lane: install SGLang into .venv-sglang (scripts/install_sglang.sh; nothing to do when
+# scripts/test.sh already did it), serve toy models and a real one with it on the CPU, and run
+# tests_live/ against the real servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
-if [ ! -x .venv-sglang/bin/python ]; then
-  py=$(.venv/bin/python -c 'import sys; print(sys._base_executable)')
-  "$py" -m venv .venv-sglang
-  .venv-sglang/bin/python -m pip install --quiet --upgrade pip
-  .venv-sglang/bin/python -m pip install --quiet -r requirements-sglang.txt
-fi
+bash scripts/install_sglang.sh
 export TORCHDYNAMO_DISABLE=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" tests_live

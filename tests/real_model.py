@@ -24,7 +24,14 @@ def gguf_to_hf():
 
 
 def smollm2_dir() -> str:
+    """The cached checkpoint; the suite's two pytest-xdist workers may both ask for it first, so the
+    conversion runs under a file lock (the second waits, then finds it cached)."""
+    import fcntl
+
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    return str(gguf_to_hf().prepare_smollm2(CACHE, log=lambda *_: None))
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(CACHE.parent / ".smollm2.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return str(gguf_to_hf().prepare_smollm2(CACHE, log=lambda *_: None))

@@ -124,10 +124,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="toy_models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verbose", action="store_true", help="show upstream logs on the terminal too")
     args = ap.parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    from megatron_zppo import upstream_log
 
-    hf_logging.disable_progress_bar()
+    # Megatron's INFO lines, optimizer configs and upstream warnings -> <out>/upstream.log, as in the main job.
+    log = upstream_log.route(args.out, verbose=args.verbose)
     from megatron_zppo.core.prompts import PromptTemplates, encode_prompt
     from megatron_zppo.toy_corpus import corpus
     from megatron_zppo.toy_models import build_tokenizer
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
         print(f"  {m.name}: {json.dumps(results[m.name]['accuracy'])}", flush=True)
     manifest.write_text(json.dumps({"recipe": key, "models": results, "recipe_detail": asdict(recipe),
                                     "seconds": round(time.perf_counter() - t0)}, indent=2))
-    print(f"toy models: built in {time.perf_counter() - t0:.0f}s -> {out}")
+    print(f"toy models: built in {time.perf_counter() - t0:.0f}s -> {out}" + (f" (upstream output: {log})" if log else ""))
     return 0
 
 

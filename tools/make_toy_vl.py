@@ -183,7 +183,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="toy_models/vl")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verbose", action="store_true", help="show upstream logs on the terminal too")
     args = ap.parse_args(argv)
+    from megatron_zppo import upstream_log
+
+    upstream_log.route(args.out, verbose=args.verbose)  # upstream output -> <out>/upstream.log, as in the main job
     build(Path(args.out), Recipe(), args.seed)
     return 0
 

@@ -37,7 +37,7 @@ def test_each_picture_holds_as_many_squares_as_its_answer(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_the_vl_trainer_learns_to_count_squares_from_pictures(tmp_path):
+def test_the_vl_trainer_learns_to_count_squares_from_pictures(tmp_path, own_megatron_world):
     recipe = toy_vl.Recipe(train_questions=8, eval_questions=64, student_steps=1)
     built = toy_vl.build(tmp_path / "vl", recipe)
     models = built["models"]

@@ -19,7 +19,7 @@ from megatron_zppo.train.parallel import ParallelConfig
 from tests.train.qwen35_vl_worker import ADVANTAGES, IMAGE, ROWS, old_logprobs, ppo_micro_batches, \
     save_tiny_qwen35_vl, vl_batch  # fmt: skip
 from tests.train.qwen35_worker import LAYER_TYPES
-from tests.train.tolerances import FP32_VS_FP64
+from tests.train.tolerances import FP32_VS_FP64, ppo_loss_atol
 from tests.train.test_qwen35 import assert_layout_matches, assert_resume_is_exact
 from tests.train.workers import run_worker
 
@@ -56,6 +56,14 @@ def _hf_row_logprobs(hf_model, batch: SequenceBatch) -> tuple[torch.Tensor, torc
         lps.append(F.pad(logp.gather(-1, ids[0, p:, None])[:, 0], pad))
         ents.append(F.pad(-(logp.exp() * logp).sum(-1), pad))
     return torch.stack(lps), torch.stack(ents)
+
+
+def _loss_atol(vl_dir) -> float:
+    """The float32 error bound of the PPO loss on this mini-batch (tolerances.ppo_loss_atol)."""
+    batch, old = old_logprobs(vl_dir)
+    with torch.no_grad():
+        logprobs, _ = _hf_row_logprobs(_hf_model(vl_dir), batch)
+    return ppo_loss_atol(logprobs, old, ADVANTAGES, batch.response_mask())
 
 
 def _hf_model(vl_dir):
@@ -200,7 +208,8 @@ def test_ppo_step_with_images_matches_a_hand_written_hf_adamw_step(vl_dir, megat
                       lr=OPT.lr, betas=(OPT.beta1, OPT.beta2), eps=OPT.eps).step()  # fmt: skip
     expected = {n: p.detach() for n, p in hf_model.state_dict().items()}
 
-    assert stats["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert stats["loss"] == pytest.approx(float(loss), rel=1e-5,
+                                          abs=ppo_loss_atol(logprobs.detach(), old, ADVANTAGES, mask))
     assert stats["grad_norm"] == pytest.approx(grad_norm, rel=1e-4) and grad_norm > OPT.clip_grad
     assert after.keys() == expected.keys()
     for name, tensor in expected.items():
@@ -222,7 +231,7 @@ def test_ppo_step_on_packed_rows_with_images_equals_the_padded_step(vl_dir, mega
         stats = trainer.ppo_step(micro, LOSS)
         results.append((stats, dict(pair for bucket in export_hf_weights(policy) for pair in bucket)))
     (padded, w_padded), (stats, w_packed) = results
-    assert stats["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    assert stats["loss"] == pytest.approx(padded["loss"], rel=1e-5, abs=_loss_atol(vl_dir))
     assert stats["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-4)
     for name, w in w_padded.items():
         torch.testing.assert_close(w_packed[name], w, atol=1e-6, rtol=1e-5, msg=name)
@@ -246,7 +255,8 @@ def test_tensor_and_pipeline_parallel_match_single_process(vl_dir, single_proces
     # stage only, while every stage derives the multimodal positions from tokens and image grids.
     # "packed": each micro-batch's rows as one THD row (of its own length: variable shapes through
     # the pipeline), against the padded rows of one process.
-    assert_layout_matches(single_process_step, run_worker("qwen35_vl_worker.py", vl_dir, tmp_path / "out", 2, *layout))
+    assert_layout_matches(single_process_step, run_worker("qwen35_vl_worker.py", vl_dir, tmp_path / "out", 2, *layout),
+                          _loss_atol(vl_dir))
 
 
 def test_an_image_placeholder_without_its_vision_start_token_is_refused(vl_dir):

@@ -91,3 +91,21 @@ def packed_ppo_micro_batches(budget: int = PACK_BUDGET, dp_rank: int = 0, dp_siz
         seq = dataclasses.replace(seq, packed=pack_rows)
         out.append((PPOMicroBatch(seq, old[rows, : seq.response_width], ADVANTAGES[rows]), rows))
     return out
+
+
+def ppo_loss_atol(hf_dir: str) -> float:
+    """The float32 error bound of a PPO loss on this mini-batch (tests/train/tolerances.py): its
+    advantages have both signs, so it is bounded by sum |A * ratio * log p| / tokens, not by itself."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.train import tolerances
+
+    batch, old = old_logprobs()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float64)
+    with torch.no_grad():
+        logp_all = torch.log_softmax(model(batch.tokens).logits, dim=-1)
+    mask = batch.response_mask()
+    logp = torch.zeros_like(old, dtype=torch.float64)
+    for i, (p, r) in enumerate(zip(PROMPTS, RESPONSES)):
+        logp[i, : len(r)] = logp_all[i, len(p) - 1 : len(p) - 1 + len(r)].gather(-1, torch.tensor(r)[:, None])[:, 0]
+    return tolerances.ppo_loss_atol(logp, old, ADVANTAGES, mask)
