@@ -17,7 +17,7 @@ if [ "$lane" = "1" ]; then  # downloading and unpacking SGLang overlaps the suit
   installing=$!
 fi
 status=0
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -q -n "${ZPPO_TEST_WORKERS:-2}" --dist loadfile \
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -q -n "${ZPPO_TEST_WORKERS:-2}" --dist loadfile --durations=20 \
   "$@" tests || status=$?
 phase suite
 if [ "$lane" = "1" ]; then

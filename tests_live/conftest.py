@@ -1,7 +1,7 @@
 """Opt-in lane: a real SGLang 0.5.23 server on CPU, started by tools/launch_sglang.py.
 
-Run by scripts/sglang_cpu_lane.sh (it installs SGLang into .venv-sglang). Not part of the default
-suite: it needs an 11 GB second environment and about a minute to start the server.
+Run by scripts/sglang_cpu_lane.sh (scripts/install_sglang.sh installs SGLang into .venv-sglang).
+Not part of the default suite: it needs an 11 GB second environment and about a minute to start a server.
 """
 
 import json

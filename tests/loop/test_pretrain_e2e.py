@@ -51,26 +51,32 @@ def _check_contract(metrics, n_new=4, rho_replay=0.5, rho_aug=0.5, capacity=10_0
         prev_buffer = m["buffer_size"]
 
 
+@pytest.fixture(scope="module")
+def four_steps(toy_world, tmp_path_factory):
+    """One uninterrupted 4-step run: the contract test reads it, and the resume test compares with it."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    proc = _run(["--config", "examples/cpu_toy/zppo.yaml"] + _overrides(toy_world, run, 4))
+    return run, proc
+
+
 @pytest.mark.timeout(900)
-def test_single_process_run_writes_the_whole_contract(toy_world, tmp_path):
-    run = tmp_path / "run"
-    proc = _run(["--config", "examples/cpu_toy/zppo.yaml"] + _overrides(toy_world, run, 3))
+def test_single_process_run_writes_the_whole_contract(four_steps):
+    run, proc = four_steps
     metrics = read_metrics(run / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [0, 1, 2]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3]
     _check_contract(metrics)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval"]["chain_sum"]["n"] == 6 and {"before", "after"} <= set(summary["eval"]["chain_sum"])
     assert (run / "curves.png").stat().st_size > 1000 and (run / "config.yaml").exists()
     assert any((run / "tensorboard").iterdir())
-    assert (run / "checkpoints" / "latest").read_text() == "step_000003"
+    assert (run / "checkpoints" / "latest").read_text() == "step_000004"
     assert "eval set" in proc.stdout and "tensorboard --logdir" in proc.stdout
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_resumed_run_reproduces_the_uninterrupted_metrics(toy_world, tmp_path):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    _run(_overrides(toy_world, straight, 4, ["--config", "examples/cpu_toy/zppo.yaml"]))
+def test_resumed_run_reproduces_the_uninterrupted_metrics(toy_world, four_steps, tmp_path):
+    (straight, _), split = four_steps, tmp_path / "split"
     _run(_overrides(toy_world, split, 2, ["--config", "examples/cpu_toy/zppo.yaml"]))
     _run(_overrides(toy_world, split, 4, ["--config", "examples/cpu_toy/zppo.yaml", "--load", "auto"]))
     a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(split / "metrics.jsonl")

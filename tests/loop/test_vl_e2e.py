@@ -4,6 +4,7 @@ Megatron ``Qwen3VLModel`` trained on the same images, weight sync, checkpoints a
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +54,21 @@ def _overrides(vl, run_dir, steps, extra=()):
     ]
 
 
+@pytest.fixture(scope="module")
+def two_steps(vl_world, tmp_path_factory):
+    """One 2-step run: the first test reads it; the resume test resumes a copy of it to step 3."""
+    run = tmp_path_factory.mktemp("two_steps") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        # One CPU thread: with several, a multi-threaded CPU kernel of the VL model sums gradients in a
+        # varying order, and two identical runs differ in the 7th digit of the loss (text runs do not).
+        mp.setenv("OMP_NUM_THREADS", "1")
+        _run(_overrides(vl_world, run, 2))
+    return run
+
+
 @pytest.mark.timeout(900)
-def test_a_zppo_run_trains_the_vision_language_student_on_its_images(vl_world, tmp_path):
-    run = tmp_path / "run"
-    _run(_overrides(vl_world, run, 2))
+def test_a_zppo_run_trains_the_vision_language_student_on_its_images(vl_world, two_steps, tmp_path):
+    run = two_steps
     metrics = read_metrics(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1]
     # Among the contract: the trainer's log-probs of the sampled tokens equal the engine's, which
@@ -84,13 +96,11 @@ def test_a_zppo_run_trains_the_vision_language_student_on_its_images(vl_world, t
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_resumed_vision_language_run_reproduces_the_uninterrupted_one(vl_world, tmp_path, monkeypatch):
-    # One CPU thread: with several, a multi-threaded CPU kernel of the VL model sums gradients in a
-    # varying order, and two identical runs differ in the 7th digit of the loss (text runs do not).
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def test_a_resumed_vision_language_run_reproduces_the_uninterrupted_one(vl_world, two_steps, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as two_steps ran (see there)
     straight, split = tmp_path / "straight", tmp_path / "split"
     _run(_overrides(vl_world, straight, 3))
-    _run(_overrides(vl_world, split, 2))
+    shutil.copytree(two_steps, split)  # the first two steps, resumed in a copy that the other test never sees
     _run(_overrides(vl_world, split, 3, ["--load", "auto"]))
     a, b = read_metrics(straight / "metrics.jsonl"), read_metrics(split / "metrics.jsonl")
     assert len(a) == len(b) == 3
