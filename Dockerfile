@@ -1,6 +1,6 @@
 # megatron_zppo on GPU: the trainer (Megatron-Core + Megatron-Bridge + Transformer Engine) and, in its
 # own virtual environment, SGLang (it pins transformers 5.19 / flashinfer 0.7.2, Megatron-Bridge needs
-# transformers <= 5.12.1: see shared/notes/sglang.md).
+# transformers <= 5.12.1: requirements-sglang.txt).
 #
 #   docker build -t megatron_zppo .
 #   enroot import dockerd://megatron_zppo   # for Slurm + pyxis: SRUN_EXTRA=--container-image=...sqsh

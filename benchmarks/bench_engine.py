@@ -1,6 +1,6 @@
 """Embedded (in-process HF) engine throughput vs a one-prompt-at-a-time `generate` loop.
 
-Both sides serve the same random toy Qwen3 (megatron_zppo.toy_models, size "small") and sample
+Both sides serve the same random toy Qwen3 (megatron_zppo.toy.models, size "small") and sample
 the same number of new tokens per prompt; the baseline is measured in the same run. Reported:
 generated tokens/s of the engine at batch sizes 1, 8 and 64, of the plain loop, and their ratio.
 
@@ -20,7 +20,7 @@ from transformers.utils import logging
 from megatron_zppo.core.prompts import encode_prompt
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
-from megatron_zppo.toy_models import build_tokenizer, new_qwen3
+from megatron_zppo.toy.models import build_tokenizer, new_qwen3
 
 
 def main():

@@ -43,8 +43,8 @@ def toy_model(root: Path) -> str:
     from transformers import AutoConfig, Qwen3ForCausalLM
 
     from megatron_zppo.core.prompts import PromptTemplates
-    from megatron_zppo.toy_corpus import corpus
-    from megatron_zppo.toy_models import build_tokenizer, new_qwen3
+    from megatron_zppo.toy.corpus import corpus
+    from megatron_zppo.toy.models import build_tokenizer, new_qwen3
 
     examples = corpus(PromptTemplates.load(str(ROOT / "examples/cpu_toy/templates")), 300, seed=0)
     tok = build_tokenizer(root / "tok", (t for e in examples for t in (e.prompt, e.response)), vocab_size=300)

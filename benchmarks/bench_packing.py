@@ -118,8 +118,9 @@ def measure(steps: int) -> float:
     """Real tokens/s of the packed update over that of the fixed-rows padded one (same run)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
 
+    cpu_compat.enable()
     samples = _toy_samples()
     parallel.initialize(parallel.ParallelConfig())
     try:

@@ -125,8 +125,9 @@ def main() -> None:
     args = ap.parse_args()
 
     tokens_per_step = BATCH * (PROMPT + RESPONSE)
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
 
+    cpu_compat.enable()
     parallel.initialize(parallel.ParallelConfig())
     try:
         with tempfile.TemporaryDirectory() as hf_dir:

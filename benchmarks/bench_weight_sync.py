@@ -1,9 +1,9 @@
 """Streamed, bucketed process-group weight sync to 1 and 4 receivers vs one raw broadcast, over gloo.
 
-The sender runs the trainer side of `megatron_zppo.rollout.weight_sync` as `DistributedSync`
-does (rollout/sglang_sync.py): the HF-named tensors of a ~100M-parameter Qwen3-shaped model are
-cut into size-bounded buckets by `stream_buckets`, each bucket broadcast (async, per tensor) once
-into one group holding every receiver, while the next bucket is gathered. Receivers do what an
+The sender runs the trainer side of a weight sync as `DistributedSync` does
+(rollout/sync/servers.py): the HF-named tensors of a ~100M-parameter Qwen3-shaped model are cut
+into size-bounded buckets by `bucketed`, each bucket broadcast (async, per tensor) once into one
+group holding every receiver, while the next bucket is gathered. Receivers do what an
 SGLang server does per `/update_weights_from_distributed`: all broadcasts posted, then waited.
 Measured in the same run:
 
@@ -31,7 +31,9 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from megatron_zppo.rollout import weight_sync as ws
+from megatron_zppo.rollout.sync import bucketed
+from megatron_zppo.rollout.sync import groups
+from megatron_zppo.rollout.sync.buckets import meta_nbytes
 
 CPU = torch.device("cpu")
 
@@ -70,14 +72,15 @@ def export(tensors, fresh: bool):
 
 
 def send(group, tensors, bucket_bytes: int, fresh: bool) -> None:
-    def start(index, bucket, last):
-        return ws.broadcast_bucket(group, bucket, CPU, None, async_op=True), bucket
-
-    def finish(handle):
-        for work in handle[0]:
-            work.wait()
-
-    ws.stream_buckets(export(tensors, fresh), bucket_bytes, start, finish)
+    """As DistributedSync._stream: bucket k+1 is gathered while bucket k is on the wire (the works
+    are popped as they are waited for, so none keeps a sent tensor alive)."""
+    in_flight: list = []
+    for bucket, _ in bucketed(export(tensors, fresh), bucket_bytes):
+        while in_flight:
+            in_flight.pop().wait()
+        in_flight = groups.broadcast_bucket(group, bucket, CPU, None, async_op=True)
+    while in_flight:
+        in_flight.pop().wait()
 
 
 def receive(group, plan, buffers: dict | None = None) -> None:
@@ -85,7 +88,7 @@ def receive(group, plan, buffers: dict | None = None) -> None:
     a GPU server's caching allocator hands back) instead of fresh CPU memory that page-faults in."""
     for bucket in plan:
         if buffers is None:
-            ws.receive_bucket(group, {"names": [m[0] for m in bucket], "dtypes": ["float32"] * len(bucket),
+            groups.receive_bucket(group, {"names": [m[0] for m in bucket], "dtypes": ["float32"] * len(bucket),
                                       "shapes": [list(m[1]) for m in bucket]}, CPU)
             continue
         into = [buffers.setdefault(name, torch.empty(shape)) for name, shape, _ in bucket]
@@ -95,9 +98,9 @@ def receive(group, plan, buffers: dict | None = None) -> None:
 
 def worker(rank: int, world: int, port: int, shapes, bucket_bytes: int, repeats: int, out):
     torch.set_num_threads(1)
-    group = ws.init_custom_process_group(backend="gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=world,
+    group = groups.init_custom_process_group(backend="gloo", init_method=f"tcp://127.0.0.1:{port}", world_size=world,
                                          rank=rank, group_name="bench", timeout_s=600)
-    plan = ws.plan_buckets([(n, tuple(s), torch.float32) for n, s in shapes], bucket_bytes)
+    plan = [b for b, _ in bucketed([(n, tuple(s), torch.float32) for n, s in shapes], bucket_bytes, meta_nbytes)]
     tensors = []
     if rank == 0:
         g = torch.Generator().manual_seed(0)
@@ -141,13 +144,13 @@ def worker(rank: int, world: int, port: int, shapes, bucket_bytes: int, repeats:
                  "fresh_alloc": min(ours[1:]), "ours": min(ours_kept[1:]),
                  "raw": min(raw[1:]), "fresh": fresh_s, "extra": extra[0], "extra_mmap": extra[1],
                  "held_extra": held_extra, "largest": max(int(torch.Size(s).numel()) * 4 for _, s in shapes)})
-    ws.destroy_custom_process_group(group)
+    groups.destroy_custom_process_group(group)
 
 
 def run(world: int, shapes, bucket_bytes: int, repeats: int) -> dict:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = ws.pick_free_port()
+    port = groups.pick_free_port()
     procs = [ctx.Process(target=worker, args=(r, world, port, shapes, bucket_bytes, repeats, out))
              for r in range(world)]
     for p in procs:

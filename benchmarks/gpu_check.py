@@ -60,11 +60,12 @@ from gpu_check_report import (  # noqa: E402
     versions,
 )
 
+from megatron_zppo.toy.shapes import QWEN3  # noqa: E402
+
 QWEN3_06B = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=8192,
                  tie_word_embeddings=False)
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False)
+TINY = dict(QWEN3, vocab_size=320, max_position_embeddings=256, tie_word_embeddings=False)  # the --cpu-smoke model
 PROMPT = 128  # prompt tokens of every timed row; the rest is response (what the loss covers)
 SECTIONS = ("qwen3", "memory", "qwen35", "vl", "packing")  # --sections names, in running order
 
@@ -73,7 +74,7 @@ def save_random_model(out_dir: str, shape: dict, dtype: torch.dtype, seed: int =
     """A random Qwen3 HF checkpoint + a small offline tokenizer (HFEngine needs a pad token)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from megatron_zppo.toy_models import build_tokenizer
+    from megatron_zppo.toy.models import build_tokenizer
 
     build_tokenizer(out_dir, ["0123456789 the quick brown fox"], vocab_size=300)
     torch.manual_seed(seed)
@@ -355,6 +356,9 @@ def main(argv=None) -> int:
         ap.error(f"--sections: unknown {unknown}; expected a subset of {list(SECTIONS)}")
     if not args.cpu_smoke and not torch.cuda.is_available():
         ap.error("no GPU visible; use --cpu-smoke to run the same code on a tiny model on CPU")
+    from megatron_zppo.train import cpu_compat
+
+    cpu_compat.enable()  # the CPU shims for --cpu-smoke; the TE import stand-in on a GPU without TE
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     t0 = time.perf_counter()
     report = Report(Path(args.out), [f"# gpu_check on {device}", "", f"torch {torch.__version__}, "

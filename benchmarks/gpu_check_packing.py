@@ -123,13 +123,14 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from gpu_check import build, time_steps
 
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-smoke", action="store_true")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
+    cpu_compat.enable()
     parallel.initialize(parallel.ParallelConfig(seed=0))
     try:
         rows = packing_rows(build, time_steps, args.cpu_smoke, args.warmup, args.steps)

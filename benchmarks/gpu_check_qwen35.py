@@ -4,7 +4,7 @@
 step at 2k tokens.
 
 Without flash-linear-attention (the lent GPU machine has none) the GDN layers run Megatron's torch
-conv1d and chunked delta rule (train/qwen35_cpu.py); the rows name the path that was built.
+conv1d and chunked delta rule (train/qwen35_local_spec.py); the rows name the path that was built.
 """
 
 from __future__ import annotations

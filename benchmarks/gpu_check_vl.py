@@ -18,16 +18,17 @@ import io
 import numpy as np
 import torch
 
+from megatron_zppo.toy.shapes import QWEN35_TEXT, QWEN35_VISION
+
 LAYERS = ["linear_attention"] * 3 + ["full_attention"]
 TEXT = dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=8, num_key_value_heads=2, head_dim=128,
             linear_num_key_heads=8, linear_num_value_heads=16, linear_key_head_dim=128, linear_value_head_dim=128,
             linear_conv_kernel_dim=4, vocab_size=32000, max_position_embeddings=8192)  # fmt: skip
 VISION = dict(depth=4, hidden_size=512, num_heads=8, intermediate_size=2048, patch_size=16, spatial_merge_size=2,
               temporal_patch_size=2, num_position_embeddings=2304)  # fmt: skip
-TINY_TEXT = dict(TEXT, hidden_size=64, intermediate_size=128, num_attention_heads=4, head_dim=16,
-                 linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-                 vocab_size=320)  # fmt: skip
-TINY_VISION = dict(VISION, depth=1, hidden_size=32, num_heads=2, intermediate_size=64, num_position_embeddings=64)
+# The --cpu-smoke shapes; the layer pattern is LAYERS in both sizes.
+TINY_TEXT = dict(QWEN35_TEXT, vocab_size=320, max_position_embeddings=TEXT["max_position_embeddings"])
+TINY_VISION = QWEN35_VISION
 IMAGE_TOKEN, START, END = 10, 11, 12
 
 

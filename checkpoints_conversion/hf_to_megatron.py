@@ -42,10 +42,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from logit_check import verify
 
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
     from megatron_zppo.train.dist_checkpoint import load_checkpoint, save_checkpoint
     from megatron_zppo.train.model import ModelConfig, build_policy
 
+    cpu_compat.enable()
     layout = parallel.ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
     parallel.initialize(layout)
     try:

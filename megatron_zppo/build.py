@@ -13,14 +13,14 @@ from functools import partial
 from pathlib import Path
 
 from megatron_zppo import methods
-from megatron_zppo.config import Config, EngineConfig, EvalConfig
+from megatron_zppo.config import Config, EngineConfig, EvalConfig, StudentConfig
 from megatron_zppo.config_io import ConfigError
 from megatron_zppo.data import QuestionStream, load_questions
 from megatron_zppo.errors import RunError
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.videos import VideoTokens, load_video_processor
-from megatron_zppo.loop import RolloutPhase
+from megatron_zppo.loop import NoEngine, NoUpdate, RolloutPhase, UpdatePhase
 from megatron_zppo.core.prompts import DEFAULT_DIR, PromptEncoder, PromptTemplates
 from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import score_samples
@@ -39,7 +39,7 @@ def make_trainer(cfg: Config, hf_path: str | None = None):
     model = ModelConfig(hf_path or cfg.student.hf_path, p.torch_dtype_name, t.layer_spec, p.fp8, p.fp8_param_gather,
                         recompute=t.recompute)
     return RLTrainer(model, ParallelConfig(t.tensor_parallel, t.pipeline_parallel, seed=cfg.run.seed), cfg.optimizer,
-                     cfg.loss, Batching(t.micro_batch_size, t.max_tokens_per_micro_batch, t.logprob_chunk_size),
+                     Batching(t.micro_batch_size, t.max_tokens_per_micro_batch, t.logprob_chunk_size),
                      methods.trainer_teacher(cfg))
 
 
@@ -62,19 +62,17 @@ def server_urls(cfg: EngineConfig, name: str) -> list[str]:
 
 def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
     if cfg.engine == "sglang":
-        from megatron_zppo.rollout.pool import EnginePool
         from megatron_zppo.rollout.sglang_engine import SGLangEngine
-        from megatron_zppo.rollout.sglang_sync import make_sync
+        from megatron_zppo.rollout.sync import policy_engine
 
         urls = server_urls(cfg, name)
         vocab = vocab_size(cfg.hf_path)
         engines = [SGLangEngine(u, name=name if len(urls) == 1 else f"{name}{i}", api_key=cfg.api_key or None,
-                                admin_api_key=cfg.admin_api_key or None, weight_sync=cfg.weight_sync, vocab_size=vocab)
+                                admin_api_key=cfg.admin_api_key or None, vocab_size=vocab)
                    for i, u in enumerate(urls)]
-        if len(engines) == 1:
-            return engines[0]
-        # One sync over every server (one process group, or one each with weight_sync.fanout=per_server).
-        return EnginePool(engines, name, sync=make_sync(cfg.weight_sync, engines))
+        # The student's one sync over all of its servers (one process group, or one each with
+        # weight_sync.fanout=per_server); the teacher's weights never change, so it gets none.
+        return policy_engine(engines, name, cfg.weight_sync if isinstance(cfg, StudentConfig) else None)
     from megatron_zppo.rollout.hf_engine import HFEngine
 
     return HFEngine(cfg.hf_path, name=name, seed=seed)
@@ -124,10 +122,8 @@ def check_inputs(cfg: Config) -> None:
 
 def model_paths(cfg: Config) -> list[tuple[str, str]]:
     """(config key, path) of every Hugging Face model directory the run reads."""
-    out = []
-    for name, engine in (("student", cfg.student), ("teacher", cfg.teacher)):
-        out.append((f"{name}.hf_path", engine.hf_path))
-        out.append((f"{name}.weight_sync.disk_support_dir", engine.weight_sync.disk_support_dir or ""))
+    out = [("student.hf_path", cfg.student.hf_path), ("teacher.hf_path", cfg.teacher.hf_path),
+           ("student.weight_sync.disk_support_dir", cfg.student.weight_sync.disk_support_dir or "")]
     return [(key, path) for key, path in out if path]
 
 
@@ -251,6 +247,16 @@ def make_rollout_phase(cfg: Config, student: RolloutEngine | None = None, questi
         methods.build_objective(cfg, teacher, grade), r,
         SamplingParams(cfg.student.temperature, cfg.student.top_p, max_new_tokens=r.max_new_tokens),
         cfg.zppo.tau, cfg.zppo.rho_aug, b.rho_replay if b.enabled else 0.0, cfg.run.seed)
+
+
+def make_update(cfg: Config, trainer, phase: RolloutPhase | None) -> UpdatePhase:
+    """The training half of a step on this rank; `phase` exists on the rank that holds the engines.
+    Training needs no teacher: the other ranks build the method's objective without one."""
+    objective = phase.objective if phase is not None else methods.build_objective(cfg)
+    engine = phase.student if phase is not None else NoEngine()
+    kind = NoUpdate if cfg.run.mode == "rollout_only" else UpdatePhase
+    return kind(objective, trainer, engine, overlap=cfg.run.overlap, seed=cfg.run.seed,
+                colocated=cfg.student.release_memory, check_versions=cfg.run.mode != "train_only")
 
 
 def eval_sampling(e: EvalConfig, seed: int) -> SamplingParams:

@@ -17,7 +17,7 @@ from megatron_zppo.core.loss import LossConfig
 from megatron_zppo.overlap import DEFAULT_TIS_CAP, OVERLAPS
 from megatron_zppo.core.reformulate import ZppoConfig
 from megatron_zppo.core.replay_buffer import BufferConfig
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.rollout.sync import WeightSyncConfig
 from megatron_zppo.train.optimizer import OptimizerConfig
 from megatron_zppo.train.precision import PrecisionConfig
 
@@ -51,23 +51,23 @@ MODES = ("train", "rollout_only", "train_only")
 
 @dataclass(frozen=True)
 class RunConfig:
-    dir: str = "runs/zppo"
-    seed: Annotated[int, Range(ge=0)] = 0
-    steps: Annotated[int, Range(ge=0)] = 200
+    dir: str = "runs/zppo"  # outputs: resolved config, logs, metrics, checkpoints, dumped rollouts
+    seed: Annotated[int, Range(ge=0)] = 0  # seeds question order, sampling, the replay buffer and Megatron's RNG
+    steps: Annotated[int, Range(ge=0)] = 200  # rollout steps in all (a resumed run continues up to it)
     updates_per_step: Annotated[int, Range(ge=1)] = 4  # I: mini-batches (optimizer steps) per rollout step
-    save_every: Annotated[int, Range(ge=1)] = 50
-    eval_every: Annotated[int, Range(ge=0)] = 0  # 0: evaluate before and after training only
-    algorithm: str = "zppo"
+    save_every: Annotated[int, Range(ge=1)] = 50  # checkpoint every this many steps, and after the last one
+    eval_every: Annotated[int, Range(ge=0)] = 0  # evaluate every this many steps; 0: before and after training only
+    algorithm: str = "zppo"  # method preset: defaults of buffer.*, zppo.* and method.* keys (PRESETS)
     load: str = ""  # a checkpoint directory, or "auto" for the latest one under dir/checkpoints
     # rollout_only: generate and write rollouts to dir/rollouts, no training.
     # train_only: train on rollouts read back from `rollouts_from` (for debugging the trainer).
     mode: str = "train"
-    rollouts_from: str = ""
-    dump_rollouts: bool = False
+    rollouts_from: str = ""  # train_only: the run directory whose rollouts/ are read back
+    dump_rollouts: bool = False  # in train mode too, write each step's rollouts to dir/rollouts
     # one_step: step k+1's rollouts are made while the trainer trains on step k, by weights one version
     # behind (overlap.py); loss.tis_cap then defaults to overlap.DEFAULT_TIS_CAP. none: the synchronous loop.
     overlap: str = "none"
-    overlap_timeout_s: Annotated[float, Range(gt=0)] = 3600.0  # wait for them after training, at most
+    overlap_timeout_s: Annotated[float, Range(gt=0)] = 3600.0  # one_step: wait at most this long after training
 
     def __post_init__(self):
         if self.algorithm not in PRESETS:
@@ -85,10 +85,10 @@ class RunConfig:
 class MethodConfig:
     """What the student learns from (objective) and what hard questions are turned into."""
 
-    objective: str = "policy_gradient"
+    objective: str = "policy_gradient"  # policy_gradient (ZPPO, GRPO, Hint, Prefix) or a distillation
     hard_prompts: str = "zppo"  # zppo: BCQ/NCQ (zppo section) | hint | prefix
     divergence: str = "reverse_kl"  # on-policy distillation: reverse_kl | jsd
-    jsd_beta: Annotated[float, Range(gt=0, lt=1)] = 0.5
+    jsd_beta: Annotated[float, Range(gt=0, lt=1)] = 0.5  # divergence=jsd: the teacher's weight in the mixture
     prefix_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.4  # Prefix baseline: share of a correct teacher response given
     kd_temperature: Annotated[float, Range(gt=0)] = 1.0  # logit distillation: softmax temperature of both models (no T^2 factor)
     kd_top_k: Annotated[int, Range(ge=0)] = 0  # logit distillation: 0 = the teacher's full distribution, else its top k
@@ -114,21 +114,14 @@ class EngineConfig:
     url: str = ""  # SGLang server or router, for engine=sglang ...
     urls: list[str] = field(default_factory=list)  # ... or several servers of one policy (an EnginePool) ...
     addresses: str = ""  # ... or the JSON file tools/launch_sglang.py writes
-    api_key: str = ""
+    api_key: str = ""  # SGLang's --api-key, sent as a Bearer token; empty: none
     admin_api_key: str = ""  # SGLang's --admin-api-key (weight updates, cache, abort); default api_key
-    temperature: Annotated[float, Range(ge=0)] = 1.0
-    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
-    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)  # SGLang student only
-    # Co-located SGLang student (same GPUs as the trainer, server started with --enable-memory-saver):
-    # the server releases its GPU memory while the trainer trains and takes it back around the sync.
-    release_memory: bool = False
+    temperature: Annotated[float, Range(ge=0)] = 1.0  # rollout sampling temperature
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0  # rollout nucleus sampling
 
     def __post_init__(self):
         if self.engine not in ("embedded", "sglang"):
             raise ValueError(f"engine {self.engine!r} unknown; expected embedded or sglang")
-        if self.release_memory and self.engine != "sglang":
-            raise ValueError("release_memory is for a co-located SGLang server; this engine is "
-                             f"{self.engine!r}")
         if self.engine == "sglang" and not (self.url or self.urls or self.addresses):
             raise ValueError("engine is sglang but none of url, urls, addresses is given")
         if sum(map(bool, (self.url, self.urls, self.addresses))) > 1:
@@ -137,12 +130,28 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class StudentConfig(EngineConfig):
+    """The student's engine: the teacher's settings, and how its weights follow the trainer's."""
+
+    weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)  # SGLang student only
+    # Co-located SGLang student (same GPUs as the trainer, server started with --enable-memory-saver):
+    # the server releases its GPU memory while the trainer trains and takes it back around the sync.
+    release_memory: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.release_memory and self.engine != "sglang":
+            raise ValueError("release_memory is for a co-located SGLang server; this engine is "
+                             f"{self.engine!r}")
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     n_new: Annotated[int, Range(ge=1)] = 384  # new questions per rollout step
     # G_S: student rollouts per prompt; a group of one always has advantage 0 (nothing to learn)
     group_size: Annotated[int, Range(ge=2)] = 8
-    teacher_group_size: Annotated[int, Range(ge=1)] = 4  # G_T
-    max_new_tokens: Annotated[int, Range(ge=1)] = 12288
+    teacher_group_size: Annotated[int, Range(ge=1)] = 4  # G_T: teacher rollouts per question sent to the teacher
+    max_new_tokens: Annotated[int, Range(ge=1)] = 12288  # response length limit of student and teacher rollouts
     max_prompt_tokens: Annotated[int, Range(ge=1)] = 4096  # plain prompts; longer questions are skipped and counted
     max_reformulated_prompt_tokens: Annotated[int, Range(ge=1)] = 16384  # BCQ/NCQ carry candidates, so they may be longer
 
@@ -150,29 +159,29 @@ class RolloutConfig:
 @dataclass(frozen=True)
 class RewardConfig:
     grader: str = "auto"  # auto: each question's metadata["grader"], else "math" (mathruler)
-    workers: Annotated[int, Range(ge=1)] = 2
+    workers: Annotated[int, Range(ge=1)] = 2  # grader processes
     # per grade, from when a ready worker takes it (worker start-up does not count)
     timeout_s: Annotated[float, Range(gt=0)] = 10.0
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: list[SourceConfig] = field(default_factory=list)
+    train: list[SourceConfig] = field(default_factory=list)  # question sources for training, concatenated
     # name -> sources; names listed in `held_out` are task families never used in training.
     eval: dict[str, list[SourceConfig]] = field(default_factory=dict)
-    held_out: list[str] = field(default_factory=list)
+    held_out: list[str] = field(default_factory=list)  # eval names reported as held-out families
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Decoding for evaluation; defaults are the paper's (SPEC.md "Sampling")."""
+    """Decoding for evaluation; defaults are the paper's (docs/method.md, "Hyperparameters")."""
 
-    temperature: Annotated[float, Range(ge=0)] = 0.6
-    top_p: Annotated[float, Range(gt=0, le=1)] = 0.95
-    top_k: Annotated[int, Range(ge=-1)] = 20  # -1: off
-    presence_penalty: Annotated[float, Range(ge=-2, le=2)] = 1.5
-    max_new_tokens: Annotated[int, Range(ge=1)] = 12288
-    samples_per_question: Annotated[int, Range(ge=1)] = 1
+    temperature: Annotated[float, Range(ge=0)] = 0.6  # sampling temperature
+    top_p: Annotated[float, Range(gt=0, le=1)] = 0.95  # nucleus sampling
+    top_k: Annotated[int, Range(ge=-1)] = 20  # top-k sampling; -1: off
+    presence_penalty: Annotated[float, Range(ge=-2, le=2)] = 1.5  # penalises tokens already generated
+    max_new_tokens: Annotated[int, Range(ge=1)] = 12288  # response length limit
+    samples_per_question: Annotated[int, Range(ge=1)] = 1  # a question's score is the mean over its samples
 
 
 @dataclass(frozen=True)
@@ -180,11 +189,11 @@ class TrainConfig:
     """Layout and batching of the Megatron trainer (build.make_trainer turns it into train/'s own
     ParallelConfig and ModelConfig); the optimizer has its own section, `optimizer`."""
 
-    tensor_parallel: Annotated[int, Range(ge=1)] = 1
-    pipeline_parallel: Annotated[int, Range(ge=1)] = 1
-    micro_batch_size: Annotated[int, Range(ge=1)] = 8
+    tensor_parallel: Annotated[int, Range(ge=1)] = 1  # Megatron tensor-parallel size
+    pipeline_parallel: Annotated[int, Range(ge=1)] = 1  # Megatron pipeline-parallel size
+    micro_batch_size: Annotated[int, Range(ge=1)] = 8  # sequences per micro-batch (fixed rows)
     layer_spec: str = "auto"  # auto | local | transformer_engine
-    logprob_chunk_size: Annotated[int, Range(ge=1)] = 512
+    logprob_chunk_size: Annotated[int, Range(ge=1)] = 512  # response positions per output-layer chunk (logits memory)
     recompute: str = "none"  # activation recomputation: none | selective (attention core) | full (whole layers)
     # Token budget of a micro-batch (prompt + response, images expanded); set: micro-batches are packed
     # under it and balanced across DP ranks by tokens (micro_batch_size is then unused). null: fixed rows.
@@ -197,21 +206,21 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    student: EngineConfig = field(default_factory=EngineConfig)
-    teacher: EngineConfig = field(default_factory=EngineConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    zppo: ZppoConfig = field(default_factory=ZppoConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    buffer: BufferConfig = field(default_factory=BufferConfig)
-    advantage: str = "reinforce_pp"
-    loss: LossConfig = field(default_factory=LossConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    run: RunConfig = field(default_factory=RunConfig)  # the run: length, checkpoints, mode, preset
+    student: StudentConfig = field(default_factory=StudentConfig)  # the policy trained: its checkpoint and rollout engine
+    teacher: EngineConfig = field(default_factory=EngineConfig)  # BCQ responses, compression, hints, distillation
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # questions, group sizes and lengths of a step
+    zppo: ZppoConfig = field(default_factory=ZppoConfig)  # hard questions and their BCQ/NCQ prompts
+    method: MethodConfig = field(default_factory=MethodConfig)  # the objective, and what hard questions become
+    buffer: BufferConfig = field(default_factory=BufferConfig)  # the replay buffer of hard questions
+    advantage: str = "reinforce_pp"  # reward minus group mean, over the batch's std (reinforce_pp) or the group's (grpo)
+    loss: LossConfig = field(default_factory=LossConfig)  # the clipped policy loss
+    reward: RewardConfig = field(default_factory=RewardConfig)  # grading responses against gold answers
+    data: DataConfig = field(default_factory=DataConfig)  # question sources for training and evaluation
+    train: TrainConfig = field(default_factory=TrainConfig)  # the Megatron trainer's layout and batching
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # AdamW at a constant learning rate
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)  # dtype, FP8 (checked at start-up)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # decoding for evaluation
     templates: str = ""  # directory of prompt templates; empty: the package defaults
 
     def __post_init__(self):
@@ -241,6 +250,10 @@ MOVED = {"lr": "lr", "adam_beta1": "beta1", "adam_beta2": "beta2", "adam_eps": "
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
     tree = load_tree(path, overrides)
+    # The teacher's weights never change and its servers keep their memory: settings only the student has.
+    for key in set(tree.get("teacher") or {}) & {"weight_sync", "release_memory"}:
+        raise ConfigError(f"{path or 'overrides'}: teacher.{key} is unused (only the student's weights are synced, and "
+                          "only a co-located student releases memory); remove it")
     moved = [f"train.{k} -> optimizer.{MOVED[k]}" for k in (tree.get("train") or {}) if k in MOVED]
     if moved:
         raise ConfigError(f"{path or 'overrides'}: the optimizer's settings moved to their own section: "

@@ -27,19 +27,19 @@ from megatron_zppo.videos import video_problem
 class SourceConfig:
     """One question source. `kind`: jsonl | parquet | hf | reasoning_gym."""
 
-    kind: str
+    kind: str  # jsonl | parquet | hf | reasoning_gym
     path: str = ""  # file for jsonl/parquet, dataset name or directory for hf
-    split: str = "train"
-    question_field: str = "question"
-    answer_field: str = "answer"
-    images_field: str = "images"
-    videos_field: str = "videos"
-    id_field: str = "id"
+    split: str = "train"  # hf: the dataset split
+    question_field: str = "question"  # record field: the question text
+    answer_field: str = "answer"  # record field: the gold answer
+    images_field: str = "images"  # record field: an image or a list of them (optional)
+    videos_field: str = "videos"  # record field: a video or a list of them (optional)
+    id_field: str = "id"  # record field: the question id; missing: file stem and row
     grader: str = ""  # stored in metadata["grader"]; empty: the reward's default
     task: str = ""  # reasoning_gym task name
     size: Annotated[int, Range(ge=0)] = 0  # reasoning_gym: number of questions
-    seed: Annotated[int, Range(ge=0)] = 0
-    task_config: dict[str, Any] = field(default_factory=dict)
+    seed: Annotated[int, Range(ge=0)] = 0  # reasoning_gym: generator seed
+    task_config: dict[str, Any] = field(default_factory=dict)  # reasoning_gym: the task's generator options
     skip_bad_records: bool = False  # false: a bad record stops the run, naming it; true: skip and log it
     check_images: bool = True  # decode every image and video once at load time (a bad one is a bad record)
 

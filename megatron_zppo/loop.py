@@ -1,10 +1,11 @@
-"""One ZPPO rollout step, phase by phase, as the method describes it (SPEC.md "One rollout step").
+"""One ZPPO rollout step, phase by phase, as docs/method.md ("One rollout step") describes it.
 
 `RolloutPhase` runs where the engines are (rank 0 of the trainer): it draws questions, gets
 student rollouts, grades them, turns the hard ones into the method's prompts, rolls those out and
-grades them, and sets advantages. `train_then_sync` runs on every trainer rank. Which method runs
-is decided once, at build time (methods/): this file names none. The driver (pretrain_zppo.py)
-joins the phases with the buffer update, logging and checkpoints.
+grades them, and sets advantages. `UpdatePhase` runs on every trainer rank: the method's updates,
+then the weight sync. Which method runs is decided once, at build time (methods/): this file names
+none. The driver (pretrain_zppo.py) takes rollouts from a source (sources.py), updates, logs
+(report.py) and saves.
 """
 
 from __future__ import annotations
@@ -13,34 +14,31 @@ import dataclasses
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from megatron_zppo.core.answers import last_boxed
 from megatron_zppo.config import RolloutConfig
 from megatron_zppo.data import QuestionStream
 from megatron_zppo.grader_pool import GraderPool
-from megatron_zppo.methods import Grade, HardPrompts, Objective, step_seed, timed
+from megatron_zppo.methods import Grade, HardPrompts, Objective, Phase, step_seed, timed
 from megatron_zppo.core.prompts import PromptTemplates
 from megatron_zppo.core.records import Group, PromptKind, Sample
 from megatron_zppo.core.reformulate import fraction_count, select_hard
 from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import PromptSpec, generate_groups
+from megatron_zppo.overlap import accepted_versions, version_name
 from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
+
+if TYPE_CHECKING:
+    from megatron_zppo.rollout.engine import StudentEngine
 
 
 class Trainer(Protocol):
     """What the loop needs of the trainer (train.rl_trainer.RLTrainer)."""
 
-    def train(self, minibatches: list[list[Sample]]) -> dict[str, float]:
-        """Recompute old log-probs for all samples, then one optimizer update per mini-batch."""
-
-    def distill(self, minibatches: list[list[Sample]]) -> dict[str, float]:
-        """Logit distillation: one update per mini-batch towards the teacher's distributions."""
-
-    def sft(self, minibatches: list[list[Sample]]) -> dict[str, float]:
-        """One supervised (cross-entropy) update per mini-batch of (prompt, response) samples."""
+    def update(self, minibatches: list[list[Sample]], loss) -> dict[str, float]:
+        """One optimizer update per mini-batch under `loss` (train/losses.py)."""
 
     def export_hf(self) -> Iterable[tuple[str, torch.Tensor]]: ...
 
@@ -58,9 +56,8 @@ class Rollouts:
     teacher_acc_hard: float
     dropped_long: int  # prompts over their length limit, plain and reformulated: never sent
     times: dict[str, float] = field(default_factory=dict)
-    ncq_listed: dict[str, list[str]] = field(default_factory=dict)  # NCQ group id -> answers listed wrong
-    # Off-policy distillation: the teacher's correct responses (with their prompts) to fine-tune on.
-    sft_pairs: list[Sample] = field(default_factory=list)
+    # The method's own (its hard prompts' and objective's): the loop carries it to every rank, unread.
+    method_data: dict[str, Any] = field(default_factory=dict)
     grade_failures: dict[str, int] = field(default_factory=dict)  # this step's timeouts, errors, crashes
     dropped: list[str] = field(default_factory=list)  # why prompts were dropped, for the terminal
 
@@ -96,24 +93,24 @@ class RolloutPhase:
         replay = self.buffer.sample(fraction_count(self.rho_replay, n_new),
                                     exclude={q.id for q in new})  # a new question is rolled out anyway
         specs = [PromptSpec(q, PromptKind.PLAIN, f"{step}:{q.id}", self.templates.plain(q.text)) for q in new + replay]
-        plain, long_plain = self._roll_out(specs, step, 0, self.rollout.max_prompt_tokens, times)
+        plain, long_plain = self._roll_out(specs, step, Phase.PLAIN_ROLLOUTS, self.rollout.max_prompt_tokens, times)
 
         cap = fraction_count(self.rho_aug, n_new)
         all_hard = select_hard(plain, self.tau, len(plain))
         hard = self.hard_prompts(all_hard[:cap], cap, step, times)
-        reformulated, long_reform = self._roll_out(hard.specs, step, 2, self.rollout.max_reformulated_prompt_tokens,
-                                                   times)
-        targets = self.objective.prepare(plain, reformulated, step, times)
+        reformulated, long_reform = self._roll_out(hard.specs, step, Phase.REFORMULATED_ROLLOUTS,
+                                                   self.rollout.max_reformulated_prompt_tokens, times)
+        data = {**hard.data, **self.objective.prepare(plain, reformulated, step, times)}
         dropped = [f"{len(long)} of {len(long) + len(kept)} {what} prompts longer than rollout.{key}={limit}"
                    for long, kept, what, key, limit in (
                        (long_plain, plain, "plain", "max_prompt_tokens", self.rollout.max_prompt_tokens),
                        (long_reform, reformulated, "reformulated", "max_reformulated_prompt_tokens",
                         self.rollout.max_reformulated_prompt_tokens)) if long]
         return Rollouts(step, plain, reformulated, len(new), len(replay), len(all_hard), hard.teacher_acc,
-                        len(long_plain) + len(long_reform), times, hard.ncq_listed, targets,
+                        len(long_plain) + len(long_reform), times, data,
                         self.graders.stats.since(graded_before), dropped)
 
-    def _roll_out(self, specs: list[PromptSpec], step: int, phase: int, max_prompt_tokens: int,
+    def _roll_out(self, specs: list[PromptSpec], step: int, phase: Phase, max_prompt_tokens: int,
                   times: dict[str, float]) -> tuple[list[Group], list[PromptSpec]]:
         """The student's graded rollouts on `specs`, and the specs dropped for length."""
         if not specs:
@@ -127,40 +124,65 @@ class RolloutPhase:
         return groups, too_long
 
 
-def sync_weights(trainer: Trainer, engine: RolloutEngine | None, version: str) -> None:
-    """Every rank drains the export (it gathers shards collectively); the rank holding the engine
-    (rank 0) feeds it."""
-    tensors = trainer.export_hf()
-    if engine is not None:
-        engine.update_weights(tensors, version)
-    else:
-        for _ in tensors:
+class UpdatePhase:
+    """The training half of a step, on every trainer rank: the method's updates, then the new
+    weights into the student engine (`NoEngine` on ranks that hold none). A co-located server
+    (`student.release_memory`) gives its GPU memory to the trainer for the updates and takes its
+    weights' memory back before the sync, its cache after it. Rollouts begun ahead (run.overlap=
+    one_step) start before the updates and are waited for before the sync, so the engines hold one
+    weight version for the whole of them (overlap.py)."""
+
+    def __init__(self, objective: Objective, trainer: Trainer, engine: StudentEngine, *, overlap: str, seed: int,
+                 colocated: bool = False, check_versions: bool = True):
+        self.objective, self.trainer, self.engine = objective, trainer, engine
+        self.overlap, self.seed, self.colocated, self.check_versions = overlap, seed, colocated, check_versions
+
+    def __call__(self, r: Rollouts, source, times: dict[str, float]) -> dict[str, float]:
+        source.ahead(r.step + 1)
+        if self.colocated:
+            self.engine.release_memory()
+        accepted = accepted_versions(self.overlap, r.step) if self.check_versions else None
+        with timed(times, "train"):
+            stats = self.objective.update(self.trainer, r, accepted, random.Random(step_seed(self.seed, r.step,
+                                                                                             Phase.MINIBATCHES)))
+        source.wait(times)
+        self.sync(version_name(r.step + 1), times)
+        return stats
+
+    def sync(self, version: str, times: dict[str, float] | None = None) -> None:
+        """Every rank drains the export (it gathers shards collectively); the rank holding the
+        engine feeds it."""
+        with timed({} if times is None else times, "sync"):
+            if self.colocated:
+                self.engine.resume_memory(("weights",))
+            self.engine.update_weights(self.trainer.export_hf(), version)
+            if self.colocated:
+                self.engine.resume_memory(("kv_cache", "cuda_graph"))
+
+
+class NoUpdate(UpdatePhase):
+    """run.mode=rollout_only: the engines keep the weights they started with."""
+
+    def __call__(self, r: Rollouts, source, times: dict[str, float]) -> dict[str, float]:
+        return {}
+
+
+class NoEngine:
+    """The student engine of a rank that holds none: it drains the weight export, which every
+    rank must run, and does nothing else."""
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        for _ in named_tensors:
             pass
 
+    def release_memory(self) -> None:
+        pass
 
-def train_then_sync(objective: Objective, trainer: Trainer, r: Rollouts, engine: RolloutEngine | None,
-                    weight_version: str | tuple[str, ...] | None, new_version: str, times: dict[str, float], *,
-                    seed: int, colocated: bool = False, before_sync: Callable[[], None] | None = None
-                    ) -> tuple[str, dict]:
-    """The updates of one rollout step, then the new weights into the engine. A co-located server
-    (`student.release_memory`) gives its GPU memory to the trainer for the updates and takes its
-    weights' memory back before the sync, its cache after it. `before_sync` waits for rollouts
-    still being made with the engine's current weights (run.overlap=one_step, overlap.py).
-    Returns (new version, train stats)."""
-    colocated = colocated and engine is not None
-    if colocated:
-        engine.release_memory()
-    with timed(times, "train"):
-        stats = objective.train(trainer, r, weight_version, random.Random(step_seed(seed, r.step, 3)))
-    if before_sync is not None:
-        before_sync()
-    with timed(times, "sync"):
-        if colocated:
-            engine.resume_memory(("weights",))
-        sync_weights(trainer, engine, new_version)
-        if colocated:
-            engine.resume_memory(("kv_cache", "cuda_graph"))
-    return new_version, stats
+    def resume_memory(self, tags: tuple[str, ...]) -> None:
+        pass
+
+    def sync_metrics(self) -> dict[str, float]:
+        return {}
 
 
 def rollout_metrics(r: Rollouts, buffer: ReplayBuffer) -> dict[str, float]:
@@ -174,25 +196,10 @@ def rollout_metrics(r: Rollouts, buffer: ReplayBuffer) -> dict[str, float]:
         **{f"n_{k.value}": sum(g.kind is k for g in r.reformulated) for k in PromptKind if k is not PromptKind.PLAIN},
         **{k: v for k, v in buffer.counters().items()},
         **{f"acc_{k.value}": acc(k) for k in PromptKind},
-        "n_sft_targets": len(r.sft_pairs),
         "teacher_acc_hard": r.teacher_acc_hard,
         "reward_mean": sum(all_rewards) / len(all_rewards) if all_rewards else float("nan"),
         "tokens_generated": sum(len(s.response_ids) for g in r.groups for s in g.samples),
         "dropped_long_prompts": r.dropped_long,
         **r.grade_failures,
-        "ncq_repeats_listed_answer": _ncq_repeat_rate(r),
     }
 
-
-def _ncq_repeat_rate(r: Rollouts) -> float:
-    """How often an NCQ rollout's final answer is one its prompt listed as wrong (the paper reports
-    that a small student mostly does this)."""
-    hits = total = 0
-    for g in r.reformulated:
-        if g.kind is PromptKind.NCQ:
-            listed = set(r.ncq_listed.get(g.id, ()))
-            for s in g.samples:
-                total += 1
-                a = last_boxed(s.response_text)
-                hits += a is not None and a.strip() in listed
-    return hits / total if total else float("nan")

@@ -64,7 +64,7 @@ class Teacher:
         return [redact_answers(g.text) for (g,) in gens]
 
     def compress(self, texts: list[str]) -> list[str]:
-        """Candidate summaries (SPEC "Candidate compression"); a summary that is missing or changes
+        """Candidate summaries (docs/method.md, "6. Candidate compression"); a summary that is missing or changes
         the final answer falls back to the raw text."""
         reqs = [GenerateRequest(self.encode(self.templates.compress_prompt(t)), 1) for t in texts]
         gens = self.engine.generate(reqs, self.compress_sampling) if reqs else []

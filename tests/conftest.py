@@ -18,7 +18,9 @@ def own_megatron_world():
     TP=1 world of tests/train's session fixture: it is torn down first and set up again afterwards."""
     from megatron.core import parallel_state
 
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
+
+    cpu_compat.enable()  # the test process is the entry point here
 
     held = parallel_state.model_parallel_is_initialized()
     if held:

@@ -38,7 +38,7 @@ def toy_model(tmp_path_factory):
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    from megatron_zppo.toy_models import build_tokenizer, new_qwen3
+    from megatron_zppo.toy.models import build_tokenizer, new_qwen3
 
     d = tmp_path_factory.mktemp("live_model")
     tok = build_tokenizer(d, ["State the final answer: 1 + 2 = 3", "spell cat backwards: tac"] * 50, vocab_size=300)

@@ -7,15 +7,15 @@ from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.hf_engine import HFEngine
 from megatron_zppo.rollout.pool import EnginePool
 from megatron_zppo.rollout.sglang_engine import SGLangEngine
-from megatron_zppo.rollout.sglang_sync import make_sync
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.rollout.sync import WeightSyncConfig, policy_engine
 
 PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
 
 
 @pytest.fixture
 def engine(live_server):
-    e = SGLangEngine(live_server, timeout_s=120, weight_sync=WeightSyncConfig(backend="gloo", timeout_s=120))
+    e = policy_engine([SGLangEngine(live_server, timeout_s=120)], "student",
+                      WeightSyncConfig(backend="gloo", timeout_s=120))
     yield e
     e.shutdown()
 
@@ -40,7 +40,7 @@ def test_sglang_logprobs_match_the_in_process_engine_on_the_same_tokens(engine, 
 def test_weight_update_changes_the_served_model_and_its_version(live_server, toy_model, tmp_path, strategy):
     sync = (WeightSyncConfig(strategy="disk", disk_dir=str(tmp_path), disk_support_dir=toy_model) if strategy == "disk"
             else WeightSyncConfig(backend="gloo", timeout_s=120))
-    engine = SGLangEngine(live_server, timeout_s=120, weight_sync=sync)  # the strategy is chosen at construction
+    engine = policy_engine([SGLangEngine(live_server, timeout_s=120)], "student", sync)  # the strategy: chosen once
     try:
         _check_update(engine, toy_model, f"v-{strategy}")
     finally:
@@ -64,12 +64,13 @@ def test_one_group_updates_two_servers_and_both_serve_the_new_version(live_serve
     """fanout one_group: the trainer (rank 0) and both servers (rank offsets 1 and 2) in one gloo group,
     each bucket broadcast once."""
     sync = WeightSyncConfig(backend="gloo", timeout_s=120, group_name="zppo_fanout")
-    engines = [SGLangEngine(url, timeout_s=120, weight_sync=sync, name=f"student{i}")
-               for i, url in enumerate(live_servers)]
-    pool = EnginePool(engines, sync=make_sync(sync, engines))
+    engines = [SGLangEngine(url, timeout_s=120, name=f"student{i}") for i, url in enumerate(live_servers)]
+    pool = policy_engine(engines, "student", sync)
     try:
+        assert isinstance(pool, EnginePool)
         _check_update(pool, toy_model, "v-fanout")
-        assert pool.last_sync.servers == 2 and pool.last_sync.bytes > 0
+        metrics = pool.sync_metrics()
+        assert metrics["sync_servers"] == 2 and metrics["sync_bytes"] > 0
     finally:
         pool.shutdown()
 

@@ -12,14 +12,15 @@ import torch
 from megatron_zppo.core.prompts import encode_prompt
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.sglang_engine import SGLangEngine
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.rollout.sync import WeightSyncConfig, policy_engine
 
 QUESTIONS = ["What is the capital of France?", "What is 2 + 3? Answer with a number."]
 
 
 @pytest.fixture(scope="module")
 def engine(real_model_server):
-    e = SGLangEngine(real_model_server, timeout_s=300, weight_sync=WeightSyncConfig(backend="gloo", timeout_s=300))
+    e = policy_engine([SGLangEngine(real_model_server, timeout_s=300)], "student",
+                      WeightSyncConfig(backend="gloo", timeout_s=300))
     yield e
     e.shutdown()
 
@@ -34,9 +35,10 @@ def prompts(smollm2_dir):
 
 @pytest.fixture(scope="module")
 def policy(smollm2_dir):
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
     from megatron_zppo.train.model import ModelConfig, build_policy
 
+    cpu_compat.enable()  # the test process is the entry point here
     parallel.initialize(parallel.ParallelConfig(seed=1234))
     yield build_policy(ModelConfig(hf_path=smollm2_dir), parallel.ParallelConfig())
     parallel.destroy()

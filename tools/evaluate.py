@@ -77,7 +77,9 @@ def make_engine(args):
     if args.megatron:  # weights from a run checkpoint, through the trainer that wrote it
         from megatron_zppo.config import load_config
         from megatron_zppo import build
+        from megatron_zppo.train import cpu_compat
 
+        cpu_compat.enable()  # only this path builds a Megatron model
         cfg = load_config(None, [f"student.hf_path={args.model}", "run.algorithm=grpo"])
         trainer = build.make_trainer(cfg)
         trainer.load(str(Path(args.megatron) / "model"), weights_only=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Rehearse, on a CPU machine, the GPU check as the lent GPU machine will run it
-# (../shared/notes/gpu-device.md), before any lease is spent on it:
+# Rehearse, on a CPU machine, the GPU check as the lent GPU machine will run it (no network, its own
+# python3 with torch 2.11 and transformers 5.17, no Megatron), before any lease is spent on it:
 #
 # 1. a throwaway venv holding only what that machine holds that matters here: transformers 5.17 and
 #    the other Hugging Face packages at the device's versions (the device tool's KINDS.md), their

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, on a CPU machine with a package registry, the wheels that benchmarks/gpu_check.py needs on
-# the lent GPU machine (../shared/notes/gpu-device.md: no network, its own python3 with torch 2.11 and
-# transformers 5.17, no Megatron). They land in an ignored .whl/ that the device tool carries
+# the lent GPU machine (no network, its own python3 with torch 2.11 and transformers 5.17, no
+# Megatron). They land in an ignored .whl/ that the device tool carries
 # (`carry: [".whl"]`); tools/gpu_check.sh installs them there with pip --no-index --no-deps --target.
 #
 #   tools/gpu_wheels.sh            # fills .whl/ (emptied first), fails if it would exceed 56 MiB

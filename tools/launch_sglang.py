@@ -1,6 +1,6 @@
 """Start the student (optionally several, behind an sglang-router) and teacher SGLang servers.
 
-SGLang cannot share the trainer's Python environment (see shared/notes/sglang.md), so every server
+SGLang cannot share the trainer's Python environment (it pins another transformers: requirements-sglang.txt), so every server
 runs as `<--python> -m sglang.launch_server ...` from its own environment. The launcher waits for
 each server's `/health_generate`, writes `{"student": [urls], "student_router": url|null,
 "teacher": url|null}` where the trainer reads it, and stops every server on SIGINT/SIGTERM.

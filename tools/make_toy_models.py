@@ -2,7 +2,7 @@
 
     python tools/make_toy_models.py --out toy_models
 
-1. Generate the supervised mix (megatron_zppo/toy_corpus.py says exactly what it holds).
+1. Generate the supervised mix (megatron_zppo/toy/corpus.py says exactly what it holds).
 2. Train a byte-level BPE tokenizer on it (the `tokenizers` library).
 3. For each model: a random Qwen3 checkpoint, then supervised fine-tuning with the Megatron trainer
    (megatron_zppo.train), then its weights exported back to a HuggingFace checkpoint.
@@ -29,7 +29,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 @dataclass(frozen=True)
 class ModelRecipe:
     name: str
-    size: str  # megatron_zppo.toy_models.SIZES
+    size: str  # megatron_zppo.toy.shapes.QWEN3_SIZES
     steps: int
     batch: int = 32
     lr: float = 3e-3
@@ -52,9 +52,18 @@ class Recipe:
 
 
 def recipe_hash(r: Recipe) -> str:
-    src = Path(__file__).parent.parent / "megatron_zppo" / "toy_corpus.py"
+    src = Path(__file__).parent.parent / "megatron_zppo" / "toy" / "corpus.py"
     blob = json.dumps(asdict(r), sort_keys=True) + src.read_text() + Path(r.demo_config).read_text()
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def sft_step(trainer, pairs) -> float:
+    """One supervised update on (prompt ids, response ids) pairs; the mean token loss."""
+    from megatron_zppo.core.records import PromptKind, Sample
+    from megatron_zppo.train.losses import CrossEntropyLoss
+
+    rows = [Sample("sft", "sft", PromptKind.PLAIN, p, r, "", [0.0] * len(r)) for p, r in pairs]
+    return trainer.update([rows], CrossEntropyLoss())["loss"]
 
 
 def train_one(m: ModelRecipe, out: Path, tok_dir: Path, pairs, seed: int) -> None:
@@ -62,7 +71,7 @@ def train_one(m: ModelRecipe, out: Path, tok_dir: Path, pairs, seed: int) -> Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from megatron_zppo.config import load_config
-    from megatron_zppo.toy_models import new_qwen3
+    from megatron_zppo.toy.models import new_qwen3
     from megatron_zppo import build
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -74,7 +83,7 @@ def train_one(m: ModelRecipe, out: Path, tok_dir: Path, pairs, seed: int) -> Non
     rng = random.Random(seed)
     t0 = time.perf_counter()
     for step in range(m.steps):
-        loss = trainer.sft_step(rng.sample(pairs, m.batch))
+        loss = sft_step(trainer, rng.sample(pairs, m.batch))
         if step % 50 == 0 or step == m.steps - 1:
             print(f"  {m.name}: step {step + 1}/{m.steps} loss {loss:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -93,7 +102,7 @@ def measure(path: Path, templates, n: int) -> dict[str, dict[str, float]]:
     from megatron_zppo.grader_pool import GraderPool
     from megatron_zppo.rollout.engine import SamplingParams
     from megatron_zppo.rollout.hf_engine import HFEngine
-    from megatron_zppo.toy_corpus import HELD_OUT, RL_TASK, questions
+    from megatron_zppo.toy.corpus import HELD_OUT, RL_TASK, questions
 
     engine, encode, graders = HFEngine(str(path)), make_encoder(str(path)), GraderPool("task", workers=1)
     out = {}
@@ -130,9 +139,12 @@ def main(argv=None) -> int:
 
     # Megatron's INFO lines, optimizer configs and upstream warnings -> <out>/upstream.log, as in the main job.
     log = upstream_log.route(args.out, verbose=args.verbose)
+    from megatron_zppo.train import cpu_compat
+
+    cpu_compat.enable()  # the toy models are trained by the Megatron trainer, on CPU too
     from megatron_zppo.core.prompts import PromptTemplates, encode_prompt
-    from megatron_zppo.toy_corpus import corpus
-    from megatron_zppo.toy_models import build_tokenizer
+    from megatron_zppo.toy.corpus import corpus
+    from megatron_zppo.toy.models import build_tokenizer
 
     recipe, out = Recipe(), Path(args.out)
     manifest = out / "MANIFEST.json"

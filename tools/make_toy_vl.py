@@ -7,7 +7,7 @@ teacher and student trained on it with this project's own Megatron trainer.
 1. Pictures: a 64x64 canvas cut into 16-px cells (one vision patch each), 1 to 4 cells filled with
    coloured squares; the question asks how many squares there are, the answer is the count.
    `data/{train,eval}.jsonl` with the PNG files beside them: the ZPPO run's questions.
-2. A byte-level BPE tokenizer with Qwen's vision tokens (megatron_zppo/toy_models.py).
+2. A byte-level BPE tokenizer with Qwen's vision tokens (megatron_zppo/toy/models.py).
 3. Teacher and student: random tiny Qwen3.5-VL checkpoints, fine-tuned on pictures disjoint from the
    run's (supervised, through the Megatron trainer: images through the vision tower, image tokens
    outside the loss), plain prompts and BCQ prompts (one right and one wrong candidate, answered
@@ -106,6 +106,7 @@ def train_one(path: Path, samples: list, steps: int, recipe: Recipe, seed: int) 
 
     from megatron_zppo.config import load_config
     from megatron_zppo import build
+    from megatron_zppo.train.losses import CrossEntropyLoss
 
     cfg = load_config(None, [f"student.hf_path={path}", "run.algorithm=grpo", f"run.seed={seed}",
                              f"optimizer.lr={recipe.lr}", "optimizer.weight_decay=0.0",
@@ -114,7 +115,7 @@ def train_one(path: Path, samples: list, steps: int, recipe: Recipe, seed: int) 
     rng = random.Random(seed)
     t0 = time.perf_counter()
     for step in range(steps):
-        loss = trainer.sft([rng.sample(samples, recipe.batch)])["loss"]
+        loss = trainer.update([rng.sample(samples, recipe.batch)], CrossEntropyLoss())["loss"]
         if step % 50 == 0 or step == steps - 1:
             print(f"  {path.name}: step {step + 1}/{steps} loss {loss:.3f} ({time.perf_counter() - t0:.0f}s)",
                   flush=True)
@@ -147,7 +148,7 @@ def build(out: Path, recipe: Recipe, seed: int = 0) -> dict:
     hf_logging.disable_progress_bar()
     from megatron_zppo.data import SourceConfig, load_source
     from megatron_zppo.core.prompts import PromptTemplates
-    from megatron_zppo.toy_models import build_tokenizer, new_qwen35_vl
+    from megatron_zppo.toy.models import build_tokenizer, new_qwen35_vl
 
     key = hashlib.sha256((json.dumps(asdict(recipe), sort_keys=True) + Path(__file__).read_text()).encode())
     key = key.hexdigest()[:16] + f"-seed{seed}"
@@ -188,6 +189,9 @@ def main(argv=None) -> int:
     from megatron_zppo import upstream_log
 
     upstream_log.route(args.out, verbose=args.verbose)  # upstream output -> <out>/upstream.log, as in the main job
+    from megatron_zppo.train import cpu_compat
+
+    cpu_compat.enable()  # the toy models are trained by the Megatron trainer, on CPU too
     build(Path(args.out), Recipe(), args.seed)
     return 0
 

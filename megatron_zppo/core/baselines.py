@@ -1,4 +1,4 @@
-"""The maths of the baselines ZPPO is compared with (SPEC "Reported results"), as pure functions.
+"""The maths of the baselines ZPPO is compared with (docs/method.md, "Baselines and ablations"), as pure functions.
 
 On-policy distillation. The student samples y ~ p_S; the teacher scores the sampled tokens. For a
 divergence D(p_S, p_T) between the two next-token distributions at one position, the score-function

@@ -21,14 +21,14 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 
 @dataclass(frozen=True)
 class LossConfig:
-    eps_low: Annotated[float, Range(ge=0, lt=1)] = 0.20
-    eps_high: Annotated[float, Range(ge=0)] = 0.28
+    eps_low: Annotated[float, Range(ge=0, lt=1)] = 0.20  # PPO clip: ratio >= 1 - eps_low
+    eps_high: Annotated[float, Range(ge=0)] = 0.28  # PPO clip: ratio <= 1 + eps_high (clip-higher)
     dual_clip_c: Annotated[float | None, Range(gt=1)] = 10.0  # lower bound c*A on the objective for A < 0; None = off
-    aggregation: str = "token_mean"
-    kl_coef: Annotated[float, Range(ge=0)] = 0.0  # the paper uses no KL term
-    kl_estimator: str = "k3"
+    aggregation: str = "token_mean"  # mean over the mini-batch's tokens, or of per-sequence means
+    kl_coef: Annotated[float, Range(ge=0)] = 0.0  # weight of a KL penalty to reference log-probs; the paper uses none
+    kl_estimator: str = "k3"  # Schulman's estimator of KL(policy || reference), if kl_coef > 0
     tis_cap: Annotated[float | None, Range(gt=0)] = None  # truncated importance weight trainer/rollout-engine; None = off
-    check_finite: bool = True
+    check_finite: bool = True  # a NaN/inf input stops the step, naming the tensor
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:

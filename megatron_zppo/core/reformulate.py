@@ -1,6 +1,6 @@
 """The ZPPO stage: find hard questions and rewrite them into BCQ and NCQ prompts.
 
-Order of a step (SPEC.md "One rollout step", 3-6):
+Order of a step (docs/method.md, "One rollout step", phases 3-7):
     hard = select_hard(plain_groups, tau, cap)          # acc < tau, lowest first, pre-capped
     teacher = <teacher rollouts on hard, scored>        # the loop does this through an engine
     plans = plan_reformulations(hard, teacher, cap, ...) # BCQ/NCQ choice + post-cap
@@ -28,8 +28,8 @@ from megatron_zppo.core.records import TEACHER, Group, PromptKind, Question, Sam
 class ZppoConfig:
     tau: Annotated[float, Range(gt=0, le=1)] = 0.5  # hard if acc(x) < tau; graduation threshold of the buffer too
     rho_aug: Annotated[float, Range(ge=0)] = 0.25  # cap on hard questions and on BCQ+NCQ prompts, as a fraction of N_new
-    bcq: bool = True
-    ncq: bool = True
+    bcq: bool = True  # a hard question the teacher solves becomes a BCQ prompt
+    ncq: bool = True  # a hard question becomes an NCQ prompt (wrong answers listed)
     compression: bool = True  # the teacher summarises candidates before they enter a prompt
 
 

@@ -21,8 +21,8 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class BufferConfig:
-    enabled: bool = True
-    capacity: Annotated[int, Range(ge=1)] = 10_000
+    enabled: bool = True  # hard questions come back until acc >= zppo.tau
+    capacity: Annotated[int, Range(ge=1)] = 10_000  # questions held; the oldest are evicted first
     rho_replay: Annotated[float, Range(ge=0)] = 0.25  # replayed questions per step, as a fraction of N_new
 
 

@@ -5,14 +5,15 @@
 
 from __future__ import annotations
 
-from megatron_zppo.methods.base import Grade, HardPrompts, HardPromptSet, NoHardPrompts, Objective, step_seed, timed
+from megatron_zppo.methods.base import (Grade, HardPrompts, HardPromptSet, NoHardPrompts, Objective, Phase, step_seed,
+                                        timed)
 from megatron_zppo.methods.distill import LogitDistill, OffPolicyDistill, OnPolicyDistill
 from megatron_zppo.methods.hint import HintPrompts
 from megatron_zppo.methods.policy_gradient import PolicyGradient
 from megatron_zppo.methods.prefix import PrefixPrompts
 from megatron_zppo.methods.zppo import ZppoPrompts
 
-__all__ = ["Grade", "HardPrompts", "HardPromptSet", "Objective", "build_hard_prompts", "build_objective",
+__all__ = ["Grade", "HardPrompts", "HardPromptSet", "Objective", "Phase", "build_hard_prompts", "build_objective",
            "step_seed", "timed", "trainer_teacher"]
 
 
@@ -30,14 +31,15 @@ def build_hard_prompts(cfg, teacher, templates, decode, grade: Grade) -> HardPro
 
 def build_objective(cfg, teacher=None, grade: Grade | None = None) -> Objective:
     """On every rank; the teacher and the grader exist on the rank that holds the engines only."""
-    m, updates = cfg.method, cfg.run.updates_per_step
+    m, updates, loss = cfg.method, cfg.run.updates_per_step, cfg.loss
     if m.objective == "off_policy_distill":
-        return OffPolicyDistill(cfg.advantage, updates, teacher, cfg.rollout.teacher_group_size, grade, cfg.run.seed)
+        return OffPolicyDistill(cfg.advantage, updates, loss, teacher, cfg.rollout.teacher_group_size, grade,
+                                cfg.run.seed)
     if m.objective == "on_policy_distill":
-        return OnPolicyDistill(updates, teacher, m.divergence, m.jsd_beta)
+        return OnPolicyDistill(updates, loss, teacher, m.divergence, m.jsd_beta)
     if m.objective == "logit_distill":
-        return LogitDistill(cfg.advantage, updates)
-    return PolicyGradient(cfg.advantage, updates)
+        return LogitDistill(cfg.advantage, updates, loss)
+    return PolicyGradient(cfg.advantage, updates, loss)
 
 
 def trainer_teacher(cfg):

@@ -10,12 +10,13 @@ config preset (config.PRESETS).
 
 from __future__ import annotations
 
+import enum
 import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from megatron_zppo.core.records import Group, Sample
 from megatron_zppo.rollout.collect import PromptSpec
@@ -28,9 +29,20 @@ def timed(times: dict[str, float], name: str):
     times[name] = times.get(name, 0.0) + time.perf_counter() - t0
 
 
-def step_seed(seed: int, step: int, phase: int) -> int:
+class Phase(enum.IntEnum):
+    """A step's independent random streams. The numbers are part of every run's samples: changing
+    one changes what a seed reproduces."""
+
+    PLAIN_ROLLOUTS = 0  # the student's sampling on plain prompts
+    HARD_PROMPTS = 1  # which candidates a reformulated prompt shows, which teacher response a prefix takes
+    REFORMULATED_ROLLOUTS = 2  # the student's sampling on the hard questions' prompts
+    MINIBATCHES = 3  # how the step's samples are split into mini-batches
+    TEACHER = 4  # the teacher's sampling (responses, hints)
+
+
+def step_seed(seed: int, step: int, phase: Phase) -> int:
     """A distinct, reproducible seed per (run, step, phase), so a resumed run samples the same."""
-    return (seed * 1_000_003 + step * 101 + phase) % (2**31)
+    return (seed * 1_000_003 + step * 101 + int(phase)) % (2**31)
 
 
 @dataclass
@@ -39,24 +51,32 @@ class HardPromptSet:
 
     specs: list[PromptSpec] = field(default_factory=list)
     teacher_acc: float = float("nan")  # the teacher's accuracy on the hard questions, if it was asked
-    ncq_listed: dict[str, list[str]] = field(default_factory=dict)  # NCQ group id -> answers listed wrong
+    data: dict[str, Any] = field(default_factory=dict)  # the method's own, carried in Rollouts.method_data
 
 
 class HardPrompts(Protocol):
     def __call__(self, hard: list[Group], cap: int, step: int, times: dict[str, float]) -> HardPromptSet:
         """Prompts for (at most `cap` of) the hard groups, lowest accuracy first."""
 
+    def metrics(self, rollouts) -> dict[str, float]:
+        """What the logs show of these prompts in a step's rollouts (loop.Rollouts); {} if nothing."""
+
 
 class Objective(Protocol):
     def prepare(self, plain: list[Group], reformulated: list[Group], step: int,
-                times: dict[str, float]) -> list[Sample]:
+                times: dict[str, float]) -> dict[str, Any]:
         """On the rank that holds the engines, after grading: set the samples' advantages.
-        Returns the step's supervised targets (off-policy distillation), else []."""
+        Returns what else the update needs (off-policy distillation's targets), carried to every
+        rank in Rollouts.method_data; usually {}."""
 
-    def train(self, trainer, rollouts, weight_version: str | tuple[str, ...] | None,
-              rng: random.Random) -> dict[str, float]:
-        """On every trainer rank: the step's updates from `rollouts` (loop.Rollouts). Samples must
-        carry `weight_version` (or one of them; batch.training_samples)."""
+    def update(self, trainer, rollouts, weight_version: str | tuple[str, ...] | None,
+               rng: random.Random) -> dict[str, float]:
+        """On every trainer rank: the step's updates from `rollouts` (loop.Rollouts), through the
+        trainer's one seam, `trainer.update(minibatches, loss)`. Samples must carry
+        `weight_version` (or one of them; batch.training_samples)."""
+
+    def metrics(self, rollouts) -> dict[str, float]:
+        """This objective's own figures of a step's rollouts, for the logs ({} if none)."""
 
 
 # Grades samples in place against their own questions (rollout.collect.score_samples, bound).
@@ -68,3 +88,6 @@ class NoHardPrompts:
 
     def __call__(self, hard, cap, step, times) -> HardPromptSet:
         return HardPromptSet()
+
+    def metrics(self, rollouts) -> dict[str, float]:
+        return {}

@@ -11,34 +11,42 @@ from __future__ import annotations
 
 from megatron_zppo.core.baselines import distill_advantages
 from megatron_zppo.core.batch import split_minibatches
-from megatron_zppo.methods.base import Grade, step_seed, timed
+from megatron_zppo.core.loss import LossConfig
+from megatron_zppo.methods.base import Grade, Phase, step_seed, timed
 from megatron_zppo.methods.policy_gradient import PolicyGradient
+from megatron_zppo.train.losses import CrossEntropyLoss, LogitDistillLoss
+
+TARGETS = "sft_targets"  # Rollouts.method_data key: the teacher's correct responses (with their prompts)
 
 
 class OffPolicyDistill(PolicyGradient):
-    def __init__(self, estimator: str, updates_per_step: int, teacher, teacher_group_size: int, grade: Grade,
-                 seed: int):
-        super().__init__(estimator, updates_per_step)
+    def __init__(self, estimator: str, updates_per_step: int, loss: LossConfig, teacher, teacher_group_size: int,
+                 grade: Grade, seed: int):
+        super().__init__(estimator, updates_per_step, loss)
         self.teacher, self.n_teacher, self.grade, self.seed = teacher, teacher_group_size, grade, seed
 
     def prepare(self, plain, reformulated, step, times):
         with timed(times, "teacher"):
-            rollouts = self.teacher.rollouts([g.question for g in plain], self.n_teacher, step_seed(self.seed, step, 4))
+            rollouts = self.teacher.rollouts([g.question for g in plain], self.n_teacher, step_seed(self.seed, step, Phase.TEACHER))
             samples = [s for ss in rollouts.values() for s in ss]
             self.grade(samples)
             targets = [s for s in samples if s.reward >= 1.0 and len(s.response_ids)]
         super().prepare(plain, reformulated, step, times)  # for the logs only: nothing trains on them
-        return targets
+        return {TARGETS: targets}
 
-    def train(self, trainer, rollouts, weight_version, rng):
-        if not rollouts.sft_pairs:
+    def update(self, trainer, rollouts, weight_version, rng):
+        targets = rollouts.method_data[TARGETS]
+        if not targets:
             return {}
-        return trainer.sft(split_minibatches(rollouts.sft_pairs, min(self.updates, len(rollouts.sft_pairs)), rng))
+        return trainer.update(split_minibatches(targets, min(self.updates, len(targets)), rng), CrossEntropyLoss())
+
+    def metrics(self, rollouts):
+        return {"n_sft_targets": len(rollouts.method_data[TARGETS])}
 
 
 class OnPolicyDistill(PolicyGradient):
-    def __init__(self, updates_per_step: int, teacher, divergence: str, jsd_beta: float):
-        super().__init__("", updates_per_step)
+    def __init__(self, updates_per_step: int, loss: LossConfig, teacher, divergence: str, jsd_beta: float):
+        super().__init__("", updates_per_step, loss)
         self.teacher, self.divergence, self.beta = teacher, divergence, jsd_beta
 
     def prepare(self, plain, reformulated, step, times):
@@ -53,10 +61,9 @@ class OnPolicyDistill(PolicyGradient):
         for s, t in zip(samples, teacher_lp, strict=True):
             s.token_advantages = distill_advantages(s.logprobs, t, self.divergence, self.beta).tolist()
             s.advantage = 0.0
-        return []
+        return {}
 
 
 class LogitDistill(PolicyGradient):
-    def train(self, trainer, rollouts, weight_version, rng):
-        return trainer.distill(self.minibatches(rollouts.groups, weight_version, rng, rollouts.step,
-                                                rollouts.dropped))
+    def update(self, trainer, rollouts, weight_version, rng):
+        return trainer.update(self.minibatches(rollouts, weight_version, rng), LogitDistillLoss())

@@ -3,7 +3,7 @@ out, baselines.redact_answers)."""
 
 from __future__ import annotations
 
-from megatron_zppo.methods.base import HardPromptSet, step_seed, timed
+from megatron_zppo.methods.base import HardPromptSet, Phase, step_seed, timed
 from megatron_zppo.core.prompts import PromptTemplates
 from megatron_zppo.core.records import PromptKind
 from megatron_zppo.rollout.collect import PromptSpec
@@ -17,7 +17,10 @@ class HintPrompts:
         if not hard:
             return HardPromptSet()
         with timed(times, "teacher"):
-            hints = self.teacher.hints([g.question for g in hard], step_seed(self.seed, step, 4))
+            hints = self.teacher.hints([g.question for g in hard], step_seed(self.seed, step, Phase.TEACHER))
         return HardPromptSet([PromptSpec(g.question, PromptKind.HINT, f"{g.id}:hint",
                                          self.templates.hint_prompt(g.question.text, h))
                               for g, h in zip(hard, hints) if h])  # nothing left after redaction: no prompt
+
+    def metrics(self, rollouts):
+        return {}

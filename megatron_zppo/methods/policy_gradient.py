@@ -5,24 +5,30 @@ from __future__ import annotations
 
 from megatron_zppo.core.advantages import assign_advantages
 from megatron_zppo.core.batch import split_minibatches, training_samples
+from megatron_zppo.core.loss import LossConfig
 from megatron_zppo.errors import RunError
+from megatron_zppo.train.losses import PolicyGradientLoss
 
 
 class PolicyGradient:
-    def __init__(self, estimator: str, updates_per_step: int):
-        self.estimator, self.updates = estimator, updates_per_step
+    def __init__(self, estimator: str, updates_per_step: int, loss: LossConfig):
+        self.estimator, self.updates, self.loss = estimator, updates_per_step, PolicyGradientLoss(loss)
 
     def prepare(self, plain, reformulated, step, times):
         assign_advantages(plain + reformulated, self.estimator)
-        return []
+        return {}
 
-    def minibatches(self, groups, weight_version, rng, step: int, dropped: list[str]):
-        samples = training_samples(groups, weight_version)
+    def minibatches(self, rollouts, weight_version, rng):
+        samples = training_samples(rollouts.groups, weight_version)
         if not samples:
-            raise RunError(f"step {step}: nothing to train on: no prompt was rolled out"
+            dropped = rollouts.dropped
+            raise RunError(f"step {rollouts.step}: nothing to train on: no prompt was rolled out"
                            + (f" ({'; '.join(dropped)})" if dropped else "")
                            + "; raise the limit or filter the data (tools/prepare_vl_data.py, the source's filters)")
         return split_minibatches(samples, min(self.updates, len(samples)), rng)
 
-    def train(self, trainer, rollouts, weight_version, rng):
-        return trainer.train(self.minibatches(rollouts.groups, weight_version, rng, rollouts.step, rollouts.dropped))
+    def update(self, trainer, rollouts, weight_version, rng):
+        return trainer.update(self.minibatches(rollouts, weight_version, rng), self.loss)
+
+    def metrics(self, rollouts):
+        return {}

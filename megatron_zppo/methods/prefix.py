@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from megatron_zppo.core.baselines import prefix_length
-from megatron_zppo.methods.base import Grade, HardPromptSet, step_seed, timed
+from megatron_zppo.methods.base import Grade, HardPromptSet, Phase, step_seed, timed
 from megatron_zppo.methods.zppo import teacher_rollouts
 from megatron_zppo.core.records import PromptKind
 from megatron_zppo.rollout.collect import PromptSpec
@@ -24,8 +24,8 @@ class PrefixPrompts:
             return HardPromptSet()
         with timed(times, "teacher"):
             teacher, acc = teacher_rollouts(self.teacher, hard, self.n_teacher, self.grade,
-                                            step_seed(self.seed, step, 4))
-        rng = random.Random(step_seed(self.seed, step, 1))
+                                            step_seed(self.seed, step, Phase.TEACHER))
+        rng = random.Random(step_seed(self.seed, step, Phase.HARD_PROMPTS))
         with timed(times, "zppo"):
             specs = []
             for g in hard:  # questions the teacher never solved get no prompt
@@ -38,3 +38,6 @@ class PrefixPrompts:
                     specs.append(PromptSpec(g.question, PromptKind.PREFIX, f"{g.id}:prefix", g.prompt_text,
                                             tuple(ids), self.decode(ids)))
         return HardPromptSet(specs, acc)
+
+    def metrics(self, rollouts):
+        return {}

@@ -1,15 +1,20 @@
 """ZPPO's hard prompts: BCQ (a correct teacher response and a wrong student one, unlabelled) and
-NCQ (the student's own wrong responses, their answers listed as wrong), SPEC.md "ZPPO stage"."""
+NCQ (the student's own wrong responses, their answers listed as wrong); docs/method.md, "One rollout
+step", phases 4-7."""
 
 from __future__ import annotations
 
 import random
 
-from megatron_zppo.methods.base import Grade, HardPromptSet, step_seed, timed
+from megatron_zppo.core.answers import last_boxed
+from megatron_zppo.methods.base import Grade, HardPromptSet, Phase, step_seed, timed
 from megatron_zppo.core.prompts import PromptTemplates
 from megatron_zppo.core.records import PromptKind
 from megatron_zppo.core.reformulate import ZppoConfig, plan_reformulations, render
 from megatron_zppo.rollout.collect import PromptSpec
+
+
+LISTED = "ncq_listed"  # Rollouts.method_data key: NCQ group id -> the answers its prompt lists as wrong
 
 
 class ZppoPrompts:
@@ -25,13 +30,32 @@ class ZppoPrompts:
         if self.cfg.bcq:
             with timed(times, "teacher"):
                 teacher, acc = teacher_rollouts(self.teacher, hard, self.n_teacher, self.grade,
-                                                step_seed(self.seed, step, 4))
+                                                step_seed(self.seed, step, Phase.TEACHER))
         with timed(times, "zppo"):
-            plans = plan_reformulations(hard, teacher, cap, self.cfg, random.Random(step_seed(self.seed, step, 1)))
+            plans = plan_reformulations(hard, teacher, cap, self.cfg, random.Random(step_seed(self.seed, step, Phase.HARD_PROMPTS)))
             compress = self.teacher.compress if (self.cfg.compression and self.teacher) else None
             texts = render(plans, self.templates, compress)
         listed = {p.group_id: p.wrong_answers for p in plans if p.kind is PromptKind.NCQ}
-        return HardPromptSet([PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)], acc, listed)
+        return HardPromptSet([PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)], acc,
+                             {LISTED: listed})
+
+    def metrics(self, rollouts):
+        return {"ncq_repeats_listed_answer": ncq_repeat_rate(rollouts.reformulated,
+                                                             rollouts.method_data.get(LISTED, {}))}
+
+
+def ncq_repeat_rate(groups, listed: dict[str, list[str]]) -> float:
+    """How often an NCQ rollout's final answer is one its prompt listed as wrong (the paper reports
+    that a small student mostly does this)."""
+    hits = total = 0
+    for g in groups:
+        if g.kind is PromptKind.NCQ:
+            wrong = set(listed.get(g.id, ()))
+            for s in g.samples:
+                total += 1
+                a = last_boxed(s.response_text)
+                hits += a is not None and a.strip() in wrong
+    return hits / total if total else float("nan")
 
 
 def teacher_rollouts(teacher, hard, n: int, grade: Grade, seed: int):

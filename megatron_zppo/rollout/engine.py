@@ -1,7 +1,8 @@
 """The interface every rollout engine implements, and the records it returns.
 
-The training loop talks to the student and to the teacher only through `RolloutEngine`, so the
-in-process engine (CPU demo, tests) and SGLang servers (production) are interchangeable.
+The training loop talks to the teacher only through `RolloutEngine` and to the student through
+`StudentEngine` (a rollout engine whose weights it replaces after every step), so the in-process
+engine (CPU demo, tests) and SGLang servers (production) are interchangeable.
 Prompts travel as token ids, never as text, so an engine never re-tokenises differently from the
 trainer.
 """
@@ -13,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
+
+# What a co-located server's memory is made of (SGLang's memory-saver tags); all of it by default.
+MEMORY_TAGS = ("weights", "kv_cache", "cuda_graph")
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,24 @@ class RolloutEngine(Protocol):
         """Per-token log-probs of each given response after its prompt (and that prompt's images,
         one placeholder each in its ids, when `images` is given: a tuple per prompt)."""
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
-        """Load HF-named tensors (all of them, streamed) and take `version` as the new weight version."""
-
     def health(self) -> bool: ...
 
     def shutdown(self) -> None: ...
+
+
+@runtime_checkable
+class StudentEngine(RolloutEngine, Protocol):
+    """What the loop also calls on the student: the new weights after every step and, for a server
+    on the trainer's GPUs (`student.release_memory`), its memory handed over while the trainer trains."""
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+        """Load HF-named tensors (all of them, streamed) and take `version` as the new weight version."""
+
+    def release_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None:
+        """Give the GPU memory of `tags` to the trainer until `resume_memory`; no request may run meanwhile."""
+
+    def resume_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None: ...
+
+    def sync_metrics(self) -> dict[str, float]:
+        """The last weight update's figures (sync_s, sync_bytes, sync_gb_per_s, sync_servers), or {}
+        when this engine reports none."""

@@ -24,7 +24,7 @@ from transformers import (
 
 from megatron_zppo.images import expand_placeholders, is_vision_language, vision_inputs
 from megatron_zppo.videos import VideoTokens, expand_videos, load_video_processor, video_inputs
-from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, SamplingParams
+from megatron_zppo.rollout.engine import MEMORY_TAGS, EngineStats, GenerateRequest, Generation, SamplingParams
 
 
 class _PresencePenalty(LogitsProcessor):
@@ -193,6 +193,17 @@ class HFEngine:
             params[name].copy_(tensor)
         self.weight_version = version
         self.stats.seconds_syncing += time.perf_counter() - t0
+
+    def release_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None:
+        """Nothing to hand over: this model lives in the trainer's process, not in a server holding
+        GPU memory of its own (config refuses student.release_memory for an embedded engine)."""
+
+    def resume_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None:
+        """Nothing was released (see `release_memory`)."""
+
+    def sync_metrics(self) -> dict[str, float]:
+        """{}: an in-memory copy is no transfer worth reporting; `stats.seconds_syncing` has its time."""
+        return {}
 
     def health(self) -> bool:
         return True

@@ -3,11 +3,12 @@
 A job with many student SGLang servers (the Slurm recipes: two per node) must put every new
 weight version into every server; a router in front of them forwards generation but not weight
 updates. `EnginePool` splits each batch of requests across its engines (in order, balanced by the
-number of samples, all at once). Weight updates go through one `sync` over all of the servers
-(rollout/sglang_sync.py: one process group for the trainer and every server, each bucket
-broadcast once, the export streamed), chosen at build time. A failure names its server and leaves
-every engine refusing to generate; a pool whose engines disagree on the version refuses too.
-Without a shared sync (in-process engines) each engine gets the update in turn from a held copy.
+number of samples, all at once). Weight updates go through the student's one `sync` over all of
+the servers (rollout/sync/servers.py: one process group for the trainer and every server, each
+bucket broadcast once, the export streamed), built with the pool (`policy_engine`). A failure
+names its server and leaves every engine refusing to generate; a pool whose engines disagree on
+the version refuses too. Without a shared sync (in-process engines) each engine gets the update in
+turn from a held copy.
 """
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ from typing import Protocol
 
 import torch
 
-from megatron_zppo.rollout.engine import EngineStats, GenerateRequest, Generation, RolloutEngine, SamplingParams
-from megatron_zppo.rollout.weight_sync import SyncReport
+from megatron_zppo.rollout.engine import (
+    MEMORY_TAGS,
+    EngineStats,
+    GenerateRequest,
+    Generation,
+    SamplingParams,
+    StudentEngine,
+)
 
 
 class WeightSync(Protocol):
-    """One weight update into every server of a pool (rollout/sglang_sync.py implements it)."""
+    """One weight update into every server of a pool (rollout/sync/servers.py's ServerSync)."""
 
-    def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> SyncReport: ...
+    def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> object: ...
+
+    def metrics(self) -> dict[str, float]:
+        """The last update's figures, {} before one."""
 
     def shutdown(self) -> None: ...
 
@@ -44,11 +54,10 @@ def split_balanced(weights: Sequence[int], parts: int) -> list[tuple[int, int]]:
 
 
 class EnginePool:
-    def __init__(self, engines: Sequence[RolloutEngine], name: str = "student", sync: WeightSync | None = None):
+    def __init__(self, engines: Sequence[StudentEngine], name: str = "student", sync: WeightSync | None = None):
         if not engines:
             raise ValueError(f"{name} engine pool needs at least one engine")
         self.engines, self.name, self.sync = list(engines), name, sync
-        self.last_sync: SyncReport | None = None
         self._threads = ThreadPoolExecutor(len(self.engines), thread_name_prefix=f"{name}-pool")
 
     @property
@@ -89,17 +98,20 @@ class EnginePool:
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
         if self.sync is not None:
-            self.last_sync = self.sync.update(named_tensors, version)
+            self.sync.update(named_tensors, version)
             return
         tensors = list(named_tensors)  # in-process engines only: held while it goes to each in turn
         for e in self.engines:
             e.update_weights(iter(tensors), version)
 
-    def release_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+    def sync_metrics(self) -> dict[str, float]:
+        return self.sync.metrics() if self.sync is not None else {}
+
+    def release_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None:
         for e in self.engines:
             e.release_memory(tags)
 
-    def resume_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+    def resume_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None:
         for e in self.engines:
             e.resume_memory(tags)
 

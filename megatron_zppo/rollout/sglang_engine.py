@@ -1,4 +1,4 @@
-"""`RolloutEngine` over one SGLang 0.5.23 server's HTTP API (shapes: shared/notes/sglang.md).
+"""`RolloutEngine` over one SGLang 0.5.23 server's HTTP API (the request and response shapes of that release).
 
 The loop calls plain synchronous methods; underneath, requests run concurrently on a private
 asyncio loop (one httpx client, at most `max_concurrency` in flight). A batch is all-or-nothing:
@@ -8,10 +8,11 @@ ids outside the model's vocabulary), and if one finally fails the whole call rai
 server, the request and what was wrong, so the loop never sees a half-filled or garbage group. A
 server that accepts a request and never answers is given up on after `timeout_s`, not retried.
 
-Weight updates are driven by a strategy object (rollout/sglang_sync.py) chosen once at
-construction: the tensor gathering and the broadcast run on the caller's thread, the matching
-HTTP calls on this engine's loop (`call`). A sync that breaks part-way marks the engine unusable
-until a later sync succeeds: the server may hold a mix of old and new weights.
+Weight updates are driven by the student's one `ServerSync` (rollout/sync/servers.py), which
+`policy_engine` gives to a student of one server (`sync`) or to the pool of several: the tensor
+gathering and the broadcast run on the caller's thread, the matching HTTP calls on this engine's
+loop (`call`). A sync that breaks part-way marks the engine unusable until a later sync succeeds:
+the server may hold a mix of old and new weights.
 """
 
 from __future__ import annotations
@@ -23,14 +24,16 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import torch
 
 from megatron_zppo.errors import RunError
-from megatron_zppo.rollout.engine import EngineStats, Generation, GenerateRequest, SamplingParams
-from megatron_zppo.rollout.weight_sync import SyncReport, WeightSyncConfig
+from megatron_zppo.rollout.engine import MEMORY_TAGS, EngineStats, Generation, GenerateRequest, SamplingParams
+
+if TYPE_CHECKING:  # the sync drives this engine, so its module imports this one
+    from megatron_zppo.rollout.sync.servers import ServerSync
 
 
 class SGLangError(RunError, RuntimeError):
@@ -154,8 +157,7 @@ class SGLangEngine:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, admin_api_key: str | None = None,
                  max_concurrency: int = 64, timeout_s: float = 600.0, retries: int = 4, backoff_s: float = 0.5,
-                 name: str = "student", weight_sync: WeightSyncConfig | None = None, weight_version: str = "",
-                 vocab_size: int | None = None):
+                 name: str = "student", weight_version: str = "", vocab_size: int | None = None):
         """`admin_api_key` (SGLang's --admin-api-key) guards weight/cache/abort endpoints; else `api_key`.
         `vocab_size`: the served model's; a generated token id outside [0, vocab_size) is malformed."""
         self.base_url = base_url.rstrip("/")
@@ -164,18 +166,16 @@ class SGLangEngine:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self.sync_config = weight_sync or WeightSyncConfig()
         self.weight_version = weight_version
         self.stats = EngineStats(extra={"http_retries": 0.0})
         self._api_key = api_key
         self._admin_key = admin_api_key or api_key
         self._broken_sync: str | None = None  # set while the server may hold mixed weights
-        self.last_sync: SyncReport | None = None
+        # The student's sync when this server is all of the student (sync.policy_engine); a pool's
+        # servers are updated by the pool's, the teacher's by none.
+        self.sync: ServerSync | None = None
         self._loop = _LoopThread(name)
         self._sem, self._client = self._loop.run(self._make_client(max_concurrency))
-        from megatron_zppo.rollout.sglang_sync import make_sync  # it builds on this module
-
-        self._sync = make_sync(self.sync_config, [self])  # this server alone; a pool has its own
 
     async def _make_client(self, max_concurrency: int):
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
@@ -332,12 +332,12 @@ class SGLangEngine:
     def resume(self) -> None:
         self._loop.run(self._admin("/continue_generation"))
 
-    def release_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+    def release_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None:
         """Co-located server (started with --enable-memory-saver): hand its GPU memory for `tags` to
         the trainer until `resume_memory`. No request may run meanwhile."""
         self._loop.run(self._admin("/release_memory_occupation", {"tags": list(tags)}))
 
-    def resume_memory(self, tags: Sequence[str] = ("weights", "kv_cache", "cuda_graph")) -> None:
+    def resume_memory(self, tags: Sequence[str] = MEMORY_TAGS) -> None:
         self._loop.run(self._admin("/resume_memory_occupation", {"tags": list(tags)}))
 
     def server_weight_version(self) -> str:
@@ -352,14 +352,21 @@ class SGLangEngine:
         """Closes this client (the servers belong to the launcher). Safe to call twice."""
         if self._loop.loop.is_closed():
             return
-        self._sync.shutdown()
+        if self.sync is not None:
+            self.sync.shutdown()  # leaves its process group while this client can still tell the server
         self._loop.run(self._client.aclose())
         self._loop.close()
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
-        """pause -> flush -> send -> verify -> resume, by the strategy chosen at construction
-        (rollout/sglang_sync.py); any failure leaves a precise error behind."""
-        self._sync.update(named_tensors, version)
+        """pause -> flush -> send -> verify -> resume, by the student's sync (rollout/sync/servers.py);
+        any failure leaves a precise error behind."""
+        if self.sync is None:
+            raise WeightSyncError(f"{self.name} server {self.base_url} has no weight sync of its own: a pool's "
+                                  "servers are updated through the pool, a teacher's never")
+        self.sync.update(named_tensors, version)
+
+    def sync_metrics(self) -> dict[str, float]:
+        return self.sync.metrics() if self.sync is not None else {}
 
     # ---- what a weight sync (one engine's, or a pool's over many engines) drives on this server ----
     def call(self, path: str, payload: dict | None = None) -> Future:
@@ -367,9 +374,9 @@ class SGLangEngine:
         engine's loop while the caller does other work (a broadcast, calls to other servers)."""
         return self._loop.submit(self._admin(path, payload, retry=False))
 
-    def mark_synced(self, version: str, report: SyncReport) -> None:
-        self.weight_version, self._broken_sync, self.last_sync = version, None, report
-        self.stats.seconds_syncing += report.seconds
+    def mark_synced(self, version: str, seconds: float) -> None:
+        self.weight_version, self._broken_sync = version, None
+        self.stats.seconds_syncing += seconds
 
     def mark_broken(self, message: str) -> None:
         """The server may hold a mix of weights: refuse to generate until a sync succeeds."""

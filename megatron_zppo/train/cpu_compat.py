@@ -7,16 +7,22 @@ call it works around. ``enable()`` applies them only when ``torch.cuda.is_availa
 on a GPU machine it changes nothing but the Transformer Engine import stand-in, and that only where
 TE is not installed. We never edit the installed packages.
 
+The shims are process-wide, so they are switched on once per process by its entry point, before
+anything imports the bridge: ``pretrain_zppo.py``, each tool, benchmark and torchrun worker that
+builds Megatron models, and the tests' Megatron fixtures. Library modules never call ``enable()``;
+``parallel.initialize``, the first step of every Megatron build, calls ``require_enabled()`` so that
+an entry point that forgot says so at once instead of failing deep inside Megatron.
+
 The model-specific shims live beside their models; every one, by name:
 
 | where | shim | works around |
 |---|---|---|
 | here | ``CudaToCpuMode``, ``_patch_cuda_runtime`` | literal CUDA devices, streams and tensor-type names |
 | here | ``_TransformerEngineStandIn`` | the bridge importing TE where TE is absent |
-| ``qwen35_cpu.py`` | ``ZeroCenteredRMSNorm``, ``HeadParallelRMSNorm`` | no non-TE zero-centred norm; GDN's TP-shared norm grad |
-| ``qwen35_cpu.py`` | ``TorchLayerNormColumnParallelLinear``, ``local_block_spec`` | TE-only fused norm + linear and hybrid block spec |
-| ``qwen35_cpu.py`` | ``enable_torch_gated_delta_rule`` (``torch_l2norm``) | FLA's Triton kernels (no CPU driver) |
-| ``delta_rule.py`` | ``chunk_gated_delta_rule`` (via the above) | Megatron's torch delta rule's float32 log-decays |
+| ``qwen35_local_spec.py`` | ``ZeroCenteredRMSNorm``, ``HeadParallelRMSNorm`` | no non-TE zero-centred norm; GDN's TP-shared norm grad |
+| ``qwen35_local_spec.py`` | ``TorchLayerNormColumnParallelLinear``, ``local_block_spec`` | TE-only fused norm + linear and hybrid block spec |
+| ``qwen35_local_spec.py`` | ``enable_torch_gated_delta_rule`` (``torch_l2norm``) | FLA's Triton kernels (no CPU driver) |
+| ``gated_delta_rule_torch.py`` | ``chunk_gated_delta_rule`` (via the above) | Megatron's torch delta rule's float32 log-decays |
 | ``qwen35_vl.py`` | ``local_vision_modules``, ``PackedVisionAttention``, ``TorchLayerNorm`` | the ViT's TE classes; per-image attention |
 | ``qwen35_vl.py`` | ``exact_gelu_merger`` (GPU too) | the bridge's tanh GELU in the patch merger |
 """
@@ -34,6 +40,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 _APPLIED: list[str] = []
+_ENABLED = False  # enable() has run in this process (on a GPU with TE it applies nothing)
 
 
 def _is_cuda_device(device) -> bool:
@@ -159,11 +166,13 @@ def enable() -> list[str]:
     """Apply the shims once per process; returns the names of those applied.
 
     The CUDA shims only without a GPU. The TE stand-in wherever TE is absent, GPU or not: a CUDA
-    machine without TE (the lent GPU machine, ../shared/notes/gpu-device.md) cannot import the bridge
+    machine without TE (such as the one benchmarks/gpu_check.py was run on) cannot import the bridge
     without it either. With a GPU and TE this changes nothing and returns an empty list.
     """
-    if _APPLIED:
+    global _ENABLED
+    if _ENABLED:
         return list(_APPLIED)
+    _ENABLED = True
     _install_te_stand_in()
     if torch.cuda.is_available():
         return list(_APPLIED)
@@ -171,6 +180,17 @@ def enable() -> list[str]:
     CudaToCpuMode().__enter__()  # left active for the life of the process, on purpose
     _APPLIED.append("CudaToCpuMode (device='cuda'->cpu, .cuda() no-op, Tensor.type() names)")
     return list(_APPLIED)
+
+
+def require_enabled(what: str) -> None:
+    """Refuse to go on in a process whose entry point has not called ``enable()``.
+
+    Without the shims a CPU run fails later and far from the cause ("Found no NVIDIA driver" inside
+    Megatron, or the bridge's import of Transformer Engine); this names the missing line instead.
+    """
+    if not _ENABLED:
+        raise RuntimeError(f"{what}: the process's entry point must call megatron_zppo.train.cpu_compat.enable() "
+                           "once, before it builds Megatron models (see cpu_compat's docstring)")
 
 
 def seed_model_parallel_rng(seed: int) -> None:

@@ -54,9 +54,6 @@ class KDRequest:
 
 def make_criterion(model_config, temperature: float, top_k: int) -> torch.nn.Module:
     """modelopt's forward-KL logits loss for this (TP-sharded) model; top_k 0 = the full distribution."""
-    from megatron_zppo.train import cpu_compat
-
-    cpu_compat.enable()
     from modelopt.torch.distill.plugins.megatron import LogitsKLLoss, TopKLogitsKLLoss
 
     if top_k:

@@ -1,7 +1,7 @@
 """Build the policy as a Megatron GPTModel from a Hugging Face checkpoint, and export it back.
 
 Megatron-Bridge's ``AutoBridge`` owns the architecture mapping (HF Qwen3 and Qwen3.5 text ->
-GPTModel and back; Qwen3.5's hybrid Gated-DeltaNet layers get their spec from qwen35_cpu.py);
+GPTModel and back; Qwen3.5's hybrid Gated-DeltaNet layers get their spec from qwen35_local_spec.py);
 we only choose what the bridge cannot know: the layer spec (Transformer Engine or local torch
 layers), the parameter dtype, and whether to wrap the chunks in Megatron's DDP. Parallel sizes
 come from ``ParallelConfig`` and the already-initialised ``parallel_state``.
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from megatron_zppo.train import cpu_compat
+from megatron_zppo.rollout.sync.buckets import bucketed
 from megatron_zppo.train.parallel import ParallelConfig
 from megatron_zppo.train.precision import PrecisionConfig, check_precision, detect, transformer_config_fields
 
@@ -86,15 +86,15 @@ def _has_fused_softmax_kernels() -> bool:
 
 
 def _provider(cfg: ModelConfig, parallel: ParallelConfig, bridge):
-    from megatron_zppo.train import qwen35_cpu, qwen35_vl
+    from megatron_zppo.train import qwen35_local_spec, qwen35_vl
     from megatron_zppo.train.packed_sequences import packed_local_layer_spec, register_with_bridge
 
     register_with_bridge()
     provider = bridge.to_megatron_provider(load_weights=True)
     local = _use_local_spec(cfg.layer_spec)
     hf_config = bridge.hf_pretrained.config
-    if qwen35_cpu.is_qwen35(hf_config):  # hybrid GDN/attention: its own local spec
-        qwen35_cpu.configure(provider, local_spec=local)
+    if qwen35_local_spec.is_qwen35(hf_config):  # hybrid GDN/attention: its own local spec
+        qwen35_local_spec.configure(provider, local_spec=local)
     elif qwen35_vl.is_qwen35_vl(hf_config):  # the same language model, plus a vision tower
         qwen35_vl.configure(provider, local_spec=local)
     elif local:  # Megatron's local layers, with a core attention that also takes packed (THD) rows
@@ -129,8 +129,7 @@ def build_policy(cfg: ModelConfig, parallel: ParallelConfig, ddp_config=None) ->
     ``DistributedDataParallelConfig``) wraps the chunks in Megatron's DDP for training;
     leave it None for a forward-only model (reference policy, tests).
     """
-    cpu_compat.enable()  # the bridge package cannot be imported on CPU before this
-    from megatron.bridge import AutoBridge
+    from megatron.bridge import AutoBridge  # importable once cpu_compat.enable() ran (parallel.initialize checks)
 
     bridge = AutoBridge.from_hf_pretrained(cfg.hf_path, dtype=_DTYPES[cfg.dtype])
     provider = _provider(cfg, parallel, bridge)
@@ -155,14 +154,9 @@ def export_hf_weights(
     must drain this generator, even if only one of them sends the weights on.
     Tensors are on CPU (what a weight sync to the rollout engine or to disk needs); on a CPU run they
     may share memory with the parameters, so a caller that keeps them past the next update copies them.
+    Buckets follow the weight sync's one rule (rollout/sync/buckets.py): at most ``bucket_bytes``
+    unless one tensor alone is larger.
     """
-    bucket: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, tensor in policy.bridge.export_hf_weights(policy.chunks, cpu=True, show_progress=False):
-        bucket.append((name, tensor))
-        size += tensor.numel() * tensor.element_size()
-        if size >= bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-    if bucket:
+    tensors = policy.bridge.export_hf_weights(policy.chunks, cpu=True, show_progress=False)
+    for bucket, _ in bucketed(tensors, bucket_bytes):
         yield bucket

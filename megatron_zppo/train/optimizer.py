@@ -17,13 +17,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    lr: Annotated[float, Range(ge=0)] = 1e-6  # constant (the scheduler in build_optimizer holds it there)
-    beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
-    beta2: Annotated[float, Range(ge=0, lt=1)] = 0.999
-    eps: Annotated[float, Range(gt=0)] = 1e-8
+    lr: Annotated[float, Range(ge=0)] = 1e-6  # learning rate, held constant by build_optimizer's scheduler
+    beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9  # Adam's first-moment decay
+    beta2: Annotated[float, Range(ge=0, lt=1)] = 0.999  # Adam's second-moment decay
+    eps: Annotated[float, Range(gt=0)] = 1e-8  # Adam's denominator term
     weight_decay: Annotated[float, Range(ge=0)] = 0.1  # decoupled (AdamW); Megatron skips biases and norm weights
-    clip_grad: Annotated[float, Range(ge=0)] = 1.0  # 0: no clipping
-    use_distributed_optimizer: bool = True
+    clip_grad: Annotated[float, Range(ge=0)] = 1.0  # max global gradient norm; 0: no clipping
+    use_distributed_optimizer: bool = True  # shard optimizer state over data-parallel ranks
 
 
 def ddp_config(cfg: OptimizerConfig):

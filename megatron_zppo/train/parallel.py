@@ -59,10 +59,12 @@ def _init_process_group() -> None:
 
 
 def initialize(cfg: ParallelConfig) -> int:
-    """Initialise distributed state and Megatron's groups; returns the data-parallel size."""
+    """Initialise distributed state and Megatron's groups; returns the data-parallel size.
+
+    The process's entry point must have switched the CPU shims on (``cpu_compat.enable()``)."""
+    cpu_compat.require_enabled("parallel.initialize")
     from megatron.core import parallel_state
 
-    cpu_compat.enable()
     if not dist.is_initialized():
         _init_process_group()
     data_parallel = check_layout(dist.get_world_size(), cfg)

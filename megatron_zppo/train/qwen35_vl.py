@@ -1,6 +1,6 @@
 """Qwen3.5 vision-language students: Megatron-Bridge's ``Qwen35VLBridge`` -> ``Qwen3VLModel``.
 
-The language half is the hybrid Gated-DeltaNet model of qwen35_cpu.py with mRoPE attention; the
+The language half is the hybrid Gated-DeltaNet model of qwen35_local_spec.py with mRoPE attention; the
 vision half is a ViT whose patch merger feeds image embeddings into the prompt's image-placeholder
 positions. Two things here apply everywhere, GPU included:
 
@@ -11,11 +11,11 @@ positions. Two things here apply everywhere, GPU included:
 
 And, only with the local (non-Transformer-Engine) spec, i.e. on CPU:
 
-- The language block comes from ``qwen35_cpu.local_block_spec`` with the bridge's
+- The language block comes from ``qwen35_local_spec.local_block_spec`` with the bridge's
   ``Qwen3VLSelfAttention`` (multimodal rotary positions) for the full-attention layers.
 - ``Qwen3VLModel.__init__`` builds its vision tower from Transformer Engine classes it imports by
   name; ``local_vision_modules`` swaps those names for local ones while the model is constructed:
-  the fused norm + linear of qwen35_cpu (LayerNorm here, TE's parameter names kept so the bridge's
+  the fused norm + linear of qwen35_local_spec (LayerNorm here, TE's parameter names kept so the bridge's
   mapping applies), torch LayerNorm, Megatron's plain parallel linears, and ``PackedVisionAttention``.
 - ``PackedVisionAttention``: the ViT attends within each image only (packed ``cu_seqlens``), which
   Megatron's local ``DotProductAttention`` cannot do.
@@ -76,7 +76,7 @@ def _vision_layer_spec():
     from megatron.core.transformer.spec_utils import ModuleSpec
     from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
-    from megatron_zppo.train.qwen35_cpu import TorchLayerNormColumnParallelLinear
+    from megatron_zppo.train.qwen35_local_spec import TorchLayerNormColumnParallelLinear
 
     return ModuleSpec(
         module=TransformerLayer,
@@ -144,12 +144,12 @@ def configure(provider, local_spec: bool) -> list[str]:
     """Adapt the bridge's Qwen3.5-VL ``provider`` before ``finalize()``; returns what was changed."""
     from megatron.bridge.models.qwen_vl.modelling_qwen3_vl.attention import Qwen3VLSelfAttention
 
-    from megatron_zppo.train import qwen35_cpu
+    from megatron_zppo.train import qwen35_local_spec
 
-    changed = qwen35_cpu.configure(provider, local_spec=False)  # the torch delta rule, when without CUDA
+    changed = qwen35_local_spec.configure(provider, local_spec=False)  # the torch delta rule, when without CUDA
     provide = provider.provide
     if local_spec:
-        provider.build_language_spec = functools.partial(qwen35_cpu.local_block_spec, provider,
+        provider.build_language_spec = functools.partial(qwen35_local_spec.local_block_spec, provider,
                                                          attention=Qwen3VLSelfAttention)
         changed.append("build_language_spec->local_block_spec (Qwen3VLSelfAttention)")
 

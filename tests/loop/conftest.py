@@ -13,8 +13,8 @@ def toy_world(tmp_path_factory):
 
     logging.disable_progress_bar()
     from megatron_zppo.core.prompts import PromptTemplates
-    from megatron_zppo.toy_corpus import corpus
-    from megatron_zppo.toy_models import build_tokenizer, new_qwen3
+    from megatron_zppo.toy.corpus import corpus
+    from megatron_zppo.toy.models import build_tokenizer, new_qwen3
 
     root = tmp_path_factory.mktemp("toy")
     templates = PromptTemplates.load("examples/cpu_toy/templates")

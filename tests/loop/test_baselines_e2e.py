@@ -7,7 +7,8 @@ import torch
 
 from megatron_zppo.core.baselines import distill_advantages, prefix_length
 from megatron_zppo.metrics import read_metrics
-from megatron_zppo.core.records import STUDENT, PromptKind
+from megatron_zppo.core.records import STUDENT, TEACHER, PromptKind
+from megatron_zppo.methods.distill import TARGETS
 from tests.loop.test_pretrain_e2e import _overrides, _run
 
 
@@ -51,10 +52,11 @@ def test_prefix_prompts_end_with_teacher_tokens_that_are_never_trained_on(toy_wo
 @pytest.mark.timeout(900)
 def test_off_policy_distillation_fine_tunes_on_correct_teacher_responses(toy_world, tmp_path):
     metrics, rollouts = _baseline_run(toy_world, tmp_path, "off_policy_distill")
-    pairs = [p for r in rollouts for p in r.sft_pairs]
-    assert pairs and all(m["n_sft_targets"] == len(r.sft_pairs) for m, r in zip(metrics, rollouts))
+    targets = [r.method_data[TARGETS] for r in rollouts]
+    assert any(targets) and all(m["n_sft_targets"] == len(t) for m, t in zip(metrics, targets))
+    assert all(s.reward >= 1.0 and s.sampled_by == TEACHER for t in targets for s in t)  # correct, the teacher's
     assert all(not r.reformulated for r in rollouts) and metrics[0]["buffer_size"] == 0  # no buffer in this preset
-    trained = [m for m, r in zip(metrics, rollouts) if r.sft_pairs]
+    trained = [m for m, t in zip(metrics, targets) if t]
     assert all(m["loss"] > 0 and m["clip_frac"] is None for m in trained)  # cross-entropy, no PPO statistics
 
 

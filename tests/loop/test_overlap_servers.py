@@ -30,7 +30,7 @@ class RecordingTrainer:
     def __init__(self):
         self.trained: list[dict] = []
 
-    def train(self, minibatches):
+    def update(self, minibatches, loss):
         samples = [s for mb in minibatches for s in mb]
         self.trained.append({"versions": sorted({s.weight_version for s in samples}),
                              "rollouts": sorted([s.group_id, list(s.response_ids)] for s in samples)})  # as JSON keeps it

@@ -28,7 +28,7 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=4)
 
 @pytest.fixture(scope="module")
 def vl(toy_world):
-    from megatron_zppo.toy_models import new_qwen35_vl
+    from megatron_zppo.toy.models import new_qwen35_vl
 
     path = toy_world["root"] / "vl_video_student"
     if not path.exists():

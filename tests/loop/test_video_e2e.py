@@ -24,7 +24,7 @@ _spec.loader.exec_module(toy_video)
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_zppo_run_on_video_questions_trains_and_evaluates(toy_world, tmp_path):
-    from megatron_zppo.toy_models import new_qwen35_vl
+    from megatron_zppo.toy.models import new_qwen35_vl
 
     root = toy_world["root"]
     for name, seed in (("vl_video_student", 1), ("vl_video_teacher", 2)):

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def vl_world(toy_world, tmp_path_factory):
-    from megatron_zppo.toy_models import new_qwen35_vl
+    from megatron_zppo.toy.models import new_qwen35_vl
 
     root = toy_world["root"]
     for name, seed in (("vl_student", 1), ("vl_teacher", 2)):

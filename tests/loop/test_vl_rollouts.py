@@ -23,7 +23,7 @@ def _png(colour, size=(64, 48)) -> bytes:
 
 @pytest.fixture(scope="module")
 def vl(toy_world):
-    from megatron_zppo.toy_models import new_qwen35_vl
+    from megatron_zppo.toy.models import new_qwen35_vl
 
     root = toy_world["root"]
     for name, seed in (("vl_student", 1), ("vl_teacher", 2)):

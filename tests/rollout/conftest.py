@@ -3,6 +3,7 @@
 import pytest
 
 from megatron_zppo.rollout.sglang_engine import SGLangEngine
+from megatron_zppo.rollout.sync import policy_engine
 from tests.rollout.fake_sglang import FakeSGLang
 
 
@@ -19,15 +20,17 @@ def server():
 
 @pytest.fixture
 def make_engine():
-    """Engines with quick back-off so retry tests stay fast; all are shut down afterwards."""
+    """Engines with quick back-off so retry tests stay fast; all are shut down afterwards. Given
+    `weight_sync`, the engine is a student of that one server, with its sync (as build.make_engine
+    makes it)."""
     engines = []
 
-    def make(url, **kwargs):
+    def make(url, weight_sync=None, **kwargs):
         kwargs.setdefault("backoff_s", 0.05)
         kwargs.setdefault("timeout_s", 20.0)
         engine = SGLangEngine(url, **kwargs)
         engines.append(engine)
-        return engine
+        return engine if weight_sync is None else policy_engine([engine], engine.name, weight_sync)
 
     yield make
     for engine in engines:

@@ -256,13 +256,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"message": "Generation continued."})
 
     def h_init_weights_update_group(self, body):
-        from megatron_zppo.rollout import weight_sync  # torch import only where a test needs it
+        from megatron_zppo.rollout.sync import groups  # torch import only where a test needs it
 
         if self.state.group is not None and self.state.group_args.get("group_name") == body["group_name"]:
             # SGLang keeps a group until it is destroyed, and torch refuses a second one of that name.
             return self._send(400, {"success": False, "message": "Failed to initialize custom process group: "
                                     "The specified group name has already been used."})
-        self.state.group = weight_sync.init_custom_process_group(
+        self.state.group = groups.init_custom_process_group(
             backend=body["backend"], init_method=f"tcp://{body['master_address']}:{body['master_port']}",
             world_size=body["world_size"], rank=body["rank_offset"], group_name=body["group_name"],
             timeout_s=GROUP_TIMEOUT_S)
@@ -270,10 +270,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"success": True, "message": "Succeeded to initialize custom process group."})
 
     def h_destroy_weights_update_group(self, body):
-        from megatron_zppo.rollout import weight_sync
+        from megatron_zppo.rollout.sync import groups
 
         if self.state.group is not None:
-            weight_sync.destroy_custom_process_group(self.state.group)
+            groups.destroy_custom_process_group(self.state.group)
             self.state.group = None
         self._send(200, {"success": True, "message": "destroyed"})
 
@@ -288,13 +288,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"success": False, "message": "weights are released"})
         import torch
 
-        from megatron_zppo.rollout import weight_sync
+        from megatron_zppo.rollout.sync import groups
 
         st = self.state
         st.update_count += 1
         if st.update_count - 1 == st.faults.get("die_at_update", -1):
             os._exit(1)
-        st.weights.update(weight_sync.receive_bucket(st.group, body, torch.device("cpu")))
+        st.weights.update(groups.receive_bucket(st.group, body, torch.device("cpu")))
         if st.update_count - 1 == st.faults.get("fail_at_update", -1):
             return self._send(400, {"success": False, "message": "fake: failed to load received weights"})
         if body.get("weight_version") is not None and not st.faults.get("stale_version"):

@@ -5,22 +5,30 @@ import pytest
 import torch
 
 from megatron_zppo.config import load_config
-from megatron_zppo.loop import Rollouts, train_then_sync
+from megatron_zppo.loop import Rollouts, UpdatePhase
 from megatron_zppo.methods import build_objective
 from megatron_zppo.core.records import Group, PromptKind, Question, Sample
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.rollout.sync import WeightSyncConfig
 
 
 class _Trainer:
     def __init__(self, server):
         self.server, self.seen = server, None
 
-    def train(self, minibatches):
+    def update(self, minibatches, loss):
         self.seen = self.server.released()  # what the server holds while the updates run
         return {"loss": 0.5}
 
     def export_hf(self):
         yield "model.embed_tokens.weight", torch.ones(4, 2)
+
+
+class _NoRolloutsAhead:
+    def ahead(self, step):
+        pass
+
+    def wait(self, times):
+        pass
 
 
 def test_memory_is_released_for_training_and_taken_back_around_the_sync(server, make_engine, tmp_path):
@@ -30,10 +38,11 @@ def test_memory_is_released_for_training_and_taken_back_around_the_sync(server, 
     q = Question("q", "1+1?", "2")
     group = Group("g", q, PromptKind.PLAIN, "1+1?", [Sample("q", "g", PromptKind.PLAIN, [1], [2], "2", [-0.1])])
     trainer, times = _Trainer(server), {}
-    version, stats = train_then_sync(build_objective(cfg), trainer, Rollouts(0, [group], [], 1, 0, 0, 0.0, 0), engine,
-                                     None, "step-1", times, seed=cfg.run.seed, colocated=cfg.student.release_memory)
+    update = UpdatePhase(build_objective(cfg), trainer, engine, overlap="none", seed=cfg.run.seed,
+                         colocated=cfg.student.release_memory, check_versions=False)
+    stats = update(Rollouts(0, [group], [], 1, 0, 0, 0.0, 0), _NoRolloutsAhead(), times)
     assert trainer.seen == ["cuda_graph", "kv_cache", "weights"] and stats == {"loss": 0.5}
-    assert server.released() == [] and server.weight_version() == "step-1" and version == "step-1"
+    assert server.released() == [] and server.weight_version() == "step-1"  # the weights of the step after
     log = [p for p in server.log() if p.endswith("_memory_occupation") or p == "/update_weights_from_disk"]
     assert log == ["/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk",
                    "/resume_memory_occupation"]

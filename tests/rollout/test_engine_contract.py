@@ -4,8 +4,8 @@ client (on the local server that speaks SGLang 0.5.23's JSON)."""
 import pytest
 import torch
 
-from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.rollout.engine import GenerateRequest, RolloutEngine, SamplingParams, StudentEngine
+from megatron_zppo.rollout.sync import WeightSyncConfig, policy_engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -15,7 +15,7 @@ def engine_and_weights(request, tmp_path_factory):
     """An engine plus a full set of HF-named tensors it accepts as a weight update."""
     if request.param == "embedded":
         from megatron_zppo.rollout.hf_engine import HFEngine
-        from megatron_zppo.toy_models import build_tokenizer, new_qwen3
+        from megatron_zppo.toy.models import build_tokenizer, new_qwen3
 
         d = tmp_path_factory.mktemp("hf")
         tok = build_tokenizer(d, ["1 + 2 = 3", "spell cat"] * 20, vocab_size=280)
@@ -28,8 +28,8 @@ def engine_and_weights(request, tmp_path_factory):
     from tests.rollout.fake_sglang import FakeSGLang
 
     with FakeSGLang() as server:
-        engine = SGLangEngine(server.url, backoff_s=0.05, timeout_s=20,
-                              weight_sync=WeightSyncConfig(backend="gloo", timeout_s=20))
+        engine = policy_engine([SGLangEngine(server.url, backoff_s=0.05, timeout_s=20)], "student",
+                               WeightSyncConfig(backend="gloo", timeout_s=20))
         yield engine, {"model.embed_tokens.weight": torch.randn(16, 8), "model.norm.weight": torch.ones(8)}
         engine.shutdown()
 
@@ -58,6 +58,7 @@ def test_score_reproduces_the_generation_logprobs(engine_and_weights):
 
 def test_weight_update_sets_the_version_every_later_sample_carries(engine_and_weights):
     engine, weights = engine_and_weights
+    assert isinstance(engine, StudentEngine)
     engine.update_weights(iter(weights.items()), "step-7")
     assert engine.weight_version == "step-7"
     (g,), = engine.generate([GenerateRequest([3, 4], 1)], SamplingParams(max_new_tokens=3, seed=3))

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
-from megatron_zppo.rollout.pool import EnginePool
+from megatron_zppo.rollout.engine import StudentEngine
 from megatron_zppo.rollout.sglang_engine import WeightSyncError
-from megatron_zppo.rollout.sglang_sync import make_sync
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig, bucket_named_tensors, rank_offsets
+from megatron_zppo.rollout.sync import WeightSyncConfig, bucketed, policy_engine
+from megatron_zppo.rollout.sync.groups import rank_offsets
 from tests.rollout.fake_sglang import FakeSGLang, tensor_digest
 from tests.rollout.test_weight_sync import MB, mixed_weights
 
@@ -31,11 +31,11 @@ def fakes():
         yield lambda n: [stack.enter_context(FakeSGLang()) for _ in range(n)]
 
 
-def make_pool(make_engine, servers, **sync) -> EnginePool:
+def make_pool(make_engine, servers, **sync) -> StudentEngine:
+    """The student over `servers` as build.make_engine makes it: a pool of several, or the one server."""
     cfg = WeightSyncConfig(**{"backend": "gloo", "bucket_bytes": MB, "timeout_s": 60} | sync)  # 60: a loaded machine
-    engines = [make_engine(s.url, weight_sync=cfg, weight_version="v0", name=f"student{i}")
-               for i, s in enumerate(servers)]
-    return EnginePool(engines, sync=make_sync(cfg, engines))
+    engines = [make_engine(s.url, weight_version="v0", name=f"student{i}") for i, s in enumerate(servers)]
+    return policy_engine(engines, "student", cfg)
 
 
 def test_rank_offsets_follow_each_servers_world_size():
@@ -56,15 +56,15 @@ def test_one_group_broadcast_leaves_every_server_bit_exact(n, fakes, make_engine
             want = {name: tensor_digest(t) for name, t in weights}
             assert [s.weights() for s in servers] == [want] * n
             assert [s.weight_version() for s in servers] == [version] * n and pool.weight_version == version
-        buckets = len(list(bucket_named_tensors(weights, MB)))
+        buckets = len(list(bucketed(weights, MB)))
         for i, s in enumerate(servers):
             assert (s.group()["rank_offset"], s.group()["world_size"]) == (1 + i, 1 + n)  # one group for all
             log = s.log()
             assert log.count("/init_weights_update_group") == 1
             assert log.count("/update_weights_from_distributed") == 2 * buckets  # each bucket once per sync
         total = sum(t.numel() * t.element_size() for _, t in weights)
-        assert (pool.last_sync.bytes, pool.last_sync.servers) == (total, n)
-        assert pool.last_sync.metrics()["sync_gb_per_s"] > 0
+        metrics = pool.sync_metrics()
+        assert (metrics["sync_bytes"], metrics["sync_servers"]) == (total, n) and metrics["sync_gb_per_s"] > 0
         assert pool.generate([GenerateRequest([1], n=1)] * n, PARAMS)[0][0].weight_version == "v2"
     finally:
         pool.shutdown()

@@ -7,9 +7,8 @@ from megatron_zppo import build
 from megatron_zppo.config import load_config
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
 from megatron_zppo.rollout.pool import EnginePool, split_balanced
-from megatron_zppo.rollout.sglang_engine import WeightSyncError
-from megatron_zppo.rollout.sglang_sync import DistributedSync, make_sync
-from megatron_zppo.rollout.weight_sync import WeightSyncConfig
+from megatron_zppo.rollout.sglang_engine import SGLangEngine, WeightSyncError
+from megatron_zppo.rollout.sync import DistributedSync, ServerSync, WeightSyncConfig, policy_engine
 from tests.rollout.fake_sglang import FakeSGLang, tensor_digest
 from tests.rollout.test_weight_sync import MB, mixed_weights
 
@@ -31,9 +30,8 @@ def make_pool(make_engine):
 
     def make(servers, **sync):
         cfg = WeightSyncConfig(backend="gloo", bucket_bytes=MB, timeout_s=60, **sync)
-        engines = [make_engine(s.url, weight_sync=cfg, weight_version="v0", name=f"student{i}")
-                   for i, s in enumerate(servers)]
-        pools.append(EnginePool(engines, sync=make_sync(cfg, engines)))
+        engines = [make_engine(s.url, weight_version="v0", name=f"student{i}") for i, s in enumerate(servers)]
+        pools.append(policy_engine(engines, "student", cfg))
         return pools[-1]
 
     yield make
@@ -101,6 +99,47 @@ def test_make_engine_builds_a_pool_with_one_sync_over_its_servers(servers, fanou
             (pool.sync.prefix + suffix, port, offsets, world) for suffix, port, offsets, world in layout]
     finally:
         pool.shutdown()
+
+
+def test_a_student_gets_exactly_one_sync_and_reports_it_and_a_teacher_none(servers, monkeypatch):
+    built = []  # how many servers each ServerSync made is over
+    make = ServerSync.__init__
+
+    def counted(self, cfg, engines):
+        built.append(len(engines))
+        make(self, cfg, engines)
+
+    monkeypatch.setattr(ServerSync, "__init__", counted)
+    urls = f"[{servers[0].url}, {servers[1].url}]"
+    for student_urls, n in ((f"student.urls={urls}", 2), (f"student.url={servers[0].url}", 1)):
+        cfg = load_config(None, ["student.hf_path=s", "run.algorithm=grpo", "student.engine=sglang", student_urls,
+                                 "student.weight_sync.backend=gloo", "student.weight_sync.timeout_s=60",
+                                 "teacher.engine=sglang", f"teacher.urls={urls}"])
+        built.clear()
+        student = build.make_engine(cfg.student, "student", 0)
+        teacher = build.make_engine(cfg.teacher, "teacher", 1)
+        try:
+            assert built == [n]  # one sync over all of the student's servers; none per server, none for the teacher
+            assert isinstance(student, EnginePool if n > 1 else SGLangEngine) and student.sync_metrics() == {}
+            weights = mixed_weights(n)
+            student.update_weights(iter(weights), "v1")
+            metrics = student.sync_metrics()
+            assert metrics["sync_bytes"] == sum(t.numel() * t.element_size() for _, t in weights)
+            assert metrics["sync_servers"] == n and metrics["sync_s"] > 0 and metrics["sync_gb_per_s"] > 0
+            assert teacher.sync is None and teacher.sync_metrics() == {}
+            with pytest.raises(WeightSyncError, match="has no weight sync of its own"):
+                teacher.update_weights(iter(weights), "v1")
+        finally:
+            teacher.shutdown()
+            student.shutdown()
+
+
+@pytest.mark.parametrize("override, key", [("teacher.weight_sync.backend=gloo", "teacher.weight_sync"),
+                                           ("teacher.release_memory=true", "teacher.release_memory")])
+def test_the_teachers_weight_sync_settings_are_refused_not_ignored(override, key):
+    with pytest.raises(ValueError, match=f"{key} is unused"):
+        load_config(None, ["student.hf_path=s", "run.algorithm=grpo", "teacher.engine=sglang",
+                           "teacher.url=http://127.0.0.1:9", override])
 
 
 class _Scorer:

@@ -11,16 +11,12 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from megatron_zppo.rollout.engine import GenerateRequest, SamplingParams
-from megatron_zppo.rollout import weight_sync
 from megatron_zppo.rollout.sglang_engine import WeightSyncError
-from megatron_zppo.rollout.weight_sync import (
-    WeightSyncConfig,
-    bucket_named_tensors,
-    bucket_payload,
-    meta_nbytes,
-    plan_buckets,
-    write_safetensors_dir,
-)
+from megatron_zppo.rollout.sync import WeightSyncConfig, bucketed
+from megatron_zppo.rollout.sync.buckets import meta_nbytes
+from megatron_zppo.rollout.sync.disk import write_safetensors_dir
+from megatron_zppo.rollout.sync.groups import bucket_payload, flatten_bucket
+from megatron_zppo.rollout.sync.ipc import ipc_payloads, serialize_named_tensors
 from tests.rollout.fake_sglang import tensor_digest
 
 pytestmark = pytest.mark.timeout(90)
@@ -36,7 +32,8 @@ metas = st.lists(
 
 @given(metas, st.integers(1, 20_000))
 def test_buckets_keep_order_never_split_and_respect_the_limit(items, limit):
-    buckets = plan_buckets(items, limit)
+    marked = list(bucketed(items, limit, meta_nbytes))  # what a receiver plans, and the sender streams
+    buckets = [b for b, _ in marked]
     assert [m for b in buckets for m in b] == items  # order kept, nothing dropped or split
     for bucket in buckets:
         assert bucket  # no empty buckets
@@ -44,23 +41,21 @@ def test_buckets_keep_order_never_split_and_respect_the_limit(items, limit):
     for bucket, following in zip(buckets, buckets[1:]):
         # greedy: a bucket closes only because the next tensor would not fit
         assert sum(map(meta_nbytes, bucket)) + meta_nbytes(following[0]) > limit
-    marked = list(weight_sync.iter_marked_buckets(items, meta_nbytes, limit))  # what the sender streams
-    assert [b for b, _ in marked] == buckets
     assert [last for _, last in marked] == [False] * (len(buckets) - 1) + [True] * bool(buckets)
 
 
 def test_tensor_larger_than_the_limit_gets_its_own_bucket():
     small, huge = ("s", (10,), torch.float32), ("h", (1000,), torch.float32)
-    assert plan_buckets([small, huge, small], 100) == [[small], [huge], [small]]
+    assert [b for b, _ in bucketed([small, huge, small], 100, meta_nbytes)] == [[small], [huge], [small]]
     with pytest.raises(ValueError, match="must be > 0"):
-        plan_buckets([small], 0)
+        list(bucketed([small], 0, meta_nbytes))
 
 
 def test_streaming_buckets_match_the_pure_plan_and_describe_tensors_for_sglang():
     tensors = [(f"w{i}", torch.zeros(i + 1, 7, dtype=DTYPES[i % 4])) for i in range(12)]
-    streamed = list(bucket_named_tensors(iter(tensors), 300))
-    planned = plan_buckets([(n, tuple(t.shape), t.dtype) for n, t in tensors], 300)
-    assert [[n for n, _ in b] for b in streamed] == [[n for n, _, _ in b] for b in planned]
+    streamed = list(bucketed(iter(tensors), 300))
+    planned = list(bucketed([(n, tuple(t.shape), t.dtype) for n, t in tensors], 300, meta_nbytes))
+    assert [([n for n, _ in b], last) for b, last in streamed] == [([n for n, _, _ in b], last) for b, last in planned]
     assert bucket_payload(tensors[:2]) == {"names": ["w0", "w1"], "dtypes": ["float32", "bfloat16"],
                                            "shapes": [[1, 7], [2, 7]]}
 
@@ -119,6 +114,7 @@ def gloo_engine(make_engine, server, **overrides):
 def test_distributed_sync_delivers_bit_exact_weights_in_the_protocol_order(server, make_engine):
     engine = gloo_engine(make_engine, server)
     weights = mixed_weights(1)
+    assert engine.sync_metrics() == {}  # no sync yet
     engine.update_weights(iter(weights), "v1")
 
     assert server.weights() == {n: tensor_digest(t) for n, t in weights}
@@ -126,7 +122,10 @@ def test_distributed_sync_delivers_bit_exact_weights_in_the_protocol_order(serve
     assert engine.generate([GenerateRequest([1])], SamplingParams())[0][0].weight_version == "v1"
     log = [p for p in server.log() if p != "/generate"]
     updates = log.count("/update_weights_from_distributed")
-    assert updates == len(list(bucket_named_tensors(weights, MB))) > 2
+    assert updates == len(list(bucketed(weights, MB))) > 2
+    metrics = engine.sync_metrics()
+    assert metrics["sync_bytes"] == sum(t.numel() * t.element_size() for _, t in weights)
+    assert metrics["sync_servers"] == 1 and metrics["sync_s"] > 0 and metrics["sync_gb_per_s"] > 0
     assert log == (["/pause_generation", "/flush_cache", "/init_weights_update_group", "/begin_weight_update"]
                    + ["/update_weights_from_distributed"] * updates
                    + ["/end_weight_update", "/model_info", "/continue_generation"])
@@ -187,14 +186,14 @@ def test_flattened_bucket_is_the_bytes_of_each_tensor_in_order():
     """SGLang's flattened_bucket layout: reconstructing by (dtype, shape) in order gives the tensors back."""
     bucket = [("a", torch.arange(6, dtype=torch.float32).reshape(2, 3)),
               ("b", torch.tensor([1.5, -2.0], dtype=torch.bfloat16)), ("c", torch.arange(5, dtype=torch.int64))]
-    flat = weight_sync.flatten_bucket(bucket, torch.device("cpu"))
+    flat = flatten_bucket(bucket, torch.device("cpu"))
     assert flat.dtype == torch.uint8 and flat.numel() == 24 + 4 + 40
     at = 0
     for _, t in bucket:
         n = t.numel() * t.element_size()
         assert torch.equal(flat[at:at + n].clone().view(t.dtype).reshape(t.shape), t)
         at += n
-    again = weight_sync.flatten_bucket(bucket[:1], torch.device("cpu"))  # the staging buffer is reused
+    again = flatten_bucket(bucket[:1], torch.device("cpu"))  # the staging buffer is reused
     assert torch.equal(again.view(torch.float32).reshape(2, 3), bucket[0][1])
 
 
@@ -204,9 +203,9 @@ def test_ipc_payload_format_round_trips_and_cpu_tensors_are_refused():
 
     bucket = [("w", torch.arange(4.0)), ("b", torch.ones(2, dtype=torch.bfloat16))]
     with pytest.raises(ValueError, match="'ipc' needs CUDA tensors.*'w'"):
-        weight_sync.ipc_payloads(bucket, 2)
+        ipc_payloads(bucket, 2)
     # The format itself, on CPU tensors (a CUDA tensor travels as an IPC handle in the same pickle):
-    back = ForkingPickler.loads(base64.b64decode(weight_sync.serialize_named_tensors(bucket)))
+    back = ForkingPickler.loads(base64.b64decode(serialize_named_tensors(bucket)))
     assert [n for n, _ in back] == ["w", "b"] and all(torch.equal(t, u) for (_, t), (_, u) in zip(back, bucket))
 
 
@@ -225,7 +224,7 @@ def test_leaving_a_sync_group_that_megatrons_teardown_already_destroyed_is_quiet
 
     script = f"""
 import torch.distributed as dist
-from megatron_zppo.rollout.weight_sync import destroy_custom_process_group
+from megatron_zppo.rollout.sync.groups import destroy_custom_process_group
 dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=0, world_size=1)
 group = dist.new_group([0])
 dist.destroy_process_group()

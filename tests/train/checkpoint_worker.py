@@ -15,7 +15,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from megatron_zppo.core.loss import LossConfig  # noqa: E402
-from megatron_zppo.train import parallel  # noqa: E402
+from megatron_zppo.train import cpu_compat, parallel  # noqa: E402
 from megatron_zppo.train.dist_checkpoint import adam_step_counts, load_checkpoint, save_checkpoint  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config  # noqa: E402
@@ -38,6 +38,7 @@ def _logprobs(trainer: PolicyTrainer) -> torch.Tensor | None:
 
 
 def main() -> None:
+    cpu_compat.enable()  # this worker is its process's entry point
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf-dir", required=True)
     ap.add_argument("--out", required=True)

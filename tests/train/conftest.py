@@ -18,8 +18,9 @@ def tiny_qwen3_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def megatron_world():
     """Megatron's parallel_state is process-global: initialise TP=1/PP=1 once per test session."""
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
 
+    cpu_compat.enable()  # the test process is the entry point here
     parallel.initialize(parallel.ParallelConfig(seed=1234))
     yield
     parallel.destroy()

@@ -9,7 +9,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from megatron_zppo.train import parallel  # noqa: E402
+from megatron_zppo.train import cpu_compat, parallel  # noqa: E402
 from megatron_zppo.train.logit_distill import KDMicroBatch, make_criterion, output_logits_fn  # noqa: E402
 from megatron_zppo.train.logprobs import SequenceBatch  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
@@ -21,6 +21,7 @@ OPT = OptimizerConfig(lr=1e-3, eps=1e-4, clip_grad=0.01)
 
 
 def main() -> None:
+    cpu_compat.enable()  # this worker is its process's entry point
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf-dir", required=True)
     ap.add_argument("--out", required=True)

@@ -15,13 +15,14 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from megatron_zppo.toy.shapes import QWEN35_VISION  # noqa: E402
 from tests.train.qwen35_worker import TINY  # noqa: E402
 
 # Vision tokens at the top of the 250-token vocabulary; the rows below use ids < 240 otherwise.
 START, IMAGE, END, VIDEO = 246, 247, 248, 249
-VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=TINY["hidden_size"],
-              patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-              initializer_range=0.2)  # fmt: skip
+# The shared vision tower with two blocks instead of one, so a slip in the per-block weight mapping
+# shows; initializer_range as the text model's (qwen35_worker.py).
+VISION = dict(QWEN35_VISION, depth=2, out_hidden_size=TINY["hidden_size"], initializer_range=0.2)
 # (prompt with one placeholder per image, response, image sizes): a one-image row, a text row, a
 # two-image row, and an image-only prompt. Images are 1x1 to 3x2 grids of 2x2-merged 16-px patches.
 ROWS = [

@@ -14,23 +14,16 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 import torch  # noqa: E402
 
-# Two Gated-DeltaNet layers, then gated full attention, then GDN again: the pattern is not periodic,
-# so a layer-index slip in the spec or the weight mapping shows. Vocabulary as tiny_qwen3's, so
-# its PPO mini-batch (tokens up to 249) applies. GDN has 2 key and 4 value heads (q/k repeated).
+from megatron_zppo.toy.shapes import QWEN35_TEXT  # noqa: E402
+
+# The shared shape with 4 layers instead of 2: two Gated-DeltaNet layers, then gated full attention,
+# then GDN again. The pattern is not periodic, so a layer-index slip in the spec or the weight
+# mapping shows. Vocabulary as tiny_qwen3's, so its PPO mini-batch (tokens up to 249) applies.
 LAYER_TYPES = ["linear_attention", "linear_attention", "full_attention", "linear_attention"]
 TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
+    QWEN35_TEXT,
     num_hidden_layers=len(LAYER_TYPES),
     layer_types=LAYER_TYPES,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    linear_num_key_heads=2,
-    linear_num_value_heads=4,
-    linear_key_head_dim=16,
-    linear_value_head_dim=16,
-    linear_conv_kernel_dim=4,
     vocab_size=250,
     max_position_embeddings=128,
     tie_word_embeddings=False,
@@ -56,12 +49,13 @@ def main(make_micro_batches=None) -> None:
     import torch.distributed as dist
 
     from megatron_zppo.core.loss import LossConfig
-    from megatron_zppo.train import parallel
+    from megatron_zppo.train import cpu_compat, parallel
     from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights
     from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config
     from megatron_zppo.train.steps import PolicyTrainer
     from tests.train.tiny_qwen3 import ppo_micro_batches
 
+    cpu_compat.enable()  # this worker is its process's entry point
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf-dir", required=True)
     ap.add_argument("--out", required=True)

@@ -12,7 +12,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 import torch  # noqa: E402
 
 from megatron_zppo.core.loss import LossConfig  # noqa: E402
-from megatron_zppo.train import parallel  # noqa: E402
+from megatron_zppo.train import cpu_compat, parallel  # noqa: E402
 from megatron_zppo.train.model import ModelConfig, build_policy, export_hf_weights  # noqa: E402
 from megatron_zppo.train.optimizer import OptimizerConfig, build_optimizer, ddp_config  # noqa: E402
 from megatron_zppo.train.steps import PolicyTrainer, PPOMicroBatch  # noqa: E402
@@ -58,6 +58,7 @@ def one_step(hf_dir: str, layout: parallel.ParallelConfig) -> dict:
 
 
 def main() -> None:
+    cpu_compat.enable()  # this worker is its process's entry point
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf-dir", required=True)
     ap.add_argument("--out", required=True)

@@ -74,3 +74,27 @@ def test_with_cuda_only_the_te_stand_in_is_applied_and_the_bridge_imports():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stand-in only" in result.stdout
+
+
+def test_a_megatron_world_is_refused_until_the_entry_point_switches_the_shims_on():
+    # A fresh interpreter: in this one the shims are already on. Library modules never switch them on
+    # themselves; parallel.initialize, the first step of every Megatron build, names the missing call.
+    script = textwrap.dedent(
+        """
+        import torch.distributed as dist
+        from megatron_zppo.train import parallel
+        try:
+            parallel.initialize(parallel.ParallelConfig())
+        except RuntimeError as e:
+            print(e)
+        assert not dist.is_initialized()
+        """
+    )
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(repo))
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parallel.initialize: the process's entry point must call megatron_zppo.train.cpu_compat.enable()" in (
+        result.stdout)

@@ -1,14 +1,14 @@
-"""delta_rule.chunk_gated_delta_rule against the gated delta rule's definition, computed in float64.
+"""gated_delta_rule_torch.chunk_gated_delta_rule against the gated delta rule's definition, in float64.
 
 ``with_float64_delta_rule`` gives an HF Qwen3.5 model that definition as its kernel: HF's torch
 delta rule computes in float32 even in a float64 model, so without it an "HF float64" reference
-carries the float32 log-decay error delta_rule.py removes (5e-5 on video rows' log-probs).
+carries the float32 log-decay error gated_delta_rule_torch.py removes (5e-5 on video rows' log-probs).
 """
 
 import torch
 import torch.nn.functional as F
 
-from megatron_zppo.train.delta_rule import chunk_gated_delta_rule
+from megatron_zppo.train.gated_delta_rule_torch import chunk_gated_delta_rule
 
 
 def recurrent_float64(q, k, v, g, beta):

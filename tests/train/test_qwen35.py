@@ -1,7 +1,7 @@
 """Qwen3.5 text students (hybrid Gated-DeltaNet + gated attention) on the Megatron trainer, on CPU.
 
 A tiny random HF ``Qwen3_5ForCausalLM`` goes through the bridge into a Megatron GPTModel built from
-the local spec and torch delta-rule path of ``megatron_zppo.train.qwen35_cpu``. HF's own torch
+the local spec and torch delta-rule path of ``megatron_zppo.train.qwen35_local_spec``. HF's own torch
 fallback (no FLA / causal-conv1d here either) is the reference throughout.
 """
 
@@ -177,24 +177,24 @@ def test_configure_changes_nothing_with_cuda_and_fla_but_takes_the_torch_path_on
         assert not common.HAVE_FLA  # this machine has no FLA, as the lent GPU machine has none
         common.HAVE_FLA, fla_l2norm = True, object()
         common.l2norm = fla_l2norm
-        from megatron_zppo.train import qwen35_cpu
+        from megatron_zppo.train import qwen35_local_spec
         te_spec = object()
         provider = types.SimpleNamespace(transformer_layer_spec=te_spec, deterministic_mode=False)
-        assert qwen35_cpu.configure(provider, local_spec=False) == []
+        assert qwen35_local_spec.configure(provider, local_spec=False) == []
         assert provider.transformer_layer_spec is te_spec and provider.deterministic_mode is False
-        assert qwen35_cpu.enable_torch_gated_delta_rule() == []
+        assert qwen35_local_spec.enable_torch_gated_delta_rule() == []
         # A GPU without Transformer Engine still needs the local spec, but keeps FLA's kernels.
-        assert qwen35_cpu.configure(provider, local_spec=True) == ["transformer_layer_spec->local_block_spec"]
+        assert qwen35_local_spec.configure(provider, local_spec=True) == ["transformer_layer_spec->local_block_spec"]
         assert provider.deterministic_mode is False and common.l2norm is fla_l2norm
         # A GPU without FLA (the lent machine): Megatron's torch conv1d and delta rule on CUDA.
         common.HAVE_FLA = False
         provider = types.SimpleNamespace(transformer_layer_spec=te_spec, deterministic_mode=False)
-        changed = qwen35_cpu.configure(provider, local_spec=True)
+        changed = qwen35_local_spec.configure(provider, local_spec=True)
         assert provider.deterministic_mode is True and common.HAVE_FLA
-        assert common.l2norm is qwen35_cpu.torch_l2norm, changed
+        assert common.l2norm is qwen35_local_spec.torch_l2norm, changed
         from megatron.core.ssm.gated_delta_net import gdn
-        from megatron_zppo.train import delta_rule
-        assert gdn.torch_chunk_gated_delta_rule is delta_rule.chunk_gated_delta_rule, changed
+        from megatron_zppo.train import gated_delta_rule_torch
+        assert gdn.torch_chunk_gated_delta_rule is gated_delta_rule_torch.chunk_gated_delta_rule, changed
         print("as expected")
         """
     )

@@ -150,9 +150,9 @@ def test_ppo_step_with_videos_matches_a_hand_written_hf_adamw_step(vl_dir, megat
 @pytest.mark.slow
 def test_tensor_parallel_with_videos_matches_single_process(vl_dir, tmp_path):
     # TP=2 splits the vision tower's heads and MLP, which every video frame goes through, and the
-    # Gated DeltaNet heads that the frames' strong forget gates reach (delta_rule.py: with float32
-    # log-decays, TP=2's last-bit differences moved these rows' log-probs by 2e-4). Both runs are
-    # float32 at one thread, so only TP's split matmuls differ: 5.2e-6 measured, 1e-5 asserted.
+    # Gated DeltaNet heads that the frames' strong forget gates reach (gated_delta_rule_torch.py: with
+    # float32 log-decays, TP=2's last-bit differences moved these rows' log-probs by 2e-4). Both runs
+    # are float32 at one thread, so only TP's split matmuls differ: 5.2e-6 measured, 1e-5 asserted.
     (single,) = run_worker("qwen35_vl_video_worker.py", vl_dir, tmp_path / "tp1", 1)
     assert_layout_matches(single, run_worker("qwen35_vl_video_worker.py", vl_dir, tmp_path / "tp2", 2, "--tp", "2"),
                           _loss_atol(vl_dir))

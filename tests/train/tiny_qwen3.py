@@ -4,13 +4,10 @@ from pathlib import Path
 
 import torch
 
+from megatron_zppo.toy.shapes import QWEN3
+
 TINY = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
+    QWEN3,
     # Not a power of two on purpose; 125 rows per rank at TP=2 (the bridge does not pad the vocab).
     vocab_size=250,
     max_position_embeddings=128,

@@ -1,4 +1,7 @@
-"""How new weights reach SGLang servers: one strategy object, chosen once when the engine or pool is built.
+"""How new weights reach the student's SGLang servers: one `ServerSync` over all of them, built once.
+
+`policy_engine` is the one place it is built: a student of one server keeps it, several share it
+through their pool; the teacher's servers get none (its weights never change).
 
 Every strategy runs the same frame over all of its servers at once: pause and flush each, send,
 check each server's `weight_version`, resume each. They differ only in how the bytes travel:
@@ -25,18 +28,36 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from megatron_zppo.rollout import weight_sync
+from megatron_zppo.rollout.pool import EnginePool
 from megatron_zppo.rollout.sglang_engine import SGLangEngine, SGLangError, WeightSyncError
-from megatron_zppo.rollout.weight_sync import SyncReport, WeightSyncConfig
+from megatron_zppo.rollout.sync import groups
+from megatron_zppo.rollout.sync.buckets import NamedTensor, bucketed
+from megatron_zppo.rollout.sync.config import WeightSyncConfig
+from megatron_zppo.rollout.sync.disk import write_safetensors_dir
+from megatron_zppo.rollout.sync.ipc import ipc_payloads
 
 # Sync phases that tell, after a failure, whether the servers' weights can have changed.
 _NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group", "begin_weight_update",
                  "write safetensors", "serialize"}
 _AFTER_LOAD = {"verify weight_version", "continue_generation"}
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """One weight update, as the run's metrics log it."""
+
+    seconds: float
+    bytes: int
+    servers: int
+
+    def metrics(self) -> dict[str, float]:
+        return {"sync_s": self.seconds, "sync_bytes": float(self.bytes), "sync_servers": float(self.servers),
+                "sync_gb_per_s": self.bytes / 1e9 / self.seconds if self.seconds > 0 else float("nan")}
 
 
 def describe(err: BaseException) -> str:
@@ -52,7 +73,7 @@ class ServerFailed(Exception):
         self.server, self.error = server, error
 
 
-def _counted(named_tensors: Iterable[tuple[str, torch.Tensor]], total: list[int]) -> Iterator:
+def _counted(named_tensors: Iterable[NamedTensor], total: list[int]) -> Iterator[NamedTensor]:
     for name, tensor in named_tensors:
         total[0] += tensor.numel() * tensor.element_size()
         yield name, tensor
@@ -68,6 +89,7 @@ class ServerSync:
             raise ValueError("a weight sync needs at least one server")
         self.cfg, self.servers = cfg, list(servers)
         self.phase = ""
+        self.last: SyncReport | None = None  # the last successful update
         self._threads = ThreadPoolExecutor(len(self.servers), thread_name_prefix="weight-sync")
 
     def each(self, fn: Callable[[SGLangEngine], object]) -> list:
@@ -75,7 +97,7 @@ class ServerSync:
         pending = [self._threads.submit(fn, s) for s in self.servers]
         return [wait_for(f, s, self.cfg.timeout_s) for f, s in zip(pending, self.servers)]
 
-    def update(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> SyncReport:
+    def update(self, named_tensors: Iterable[NamedTensor], version: str) -> SyncReport:
         """pause -> flush -> send -> verify -> resume on every server; any failure leaves a precise error."""
         start, old = time.perf_counter(), [s.weight_version for s in self.servers]
         total = [0]
@@ -92,12 +114,16 @@ class ServerSync:
         except Exception as err:
             self.close()
             raise self._fail(old, version, err) from err
-        report = SyncReport(time.perf_counter() - start, total[0], len(self.servers))
+        self.last = SyncReport(time.perf_counter() - start, total[0], len(self.servers))
         for s in self.servers:
-            s.mark_synced(version, report)
-        return report
+            s.mark_synced(version, self.last.seconds)
+        return self.last
 
-    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+    def metrics(self) -> dict[str, float]:
+        """The last successful update's figures (sync_s, sync_bytes, sync_gb_per_s, sync_servers); {} before one."""
+        return self.last.metrics() if self.last is not None else {}
+
+    def _send(self, named_tensors: Iterable[NamedTensor], version: str) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -177,35 +203,56 @@ class DistributedSync(ServerSync):
         """[(group name, master port, [(server, rank_offset)], world size)]: one group, or one per server."""
         cfg, size = self.cfg, self.cfg.server_world_size
         if cfg.fanout == "one_group" or len(self.servers) == 1:
-            world, offsets = weight_sync.rank_offsets([size] * len(self.servers))
+            world, offsets = groups.rank_offsets([size] * len(self.servers))
             return [(self.prefix, cfg.master_port, list(zip(self.servers, offsets)), world)]
         return [(f"{self.prefix}_{i}", cfg.master_port and cfg.master_port + i, [(s, 1)], 1 + size)
                 for i, s in enumerate(self.servers)]
 
-    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+    def _send(self, named_tensors: Iterable[NamedTensor], version: str) -> None:
         if not self._groups:  # joined once, reused by every later sync
             self.phase = "init_weights_update_group"
             self._groups = [self._join(*g) for g in self.layout()]
-
-        def start(index: int, bucket: list, last: bool):
-            if index == 0:
-                self.phase = "begin_weight_update"
-                self.each(lambda s: s.call("/begin_weight_update").result(timeout=self.cfg.timeout_s))
-            self.phase = f"update_weights_from_distributed (bucket {index})"
-            payload = {**weight_sync.bucket_payload(bucket), "weight_version": version if last else None,
-                       "load_format": self.cfg.load_format}  # the version rides on the last bucket only
-            return [self._start(name, group, members, payload, bucket) for name, group, members in self._groups]
-
-        if not weight_sync.stream_buckets(named_tensors, self.cfg.bucket_bytes, start, self._finish):
+        if not self._stream(named_tensors, version):
             raise ValueError("update_weights got no tensors")
         self.phase = "end_weight_update"
         self.each(lambda s: s.call("/end_weight_update").result(timeout=self.cfg.timeout_s))
+
+    def _stream(self, named_tensors: Iterable[NamedTensor], version: str) -> int:
+        """Double-buffered: bucket k+1 is gathered from the export (the loop's `next`) while bucket k
+        is on the wire, then k is waited for and k+1 started; so about two buckets are held. Returns
+        how many were sent. `on_wire` is popped, not read, so that no name keeps a sent bucket alive."""
+        on_wire, sent = [], 0  # the bucket on the wire: at most one
+        try:
+            for bucket, last in bucketed(named_tensors, self.cfg.bucket_bytes):
+                if on_wire:
+                    self._finish(on_wire.pop())
+                on_wire.append(self._start_bucket(sent, bucket, last, version))
+                sent += 1
+        except BaseException:  # the export failed mid-way: settle what is on the wire, then report it
+            if on_wire:
+                try:
+                    self._finish(on_wire.pop())
+                except Exception:
+                    pass
+            raise
+        if on_wire:
+            self._finish(on_wire.pop())
+        return sent
+
+    def _start_bucket(self, index: int, bucket: list[NamedTensor], last: bool, version: str) -> list:
+        if index == 0:
+            self.phase = "begin_weight_update"
+            self.each(lambda s: s.call("/begin_weight_update").result(timeout=self.cfg.timeout_s))
+        self.phase = f"update_weights_from_distributed (bucket {index})"
+        payload = {**groups.bucket_payload(bucket), "weight_version": version if last else None,
+                   "load_format": self.cfg.load_format}  # the version rides on the last bucket only
+        return [self._start(name, group, members, payload, bucket) for name, group, members in self._groups]
 
     def _start(self, name, group, members, payload, bucket):
         """The servers receive while handling the POST, so the broadcast is started right after it."""
         http = [(s, s.call("/update_weights_from_distributed", {**payload, "group_name": name})) for s in members]
         try:
-            works = weight_sync.broadcast_bucket(group, bucket, self.device, self.cfg.load_format, async_op=True)
+            works = groups.broadcast_bucket(group, bucket, self.device, self.cfg.load_format, async_op=True)
         except Exception as err:
             works = [err]
         return http, works, bucket  # the bucket stays referenced until its broadcast is done
@@ -234,8 +281,8 @@ class DistributedSync(ServerSync):
     def _join(self, name: str, port: int, members: list[tuple[SGLangEngine, int]], world: int):
         """The servers' ranks only join while we do: issue their HTTP calls, then rendezvous ourselves."""
         cfg = self.cfg
-        addr = weight_sync.resolve_master_addr(cfg.master_addr)
-        port = port or weight_sync.pick_free_port(addr)
+        addr = groups.resolve_master_addr(cfg.master_addr)
+        port = port or groups.pick_free_port(addr)
         http = [(s, s.call("/init_weights_update_group", {
             "master_address": addr, "master_port": port, "rank_offset": offset,
             "world_size": world, "group_name": name, "backend": cfg.backend})) for s, offset in members]
@@ -245,14 +292,14 @@ class DistributedSync(ServerSync):
         # group exists, so the HTTP calls finish after the rendezvous.)
         rendezvous: Future = Future()
         threading.Thread(target=_run_into, name="weight-sync-rendezvous", daemon=True, args=(rendezvous, lambda: (
-            weight_sync.init_custom_process_group(backend=cfg.backend, init_method=f"tcp://{addr}:{port}",
-                                                  world_size=world, rank=0, group_name=name,
-                                                  timeout_s=cfg.timeout_s)))).start()
+            groups.init_custom_process_group(backend=cfg.backend, init_method=f"tcp://{addr}:{port}",
+                                             world_size=world, rank=0, group_name=name,
+                                             timeout_s=cfg.timeout_s)))).start()
         futures.wait([rendezvous, *(f for _, f in http)], timeout=cfg.timeout_s, return_when=futures.FIRST_EXCEPTION)
         refused = [(s, f.exception()) for s, f in http if f.done() and f.exception() is not None]
         if refused:
             if rendezvous.done() and rendezvous.exception() is None:
-                weight_sync.destroy_custom_process_group(rendezvous.result())
+                groups.destroy_custom_process_group(rendezvous.result())
             raise ServerFailed(*refused[0])
         if not rendezvous.done():
             raise TimeoutError(f"the servers did not join weight-sync group {name!r} within "
@@ -262,18 +309,18 @@ class DistributedSync(ServerSync):
             for s, future in http:
                 wait_for(future, s, cfg.timeout_s)
         except BaseException:
-            weight_sync.destroy_custom_process_group(group)
+            groups.destroy_custom_process_group(group)
             raise
         return name, group, [s for s, _ in members]
 
     def close(self) -> None:
         """Leave our side first (a server blocked on a collective with us then fails at once), then
         ask each server to drop its side."""
-        groups, self._groups = self._groups, []
-        for _, group, _ in groups:
-            weight_sync.destroy_custom_process_group(group)
+        joined, self._groups = self._groups, []
+        for _, group, _ in joined:
+            groups.destroy_custom_process_group(group)
         asked = [(s, s.call("/destroy_weights_update_group", {"group_name": name}))
-                 for name, _, members in groups for s in members]
+                 for name, _, members in joined for s in members]
         for _, future in asked:
             try:
                 future.result(timeout=min(self.cfg.timeout_s, 30.0))
@@ -288,10 +335,10 @@ class DiskSync(ServerSync):
         super().__init__(cfg, servers)
         self._current: Path | None = None
 
-    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+    def _send(self, named_tensors: Iterable[NamedTensor], version: str) -> None:
         cfg = self.cfg
         self.phase = "write safetensors"
-        path = weight_sync.write_safetensors_dir(
+        path = write_safetensors_dir(
             named_tensors, cfg.disk_dir, version, shard_bytes=cfg.bucket_bytes, support_dir=cfg.disk_support_dir)
         self.phase = "update_weights_from_disk"
         body = {"model_path": str(path), "weight_version": version, "flush_cache": True}
@@ -306,25 +353,23 @@ class IpcSync(ServerSync):
 
     strategy = "ipc"
 
-    def _send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
+    def _send(self, named_tensors: Iterable[NamedTensor], version: str) -> None:
         cfg = self.cfg
-        buckets = weight_sync.marked_buckets(named_tensors, cfg.bucket_bytes)
-        current, index = next(buckets, None), 0
-        if current is None:
-            raise ValueError("update_weights got no tensors")
-        self.phase = "serialize"
-        payloads = weight_sync.ipc_payloads(current[0], cfg.server_world_size)  # refuses CPU tensors up front
-        self.phase = "begin_weight_update"
-        self.each(lambda s: s.call("/begin_weight_update").result(timeout=cfg.timeout_s))
-        while current is not None:
-            bucket, last = current
+        sent = 0
+        for index, (bucket, last) in enumerate(bucketed(named_tensors, cfg.bucket_bytes)):
+            if index == 0:
+                self.phase = "serialize"  # the first bucket's CPU tensors are refused before anything is sent
+            payloads = ipc_payloads(bucket, cfg.server_world_size)
+            if index == 0:
+                self.phase = "begin_weight_update"
+                self.each(lambda s: s.call("/begin_weight_update").result(timeout=cfg.timeout_s))
             self.phase = f"update_weights_from_tensor (bucket {index})"
             body = {"serialized_named_tensors": payloads, "flush_cache": last,
                     "weight_version": version if last else None}
             self.each(lambda s: s.call("/update_weights_from_tensor", body).result(timeout=cfg.timeout_s))
-            current, index = (None if last else next(buckets)), index + 1
-            if current is not None:
-                payloads = weight_sync.ipc_payloads(current[0], cfg.server_world_size)
+            sent += 1
+        if not sent:
+            raise ValueError("update_weights got no tensors")
         self.phase = "end_weight_update"
         self.each(lambda s: s.call("/end_weight_update").result(timeout=cfg.timeout_s))
 
@@ -334,3 +379,15 @@ STRATEGIES: dict[str, type[ServerSync]] = {"distributed": DistributedSync, "disk
 
 def make_sync(cfg: WeightSyncConfig, servers: Sequence[SGLangEngine]) -> ServerSync:
     return STRATEGIES[cfg.strategy](cfg, servers)
+
+
+def policy_engine(servers: Sequence[SGLangEngine], name: str,
+                  weight_sync: WeightSyncConfig | None) -> SGLangEngine | EnginePool:
+    """The servers of one policy as one engine: the server itself, or a pool of several. With
+    `weight_sync` (the student) it gets the one `ServerSync` that updates all of them, built here
+    and nowhere else; without (the teacher) none, and `update_weights` refuses."""
+    sync = make_sync(weight_sync, servers) if weight_sync is not None else None
+    if len(servers) == 1:
+        servers[0].sync = sync
+        return servers[0]
+    return EnginePool(servers, name, sync=sync)

@@ -1,4 +1,5 @@
-"""Tiny offline models for the CPU demo and the tests: a character tokenizer and Qwen3 checkpoints.
+"""Tiny offline models for the CPU demo and the tests: the toy tokenizer and random Qwen3 and Qwen3.5-VL
+checkpoints, of the shapes in shapes.py.
 
 Nothing here downloads anything. The tokenizer is a byte-level BPE trained here on the toy
 corpus with the `tokenizers` library, plus whole tokens for the answer format, saved as a
@@ -15,6 +16,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from megatron_zppo.toy.shapes import QWEN3_SIZES, QWEN35_TEXT, QWEN35_VISION
+
 PAD, EOS = "<pad>", "<|endoftext|>"
 USER, ASSISTANT = "<|user|>", "<|assistant|>"
 # Whole tokens for the answer format: shorter sequences, and each is one decision for the model.
@@ -24,14 +27,6 @@ CHAT_TEMPLATE = (
     "{% else %}<|assistant|>{{ m['content'] }}<|endoftext|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-
-# name -> (hidden, layers, heads, kv heads, ffn)
-SIZES = {
-    "tiny": (32, 1, 2, 1, 64),
-    "small": (64, 2, 4, 2, 128),
-    "medium": (96, 3, 4, 2, 256),
-    "large": (128, 4, 4, 2, 384),
-}
 
 
 def build_tokenizer(out_dir: str | Path, texts: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -57,14 +52,12 @@ def build_tokenizer(out_dir: str | Path, texts: Iterable[str], vocab_size: int =
 
 def new_qwen3(out_dir: str | Path, size: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0,
               max_positions: int = 1024) -> Qwen3ForCausalLM:
-    """A randomly initialised Qwen3 of one of `SIZES`, saved with the tokenizer as an HF checkpoint."""
-    if size not in SIZES:
-        raise ValueError(f"toy model size {size!r} unknown; expected one of {sorted(SIZES)}")
-    hidden, layers, heads, kv, ffn = SIZES[size]
+    """A randomly initialised Qwen3 of one of `shapes.QWEN3_SIZES`, saved with the tokenizer as an HF checkpoint."""
+    if size not in QWEN3_SIZES:
+        raise ValueError(f"toy model size {size!r} unknown; expected one of {sorted(QWEN3_SIZES)}")
     cfg = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv, head_dim=hidden // heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True, rope_theta=10000.0,
+        vocab_size=len(tokenizer), **QWEN3_SIZES[size], max_position_embeddings=max_positions,
+        tie_word_embeddings=True, rope_theta=10000.0,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )
     torch.manual_seed(seed)
@@ -106,14 +99,9 @@ def new_qwen35_vl(out_dir: str | Path, tokenizer: PreTrainedTokenizerFast, seed:
     tok.add_tokens(VISION_TOKENS, special_tokens=True)
     tok.chat_template = VL_CHAT_TEMPLATE
     start, pad, end, video = tok.convert_tokens_to_ids(VISION_TOKENS)
-    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
-                linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-                linear_conv_kernel_dim=4, max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+    text = dict(QWEN35_TEXT, vocab_size=len(tok), max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id)
-    vision = dict(depth=1, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=64, patch_size=16,
-                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64)
+    vision = dict(QWEN35_VISION, out_hidden_size=text["hidden_size"])
     cfg = Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=pad, video_token_id=video,
                         vision_start_token_id=start, vision_end_token_id=end)
     torch.manual_seed(seed)

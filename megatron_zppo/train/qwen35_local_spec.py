@@ -1,4 +1,5 @@
-"""Qwen3.5 text (hybrid Gated-DeltaNet + gated attention) without Transformer Engine, FLA or CUDA.
+"""A local (torch, non-Transformer-Engine) Megatron layer spec for Qwen3.5 text (hybrid Gated-DeltaNet +
+gated attention), and its Gated-DeltaNet path without FLA: Qwen3.5 without TE, FLA or CUDA.
 
 Megatron-Bridge 0.6 maps HF ``Qwen3_5ForCausalLM`` onto a Megatron ``GPTModel`` whose block spec
 (``get_transformer_block_with_experimental_attention_variant_spec``) only exists for Transformer
@@ -19,10 +20,10 @@ runs on a CPU. Each piece below is named after what it works around:
 - ``enable_torch_gated_delta_rule``: without FLA, ``GatedDeltaNet`` refuses to build
   (``HAVE_FLA`` is False) and its q/k ``l2norm`` is None. Megatron ships plain-torch paths for the
   conv1d and the chunked delta rule, chosen by ``deterministic_mode``; the l2norm is missing,
-  so we supply a torch one, and the delta rule is swapped for delta_rule.py's, which keeps the
-  log-decays in float64 (Megatron's float32 ones drift by 5e-5 on video rows). This runs when
-  CUDA is absent (Triton has no CPU driver) or FLA is (a GPU machine without it, e.g. the lent
-  one of ../shared/notes/gpu-device.md).
+  so we supply a torch one, and the delta rule is swapped for gated_delta_rule_torch.py's, which
+  keeps the log-decays in float64 (Megatron's float32 ones drift by 5e-5 on video rows). This runs
+  when CUDA is absent (Triton has no CPU driver) or FLA is (a GPU machine without it, such as the
+  one benchmarks/gpu_check.py was run on).
 
 ``configure`` applies these to a bridge provider; the spec parts only when the local spec is
 chosen, the delta-rule parts only without CUDA or without FLA. On a GPU with TE and FLA it changes
@@ -248,17 +249,17 @@ def enable_torch_gated_delta_rule() -> list[str]:
     from megatron.core.ssm.gated_delta_net import common as gdn_common
     from megatron.core.ssm.gated_delta_net import gdn
 
-    from megatron_zppo.train import delta_rule
+    from megatron_zppo.train import gated_delta_rule_torch
 
     # The FLA import guard: GatedDeltaNet.__init__ raises ImportError while it is False.
     gdn_common.HAVE_FLA = True
     # Read as a module global by _prepare_input_for_gated_delta_rule (and FLA's is Triton).
     gdn_common.l2norm = torch_l2norm
-    # Read by GatedDeltaNet.__init__ under deterministic_mode; Megatron's loses the log-decays to
-    # float32 rounding (delta_rule.py), which made TP=2 differ from one process on video rows.
-    gdn.torch_chunk_gated_delta_rule = delta_rule.chunk_gated_delta_rule
+    # Read by GatedDeltaNet.__init__ under deterministic_mode; Megatron's loses the log-decays to float32
+    # rounding (gated_delta_rule_torch.py), which made TP=2 differ from one process on video rows.
+    gdn.torch_chunk_gated_delta_rule = gated_delta_rule_torch.chunk_gated_delta_rule
     _APPLIED.append("gated_delta_net: HAVE_FLA=True, l2norm->torch_l2norm, "
-                    "torch_chunk_gated_delta_rule->delta_rule.chunk_gated_delta_rule")
+                    "torch_chunk_gated_delta_rule->gated_delta_rule_torch.chunk_gated_delta_rule")
     return list(_APPLIED)
 
 
