@@ -22,8 +22,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's compiled kernels
 
 
 from megatron_zppo import build, run_checkpoint, upstream_log
-from megatron_zppo.config import Config, load_config
-from megatron_zppo.config_io import dump_yaml
+from megatron_zppo.config import Config, dump_config, load_config
 from megatron_zppo.errors import RunError
 from megatron_zppo.loop import RolloutPhase
 from megatron_zppo.overlap import rollouts_in_flight, version_name
@@ -72,7 +71,7 @@ def run(args) -> int:
     phase = None
     if trainer.is_main:  # the rank that holds the engines, the buffer and the data stream
         run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, run_dir / "config.yaml")
+        dump_config(cfg, run_dir / "config.yaml")
         phase = build.make_rollout_phase(cfg)
     try:
         return train(cfg, trainer, phase, stop, run_dir)

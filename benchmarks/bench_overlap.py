@@ -64,7 +64,7 @@ def run(mode: str, steps: int, model: str, student: FakeSGLang, teacher: FakeSGL
         "student.weight_sync.strategy=disk", f"student.weight_sync.disk_dir={run_dir}/weights",
         f"teacher.hf_path={model}", "teacher.engine=sglang", f"teacher.url={teacher.url}",
         "rollout.n_new=16", "rollout.group_size=4", "rollout.teacher_group_size=2",
-        f"rollout.max_new_tokens={DEFAULT_LEN}", "zppo.rho_aug=0.5", "buffer.rho_replay=0.25",
+        f"rollout.max_new_tokens={DEFAULT_LEN}", "method.rho_aug=0.5", "buffer.rho_replay=0.25",
         "train.micro_batch_size=16", "reward.grader=task", "reward.workers=1", f"data.train=[{CHAIN}]",
         "data.eval={}",
     ]

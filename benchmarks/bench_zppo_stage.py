@@ -28,6 +28,7 @@ from megatron_zppo.core.reformulate import ZppoConfig, fraction_count, plan_refo
 from megatron_zppo.core.replay_buffer import ReplayBuffer
 
 N_NEW, RHO_REPLAY, G_S, G_T = 384, 0.25, 8, 4
+TAU, RHO_AUG = 0.5, 0.25  # method.tau, method.rho_aug: the paper's
 
 
 def _response(rng: np.random.Generator, correct: bool, by: str, qid: str, gid: str, kind=PromptKind.PLAIN):
@@ -63,15 +64,15 @@ def main():
         new = [Question(f"s{step}n{i}", "Solve: " + "x " * 150, "42") for i in range(N_NEW)]
         replay_q = buf.sample(fraction_count(RHO_REPLAY, N_NEW))
         plain = _groups(rng, new + replay_q)
-        cap = fraction_count(cfg.rho_aug, N_NEW)
-        hard_ids = {g.question.id for g in select_hard(plain, cfg.tau, cap)}
+        cap = fraction_count(RHO_AUG, N_NEW)
+        hard_ids = {g.question.id for g in select_hard(plain, TAU, cap)}
         teacher = {qid: [_response(rng, rng.random() < 0.6, TEACHER, qid, f"{qid}:t") for _ in range(G_T)]
                    for qid in hard_ids}
         # Reformulated groups' rollouts come from the engine; pre-build them so only the stage is timed.
         reform_rollouts = _groups(rng, [g.question for g in plain[: 2 * cap]], PromptKind.BCQ, "r")
 
         t0 = time.perf_counter()
-        hard = select_hard(plain, cfg.tau, cap)
+        hard = select_hard(plain, TAU, cap)
         plans = plan_reformulations(hard, teacher, cap, cfg, random.Random(step))
         prompts = render(plans, templates, compress=lambda texts: texts)
         reform = [Group(p.group_id, p.question, p.kind, text,

@@ -1,8 +1,9 @@
 """The run's configuration: one dataclass per component, assembled from YAML + overrides.
 
-`algorithm` picks a preset: ZPPO and its ablations (buffer, BCQ, NCQ, compression switches), GRPO,
-and the baselines of the paper's comparison (`method` section). Values written explicitly in the
-YAML or on the command line win over the preset.
+`method.name` picks the method, a plug-in in methods/ whose knobs live in the subsection of its
+name (`method.zppo`, `method.prefix`, ...). `run.algorithm` picks a preset: a method with its
+switches and the buffer (ZPPO and its ablations, GRPO, the paper's baselines). Values written in
+the YAML or on the command line win over the preset.
 """
 
 from __future__ import annotations
@@ -10,42 +11,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from megatron_zppo.core.baselines import DIVERGENCES
-from megatron_zppo.config_io import ConfigError, Range, from_dict, load_tree
+from megatron_zppo.config_io import ConfigError, Range, dump_yaml, from_dict, load_tree, to_dict
 from megatron_zppo.data import SourceConfig
 from megatron_zppo.core.loss import LossConfig
 from megatron_zppo.overlap import DEFAULT_TIS_CAP, OVERLAPS
 from megatron_zppo.core.reformulate import ZppoConfig
 from megatron_zppo.core.replay_buffer import BufferConfig
+from megatron_zppo.methods.distill import LogitDistillConfig, OnPolicyDistillConfig
+from megatron_zppo.methods.prefix import PrefixConfig
 from megatron_zppo.rollout.sync import WeightSyncConfig
 from megatron_zppo.train.optimizer import OptimizerConfig
 from megatron_zppo.train.precision import PrecisionConfig
 
-_OFF = {"zppo.bcq": False, "zppo.ncq": False, "zppo.compression": False}
-_ZPPO = {"zppo.bcq": True, "zppo.ncq": True, "zppo.compression": True}
+METHODS = ("zppo", "grpo", "hint", "prefix", "off_policy_distill", "on_policy_distill", "logit_distill")
+# The subsections of `method`: each method's own knobs, read only when it runs (so one YAML can
+# serve every preset of a comparison); the run directory's config.yaml keeps only the one read.
+METHOD_KNOBS = {"zppo": "zppo", "prefix": "prefix", "on_policy_distill": "on_policy_distill",
+                "logit_distill": "logit_distill"}
 # algorithm -> the defaults it sets (dotted config keys)
 PRESETS: dict[str, dict[str, object]] = {
-    "grpo": {"buffer.enabled": False, **_OFF},
-    "grpo_buffer": {"buffer.enabled": True, **_OFF},
-    "zppo": {"buffer.enabled": True, **_ZPPO},
-    "zppo_no_buffer": {"buffer.enabled": False, **_ZPPO},
-    "zppo_no_bcq": {"buffer.enabled": True, **_ZPPO, "zppo.bcq": False},
-    "zppo_no_ncq": {"buffer.enabled": True, **_ZPPO, "zppo.ncq": False},
-    "zppo_no_compression": {"buffer.enabled": True, **_ZPPO, "zppo.compression": False},
+    "grpo": {"method.name": "grpo", "buffer.enabled": False},
+    "grpo_buffer": {"method.name": "grpo", "buffer.enabled": True},
+    "zppo": {"method.name": "zppo", "buffer.enabled": True},
+    "zppo_no_buffer": {"method.name": "zppo", "buffer.enabled": False},
+    "zppo_no_bcq": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.bcq": False},
+    "zppo_no_ncq": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.ncq": False},
+    "zppo_no_compression": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.compression": False},
     # Baselines: hard questions get a teacher hint / a teacher prefix instead of BCQ and NCQ ...
-    "hint": {"buffer.enabled": True, **_OFF, "method.hard_prompts": "hint"},
-    "prefix": {"buffer.enabled": True, **_OFF, "method.hard_prompts": "prefix"},
+    "hint": {"method.name": "hint", "buffer.enabled": True},
+    "prefix": {"method.name": "prefix", "buffer.enabled": True},
     # ... or the student learns from the teacher's tokens: fine-tuning on its correct responses
     # (off-policy), or its per-token log-probs on the student's own samples (on-policy).
-    "off_policy_distill": {"buffer.enabled": False, **_OFF, "method.objective": "off_policy_distill"},
-    "off_policy_distill_buffer": {"buffer.enabled": True, **_OFF, "method.objective": "off_policy_distill"},
-    "on_policy_distill": {"buffer.enabled": False, **_OFF, "method.objective": "on_policy_distill"},
-    "on_policy_distill_buffer": {"buffer.enabled": True, **_OFF, "method.objective": "on_policy_distill"},
+    "off_policy_distill": {"method.name": "off_policy_distill", "buffer.enabled": False},
+    "off_policy_distill_buffer": {"method.name": "off_policy_distill", "buffer.enabled": True},
+    "on_policy_distill": {"method.name": "on_policy_distill", "buffer.enabled": False},
+    "on_policy_distill_buffer": {"method.name": "on_policy_distill", "buffer.enabled": True},
     # ... or the teacher's whole next-token distribution, the teacher inside the trainer (modelopt loss).
-    "logit_distill": {"buffer.enabled": False, **_OFF, "method.objective": "logit_distill"},
+    "logit_distill": {"method.name": "logit_distill", "buffer.enabled": False},
 }
-OBJECTIVES = ("policy_gradient", "off_policy_distill", "on_policy_distill", "logit_distill")
-HARD_PROMPTS = ("zppo", "hint", "prefix")
 MODES = ("train", "rollout_only", "train_only")
 
 
@@ -57,7 +60,7 @@ class RunConfig:
     updates_per_step: Annotated[int, Range(ge=1)] = 4  # I: mini-batches (optimizer steps) per rollout step
     save_every: Annotated[int, Range(ge=1)] = 50  # checkpoint every this many steps, and after the last one
     eval_every: Annotated[int, Range(ge=0)] = 0  # evaluate every this many steps; 0: before and after training only
-    algorithm: str = "zppo"  # method preset: defaults of buffer.*, zppo.* and method.* keys (PRESETS)
+    algorithm: str = "zppo"  # preset: the defaults of method.* and buffer.enabled it sets (PRESETS)
     load: str = ""  # a checkpoint directory, or "auto" for the latest one under dir/checkpoints
     # rollout_only: generate and write rollouts to dir/rollouts, no training.
     # train_only: train on rollouts read back from `rollouts_from` (for debugging the trainer).
@@ -83,28 +86,37 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """What the student learns from (objective) and what hard questions are turned into."""
+    """The method (a plug-in in methods/) and its knobs. `tau` and `rho_aug` are the zone every
+    method works in: which questions are hard, how many of them get new prompts, and when the
+    buffer lets a question go."""
 
-    objective: str = "policy_gradient"  # policy_gradient (ZPPO, GRPO, Hint, Prefix) or a distillation
-    hard_prompts: str = "zppo"  # zppo: BCQ/NCQ (zppo section) | hint | prefix
-    divergence: str = "reverse_kl"  # on-policy distillation: reverse_kl | jsd
-    jsd_beta: Annotated[float, Range(gt=0, lt=1)] = 0.5  # divergence=jsd: the teacher's weight in the mixture
-    prefix_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.4  # Prefix baseline: share of a correct teacher response given
-    kd_temperature: Annotated[float, Range(gt=0)] = 1.0  # logit distillation: softmax temperature of both models (no T^2 factor)
-    kd_top_k: Annotated[int, Range(ge=0)] = 0  # logit distillation: 0 = the teacher's full distribution, else its top k
+    name: str = "zppo"  # the method: zppo, grpo, hint, prefix, or a distillation (off/on-policy, logit)
+    tau: Annotated[float, Range(gt=0, le=1)] = 0.5  # hard if a question's plain accuracy < tau; the buffer's graduation threshold too
+    rho_aug: Annotated[float, Range(ge=0)] = 0.25  # cap on hard questions and on their prompts, as a fraction of rollout.n_new
+    zppo: ZppoConfig = field(default_factory=ZppoConfig)  # ZPPO's prompts for hard questions: BCQ, NCQ, compression
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)  # the Prefix baseline
+    on_policy_distill: OnPolicyDistillConfig = field(default_factory=OnPolicyDistillConfig)  # on-policy distillation
+    logit_distill: LogitDistillConfig = field(default_factory=LogitDistillConfig)  # logit distillation
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"method.objective {self.objective!r} unknown; expected one of {OBJECTIVES}")
-        if self.hard_prompts not in HARD_PROMPTS:
-            raise ValueError(f"method.hard_prompts {self.hard_prompts!r} unknown; expected one of {HARD_PROMPTS}")
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(f"method.divergence {self.divergence!r} unknown; expected one of {DIVERGENCES}")
+        if self.name not in METHODS:
+            raise ValueError(f"method.name {self.name!r} unknown; expected one of {METHODS}")
+        if self.name == "zppo" and not (self.zppo.bcq or self.zppo.ncq):
+            raise ValueError("method.zppo.bcq and method.zppo.ncq are both false: no hard question would get a "
+                             "prompt; that is GRPO (method.name=grpo, or run.algorithm=grpo_buffer)")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """The teacher answers, compresses, hints or scores: everything but GRPO, and ZPPO with
+        NCQ only and no compression (its prompts list the student's own answers, uncompressed)."""
+        if self.name == "zppo":
+            return self.zppo.bcq or self.zppo.compression
+        return self.name != "grpo"
 
     @property
     def uses_teacher_tokens(self) -> bool:
         """Teacher token ids go into the student's prompts or loss: the tokenizers must be one."""
-        return self.objective != "policy_gradient" or self.hard_prompts == "prefix"
+        return self.name in ("prefix", "off_policy_distill", "on_policy_distill", "logit_distill")
 
 
 @dataclass(frozen=True)
@@ -210,8 +222,7 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)  # the policy trained: its checkpoint and rollout engine
     teacher: EngineConfig = field(default_factory=EngineConfig)  # BCQ responses, compression, hints, distillation
     rollout: RolloutConfig = field(default_factory=RolloutConfig)  # questions, group sizes and lengths of a step
-    zppo: ZppoConfig = field(default_factory=ZppoConfig)  # hard questions and their BCQ/NCQ prompts
-    method: MethodConfig = field(default_factory=MethodConfig)  # the objective, and what hard questions become
+    method: MethodConfig = field(default_factory=MethodConfig)  # the method, its zone (tau, rho_aug) and its knobs
     buffer: BufferConfig = field(default_factory=BufferConfig)  # the replay buffer of hard questions
     advantage: str = "reinforce_pp"  # reward minus group mean, over the batch's std (reinforce_pp) or the group's (grpo)
     loss: LossConfig = field(default_factory=LossConfig)  # the clipped policy loss
@@ -226,44 +237,67 @@ class Config:
     def __post_init__(self):
         if not self.student.hf_path:
             raise ValueError("student.hf_path is required")
-        m = self.method
-        if m.hard_prompts != "zppo" and (self.zppo.bcq or self.zppo.ncq):
-            raise ValueError(f"method.hard_prompts={m.hard_prompts!r} replaces BCQ/NCQ prompts; set zppo.bcq and "
-                             "zppo.ncq to false (or use the zppo preset)")
-        if m.objective != "policy_gradient" and (self.zppo.bcq or self.zppo.ncq or m.hard_prompts != "zppo"):
-            raise ValueError(f"method.objective={m.objective!r} trains on no reformulated prompts; zppo.bcq, "
-                             "zppo.ncq must be false and method.hard_prompts must be zppo")
         if self.run.overlap != "none" and self.student.release_memory:
             raise ValueError(f"run.overlap={self.run.overlap!r} generates while the trainer trains, but "
                              "student.release_memory gives the server's GPU memory to the trainer then; turn one off")
-        needs_teacher = self.zppo.bcq or self.zppo.compression or m.hard_prompts != "zppo" or m.objective != \
-            "policy_gradient"
-        if needs_teacher and not self.teacher.hf_path and self.teacher.engine == "embedded":
-            raise ValueError(f"algorithm {self.run.algorithm!r} uses the teacher (BCQ or compression) but "
-                             "teacher.hf_path is empty")
+        if self.method.needs_teacher and not self.teacher.hf_path and self.teacher.engine == "embedded":
+            raise ValueError(f"method.name={self.method.name!r} (run.algorithm={self.run.algorithm!r}) uses the teacher "
+                             "but teacher.hf_path is empty")
 
 
-# train.<old> -> optimizer.<new>: the optimizer's settings have their own section since 2026-12-01.
-MOVED = {"lr": "lr", "adam_beta1": "beta1", "adam_beta2": "beta2", "adam_eps": "eps", "weight_decay": "weight_decay",
-         "clip_grad": "clip_grad", "use_distributed_optimizer": "use_distributed_optimizer"}
+# Keys that moved: old dotted key -> its place now. An old key is refused with one line naming it.
+MOVED = {
+    # the optimizer's settings have their own section since 2026-12-01
+    **{f"train.{old}": f"optimizer.{new}" for old, new in (
+        ("lr", "lr"), ("adam_beta1", "beta1"), ("adam_beta2", "beta2"), ("adam_eps", "eps"),
+        ("weight_decay", "weight_decay"), ("clip_grad", "clip_grad"),
+        ("use_distributed_optimizer", "use_distributed_optimizer"))},
+    # one `method` section since 2026-12-07: the method's name, its zone and its own knobs
+    "zppo.tau": "method.tau", "zppo.rho_aug": "method.rho_aug", "zppo.bcq": "method.zppo.bcq",
+    "zppo.ncq": "method.zppo.ncq", "zppo.compression": "method.zppo.compression",
+    "method.objective": "method.name", "method.hard_prompts": "method.name",
+    "method.divergence": "method.on_policy_distill.divergence",
+    "method.jsd_beta": "method.on_policy_distill.jsd_beta", "method.prefix_fraction": "method.prefix.fraction",
+    "method.kd_temperature": "method.logit_distill.temperature", "method.kd_top_k": "method.logit_distill.top_k",
+}
 
 
 def load_config(path: str | None, overrides: list[str]) -> Config:
     tree = load_tree(path, overrides)
+    where = path or "overrides"
     # The teacher's weights never change and its servers keep their memory: settings only the student has.
     for key in set(tree.get("teacher") or {}) & {"weight_sync", "release_memory"}:
-        raise ConfigError(f"{path or 'overrides'}: teacher.{key} is unused (only the student's weights are synced, and "
+        raise ConfigError(f"{where}: teacher.{key} is unused (only the student's weights are synced, and "
                           "only a co-located student releases memory); remove it")
-    moved = [f"train.{k} -> optimizer.{MOVED[k]}" for k in (tree.get("train") or {}) if k in MOVED]
+    moved = [f"{old} -> {new}" for old, new in MOVED.items() if _has(tree, old)]
     if moved:
-        raise ConfigError(f"{path or 'overrides'}: the optimizer's settings moved to their own section: "
-                          f"{'; '.join(moved)}")
+        raise ConfigError(f"{where}: these keys moved: {'; '.join(moved)}")
     algorithm = (tree.get("run") or {}).get("algorithm", RunConfig.algorithm)
     if algorithm not in PRESETS:
         raise ConfigError(f"run.algorithm {algorithm!r} unknown; expected one of {sorted(PRESETS)}")
     for key, value in PRESETS[algorithm].items():
-        section, name = key.split(".")
-        tree.setdefault(section, {}).setdefault(name, value)
+        *sections, leaf = key.split(".")
+        node = tree
+        for section in sections:
+            node = node.setdefault(section, {})
+        node.setdefault(leaf, value)
     if (tree.get("run") or {}).get("overlap") == "one_step":  # off-policy by one version: correct it, unless told
         tree.setdefault("loss", {}).setdefault("tis_cap", DEFAULT_TIS_CAP)
     return from_dict(Config, tree)
+
+
+def dump_config(cfg: Config, path) -> None:
+    """The resolved config as the run used it, loadable again (`--config` it): other methods' knobs,
+    which it never read, are left out."""
+    tree, own = to_dict(cfg), METHOD_KNOBS.get(cfg.method.name)
+    tree["method"] = {k: v for k, v in tree["method"].items() if k == own or k not in METHOD_KNOBS.values()}
+    dump_yaml(tree, path)
+
+
+def _has(tree: dict, dotted: str) -> bool:
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        tree = tree.get(section)
+        if not isinstance(tree, dict):
+            return False
+    return leaf in tree

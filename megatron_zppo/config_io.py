@@ -144,8 +144,8 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def dump_yaml(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+def dump_yaml(tree: dict, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(_plain(tree), sort_keys=False))
 
 
 def _plain(x):

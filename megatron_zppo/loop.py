@@ -71,7 +71,7 @@ class RolloutPhase:
     """The rollout phase and what it works with, built once on the rank that holds the engines
     (build.make_rollout_phase)."""
 
-    student: RolloutEngine
+    student: StudentEngine
     encode: Callable[..., list[int]]
     graders: GraderPool
     grade: Grade  # rollout.collect.score_samples bound to the questions, graders and judge
@@ -82,7 +82,7 @@ class RolloutPhase:
     objective: Objective
     rollout: RolloutConfig
     sampling: SamplingParams  # the student's; each step gets its own seeds
-    tau: float  # hard if acc(x) < tau (zppo.tau)
+    tau: float  # hard if acc(x) < tau (method.tau)
     rho_aug: float  # cap on hard questions and their prompts, as a fraction of rollout.n_new
     rho_replay: float  # replayed questions per step, the same way; 0 with the buffer off
     seed: int

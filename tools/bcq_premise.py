@@ -4,7 +4,7 @@
 
 ZPPO helps only if a student that fails a question answers it better when shown one right and one
 wrong candidate (a BCQ prompt). For each question this samples `rollout.group_size` plain answers
-from the student; on the hard ones (plain accuracy < zppo.tau) it takes a correct answer from
+from the student; on the hard ones (plain accuracy < method.tau) it takes a correct answer from
 `rollout.teacher_group_size` teacher samples and one of the student's wrong answers, builds the BCQ
 prompt exactly as a run does (prompt templates, random candidate order), and samples the student
 again. Sampling and grading are the run's (student/teacher temperature, reward.grader). Writes
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     plain = sample(student, encode, [tmpl.plain(q.text) for q in questions], n, s_params)
     plain_scores = graded(graders, plain, questions)
-    hard = [i for i, s in enumerate(plain_scores) if mean(s) < cfg.zppo.tau]
+    hard = [i for i, s in enumerate(plain_scores) if mean(s) < cfg.method.tau]
     t_texts = sample(teacher, build.make_encoder(cfg.teacher.hf_path), [tmpl.plain(questions[i].text) for i in hard],
                      n_t, t_params)
     t_scores = graded(graders, t_texts, [questions[i] for i in hard])

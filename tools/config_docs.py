@@ -202,7 +202,7 @@ beside the field and run the tool again; `tests/core/test_config_docs.py` fails 
 A run reads one YAML file (`--config`) whose nesting follows the dotted keys below, then `key=value`
 overrides from the command line, for example
 
-    python pretrain_zppo.py --config examples/cpu_toy/zppo.yaml run.steps=10 zppo.tau=0.4
+    python pretrain_zppo.py --config examples/cpu_toy/zppo.yaml run.steps=10 method.tau=0.4
 
 An override's value is parsed as YAML (`3`, `0.5`, `true`, `null`, `[a, b]`). An unknown key, a value
 of the wrong type or outside its range is refused at load, naming the key. A value given in the file

@@ -44,17 +44,17 @@ def distill_advantages(student_logprobs: Sequence[float], teacher_logprobs: Sequ
         return t - s
     if divergence == "jsd":
         if not 0.0 < beta < 1.0:
-            raise ValueError(f"method.jsd_beta must be in (0, 1), got {beta!r}")
+            raise ValueError(f"method.on_policy_distill.jsd_beta must be in (0, 1), got {beta!r}")
         log_m = np.logaddexp(math.log(beta) + t, math.log1p(-beta) + s)
         return -(1.0 - beta) * (s - log_m)
-    raise ValueError(f"method.divergence {divergence!r} unknown; expected one of {DIVERGENCES}")
+    raise ValueError(f"method.on_policy_distill.divergence {divergence!r} unknown; expected one of {DIVERGENCES}")
 
 
 def prefix_length(n_tokens: int, fraction: float) -> int:
     """Tokens of a teacher response given as the start of the answer: round half up, at least one
     token and never the whole response (the student must write something)."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"method.prefix_fraction must be in (0, 1), got {fraction!r}")
+        raise ValueError(f"method.prefix.fraction must be in (0, 1), got {fraction!r}")
     if n_tokens < 2:
         return 0
     return min(max(1, math.floor(fraction * n_tokens + 0.5)), n_tokens - 1)

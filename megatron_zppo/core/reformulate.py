@@ -16,18 +16,16 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated
 
 from megatron_zppo.core.answers import wrong_answer_list
-from megatron_zppo.config_io import Range
 from megatron_zppo.core.prompts import PromptTemplates
 from megatron_zppo.core.records import TEACHER, Group, PromptKind, Question, Sample
 
 
 @dataclass(frozen=True)
 class ZppoConfig:
-    tau: Annotated[float, Range(gt=0, le=1)] = 0.5  # hard if acc(x) < tau; graduation threshold of the buffer too
-    rho_aug: Annotated[float, Range(ge=0)] = 0.25  # cap on hard questions and on BCQ+NCQ prompts, as a fraction of N_new
+    """ZPPO's knobs (`method.zppo`); the zone it works in, tau and rho_aug, is every method's (`method`)."""
+
     bcq: bool = True  # a hard question the teacher solves becomes a BCQ prompt
     ncq: bool = True  # a hard question becomes an NCQ prompt (wrong answers listed)
     compression: bool = True  # the teacher summarises candidates before they enter a prompt

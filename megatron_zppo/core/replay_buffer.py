@@ -21,7 +21,7 @@ STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class BufferConfig:
-    enabled: bool = True  # hard questions come back until acc >= zppo.tau
+    enabled: bool = True  # hard questions come back until acc >= method.tau
     capacity: Annotated[int, Range(ge=1)] = 10_000  # questions held; the oldest are evicted first
     rho_replay: Annotated[float, Range(ge=0)] = 0.25  # replayed questions per step, as a fraction of N_new
 

@@ -86,6 +86,10 @@ Grade = Callable[[Sequence[Sample]], None]
 class NoHardPrompts:
     """GRPO and the distillations: hard questions are only buffered."""
 
+    @classmethod
+    def from_config(cls, cfg, teacher, templates, decode, grade) -> NoHardPrompts:
+        return cls()
+
     def __call__(self, hard, cap, step, times) -> HardPromptSet:
         return HardPromptSet()
 

@@ -9,7 +9,11 @@
 
 from __future__ import annotations
 
-from megatron_zppo.core.baselines import distill_advantages
+from dataclasses import dataclass
+from typing import Annotated
+
+from megatron_zppo.config_io import Range
+from megatron_zppo.core.baselines import DIVERGENCES, distill_advantages
 from megatron_zppo.core.batch import split_minibatches
 from megatron_zppo.core.loss import LossConfig
 from megatron_zppo.methods.base import Grade, Phase, step_seed, timed
@@ -19,7 +23,28 @@ from megatron_zppo.train.losses import CrossEntropyLoss, LogitDistillLoss
 TARGETS = "sft_targets"  # Rollouts.method_data key: the teacher's correct responses (with their prompts)
 
 
+@dataclass(frozen=True)
+class OnPolicyDistillConfig:
+    divergence: str = "reverse_kl"  # what the student's samples descend: reverse_kl | jsd
+    jsd_beta: Annotated[float, Range(gt=0, lt=1)] = 0.5  # divergence=jsd: the teacher's weight in the mixture
+
+    def __post_init__(self):
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence {self.divergence!r} unknown; expected one of {DIVERGENCES}")
+
+
+@dataclass(frozen=True)
+class LogitDistillConfig:
+    temperature: Annotated[float, Range(gt=0)] = 1.0  # softmax temperature of both models (no T^2 factor)
+    top_k: Annotated[int, Range(ge=0)] = 0  # 0: the teacher's full distribution, else its top k
+
+
 class OffPolicyDistill(PolicyGradient):
+    @classmethod
+    def from_config(cls, cfg, teacher, grade: Grade) -> OffPolicyDistill:
+        return cls(cfg.advantage, cfg.run.updates_per_step, cfg.loss, teacher, cfg.rollout.teacher_group_size, grade,
+                   cfg.run.seed)
+
     def __init__(self, estimator: str, updates_per_step: int, loss: LossConfig, teacher, teacher_group_size: int,
                  grade: Grade, seed: int):
         super().__init__(estimator, updates_per_step, loss)
@@ -45,6 +70,11 @@ class OffPolicyDistill(PolicyGradient):
 
 
 class OnPolicyDistill(PolicyGradient):
+    @classmethod
+    def from_config(cls, cfg, teacher, grade: Grade) -> OnPolicyDistill:
+        m = cfg.method.on_policy_distill
+        return cls(cfg.run.updates_per_step, cfg.loss, teacher, m.divergence, m.jsd_beta)
+
     def __init__(self, updates_per_step: int, loss: LossConfig, teacher, divergence: str, jsd_beta: float):
         super().__init__("", updates_per_step, loss)
         self.teacher, self.divergence, self.beta = teacher, divergence, jsd_beta

@@ -10,6 +10,10 @@ from megatron_zppo.rollout.collect import PromptSpec
 
 
 class HintPrompts:
+    @classmethod
+    def from_config(cls, cfg, teacher, templates: PromptTemplates, decode, grade) -> HintPrompts:
+        return cls(teacher, templates, cfg.run.seed)
+
     def __init__(self, teacher, templates: PromptTemplates, seed: int):
         self.teacher, self.templates, self.seed = teacher, templates, seed
 

@@ -11,6 +11,10 @@ from megatron_zppo.train.losses import PolicyGradientLoss
 
 
 class PolicyGradient:
+    @classmethod
+    def from_config(cls, cfg, teacher, grade):
+        return cls(cfg.advantage, cfg.run.updates_per_step, cfg.loss)
+
     def __init__(self, estimator: str, updates_per_step: int, loss: LossConfig):
         self.estimator, self.updates, self.loss = estimator, updates_per_step, PolicyGradientLoss(loss)
 

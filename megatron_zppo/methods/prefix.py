@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
 
+from megatron_zppo.config_io import Range
 from megatron_zppo.core.baselines import prefix_length
 from megatron_zppo.methods.base import Grade, HardPromptSet, Phase, step_seed, timed
 from megatron_zppo.methods.zppo import teacher_rollouts
@@ -13,7 +16,16 @@ from megatron_zppo.core.records import PromptKind
 from megatron_zppo.rollout.collect import PromptSpec
 
 
+@dataclass(frozen=True)
+class PrefixConfig:
+    fraction: Annotated[float, Range(gt=0, lt=1)] = 0.4  # share of one correct teacher response given as the prefix
+
+
 class PrefixPrompts:
+    @classmethod
+    def from_config(cls, cfg, teacher, templates, decode, grade: Grade) -> PrefixPrompts:
+        return cls(teacher, cfg.rollout.teacher_group_size, cfg.method.prefix.fraction, decode, grade, cfg.run.seed)
+
     def __init__(self, teacher, teacher_group_size: int, fraction: float, decode: Callable[[Sequence[int]], str],
                  grade: Grade, seed: int):
         self.teacher, self.n_teacher, self.fraction = teacher, teacher_group_size, fraction

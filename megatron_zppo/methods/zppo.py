@@ -18,6 +18,10 @@ LISTED = "ncq_listed"  # Rollouts.method_data key: NCQ group id -> the answers i
 
 
 class ZppoPrompts:
+    @classmethod
+    def from_config(cls, cfg, teacher, templates: PromptTemplates, decode, grade: Grade) -> ZppoPrompts:
+        return cls(cfg.method.zppo, teacher, cfg.rollout.teacher_group_size, templates, grade, cfg.run.seed)
+
     def __init__(self, cfg: ZppoConfig, teacher, teacher_group_size: int, templates: PromptTemplates,
                  grade: Grade, seed: int):
         self.cfg, self.teacher, self.n_teacher = cfg, teacher, teacher_group_size

@@ -23,7 +23,7 @@ from megatron_zppo.train.logprobs import SequenceBatch, _response_positions
 
 @dataclass(frozen=True)
 class LogitTeacher:
-    """The teacher the trainer holds for this baseline (method.kd_temperature, method.kd_top_k)."""
+    """The teacher the trainer holds for this baseline (method.logit_distill.temperature and .top_k)."""
 
     hf_path: str
     temperature: float = 1.0

@@ -91,7 +91,7 @@ class LogitDistillLoss:
 
         kd = trainer.logit_teacher
         if kd is None:
-            raise ValueError("the logit-distillation loss needs the trainer's teacher (method.objective="
+            raise ValueError("the logit-distillation loss needs the trainer's teacher (method.name="
                              "logit_distill builds one)")
         per_update = []
         for batches, cost in cut:

@@ -63,7 +63,7 @@ def test_prefix_length_rounds_half_up_and_leaves_the_student_something():
     assert prefix_length(2, 0.1) == 1  # at least one token
     assert prefix_length(3, 0.99) == 2  # never the whole response
     assert prefix_length(1, 0.4) == 0  # a one-token response has nothing to split
-    with pytest.raises(ValueError, match="prefix_fraction must be in"):
+    with pytest.raises(ValueError, match="method.prefix.fraction must be in"):
         prefix_length(10, 1.0)
 
 

@@ -55,11 +55,11 @@ def test_the_core_folder_holds_the_methods_maths_and_imports_only_itself():
 
 
 def test_the_loop_names_no_method():
-    from megatron_zppo.config import HARD_PROMPTS, OBJECTIVES, PRESETS
+    from megatron_zppo.config import METHODS, PRESETS
 
     tree = ast.parse((PACKAGE / "loop.py").read_text())
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    names = (set(PRESETS) | set(OBJECTIVES) | set(HARD_PROMPTS)) - {"zppo"}  # "zppo" is also the project
+    names = (set(PRESETS) | set(METHODS)) - {"zppo"}  # "zppo" is also the project
     assert strings & names == set()
     one_method = {f"megatron_zppo.methods.{p.stem}" for p in (PACKAGE / "methods").glob("*.py")} - {
         "megatron_zppo.methods.__init__", "megatron_zppo.methods.base"}
@@ -92,9 +92,9 @@ MAIN_PATH = [ROOT / "pretrain_zppo.py", *sorted(PACKAGE.rglob("*.py"))]
 
 
 def _method_names() -> set[str]:
-    from megatron_zppo.config import HARD_PROMPTS, OBJECTIVES, PRESETS
+    from megatron_zppo.config import METHODS, PRESETS
 
-    return (set(PRESETS) | set(OBJECTIVES) | set(HARD_PROMPTS)) - {"zppo"}  # "zppo" is also the project
+    return (set(PRESETS) | set(METHODS)) - {"zppo"}  # "zppo" is also the project
 
 
 def _function(path: Path, name: str) -> ast.FunctionDef:

@@ -29,7 +29,7 @@ def _stage(batch, cap, cfg, seed):
         texts = [f"STUDENT-{i}-{j} \\boxed{{{'5' if r else j}}}" for j, r in enumerate(student)]
         groups.append(group(q, student, texts=texts))
         tch[q.id] = teacher(q, teacher_rewards, [f"TEACHER-{i}-{j} \\boxed{{5}}" for j in range(len(teacher_rewards))])
-    hard = select_hard(groups, cfg.tau, cap)
+    hard = select_hard(groups, 0.5, cap)  # method.tau's default, the paper's
     plans = plan_reformulations(hard, tch, cap, cfg, random.Random(seed))
     return groups, tch, plans, render(plans, TEMPLATES)
 

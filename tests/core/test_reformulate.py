@@ -99,7 +99,9 @@ def test_teacher_mapping_with_student_or_unscored_samples_is_rejected():
 
 
 def test_config_rejects_out_of_range_values():
-    with pytest.raises(ValueError, match="zppo.tau: 0.0 is out of range"):
-        from_dict(ZppoConfig, {"tau": 0}, "zppo")  # ranges are checked where configs are read
-    with pytest.raises(ValueError, match="zppo.rho_aug: -0.1 is out of range"):
-        from_dict(ZppoConfig, {"rho_aug": -0.1}, "zppo")
+    from megatron_zppo.config import MethodConfig
+
+    with pytest.raises(ValueError, match="method.tau: 0.0 is out of range"):
+        from_dict(MethodConfig, {"tau": 0}, "method")  # ranges are checked where configs are read
+    with pytest.raises(ValueError, match="method.rho_aug: -0.1 is out of range"):
+        from_dict(MethodConfig, {"rho_aug": -0.1}, "method")

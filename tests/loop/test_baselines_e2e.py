@@ -66,7 +66,7 @@ def test_on_policy_distillation_advantages_come_from_teacher_logprobs(toy_world,
     from transformers import AutoModelForCausalLM
 
     metrics, rollouts = _baseline_run(toy_world, tmp_path, "on_policy_distill_buffer",
-                                      [f"method.divergence={divergence}", "method.jsd_beta=0.3"])
+                                      [f"method.on_policy_distill.divergence={divergence}", "method.on_policy_distill.jsd_beta=0.3"])
     teacher = AutoModelForCausalLM.from_pretrained(toy_world["teacher"]).eval()
     s = rollouts[0].plain[0].samples[0]
     ids = torch.tensor([list(s.prompt_ids) + list(s.response_ids)])
@@ -85,7 +85,7 @@ def test_prefix_rule_used_by_the_loop_matches_the_spec_default():
 
 @pytest.mark.timeout(900)
 def test_logit_distillation_runs_with_the_teacher_inside_the_trainer(toy_world, tmp_path):
-    metrics, rollouts = _baseline_run(toy_world, tmp_path, "logit_distill", ["method.kd_top_k=16"])
+    metrics, rollouts = _baseline_run(toy_world, tmp_path, "logit_distill", ["method.logit_distill.top_k=16"])
     assert all(not r.reformulated for r in rollouts)
     for m in metrics:  # forward KL to the teacher, not a PPO update
         assert m["kl"] > 0 and m["loss"] > 0 and m["clip_frac"] is None and math.isfinite(m["grad_norm"])

@@ -1,8 +1,9 @@
 import json
 
 import pytest
+import yaml
 
-from megatron_zppo.config import PRESETS, load_config
+from megatron_zppo.config import PRESETS, dump_config, load_config
 from megatron_zppo.config_io import ConfigError
 from megatron_zppo.data import DataError, QuestionStream, SourceConfig, load_questions, load_source
 
@@ -92,43 +93,61 @@ def test_question_stream_resumes_at_the_same_position_across_epochs():
         QuestionStream(qs[:4]).load_state_dict(s.state_dict())
 
 
-def test_presets_set_the_ablation_switches_and_explicit_values_win():
-    expected = {  # buffer, bcq, ncq, compression, objective, hard prompts
-        "grpo": (False, False, False, False, "policy_gradient", "zppo"),
-        "grpo_buffer": (True, False, False, False, "policy_gradient", "zppo"),
-        "zppo": (True, True, True, True, "policy_gradient", "zppo"),
-        "zppo_no_buffer": (False, True, True, True, "policy_gradient", "zppo"),
-        "zppo_no_bcq": (True, False, True, True, "policy_gradient", "zppo"),
-        "zppo_no_ncq": (True, True, False, True, "policy_gradient", "zppo"),
-        "zppo_no_compression": (True, True, True, False, "policy_gradient", "zppo"),
-        "hint": (True, False, False, False, "policy_gradient", "hint"),
-        "prefix": (True, False, False, False, "policy_gradient", "prefix"),
-        "off_policy_distill": (False, False, False, False, "off_policy_distill", "zppo"),
-        "off_policy_distill_buffer": (True, False, False, False, "off_policy_distill", "zppo"),
-        "on_policy_distill": (False, False, False, False, "on_policy_distill", "zppo"),
-        "on_policy_distill_buffer": (True, False, False, False, "on_policy_distill", "zppo"),
-        "logit_distill": (False, False, False, False, "logit_distill", "zppo"),
+def test_presets_set_the_method_its_switches_and_the_buffer_and_explicit_values_win(tmp_path):
+    expected = {  # method, buffer, (bcq, ncq, compression) where the method is ZPPO
+        "grpo": ("grpo", False, None), "grpo_buffer": ("grpo", True, None),
+        "zppo": ("zppo", True, (True, True, True)), "zppo_no_buffer": ("zppo", False, (True, True, True)),
+        "zppo_no_bcq": ("zppo", True, (False, True, True)), "zppo_no_ncq": ("zppo", True, (True, False, True)),
+        "zppo_no_compression": ("zppo", True, (True, True, False)),
+        "hint": ("hint", True, None), "prefix": ("prefix", True, None),
+        "off_policy_distill": ("off_policy_distill", False, None),
+        "off_policy_distill_buffer": ("off_policy_distill", True, None),
+        "on_policy_distill": ("on_policy_distill", False, None),
+        "on_policy_distill_buffer": ("on_policy_distill", True, None),
+        "logit_distill": ("logit_distill", False, None),
     }
     assert set(PRESETS) == set(expected)
-    for name, want in expected.items():
+    for name, (method, buffer, switches) in expected.items():
         c = load_config(None, BASE + [f"run.algorithm={name}"])
-        got = (c.buffer.enabled, c.zppo.bcq, c.zppo.ncq, c.zppo.compression, c.method.objective, c.method.hard_prompts)
-        assert got == want, name
-    c = load_config(None, BASE + ["run.algorithm=grpo", "buffer.enabled=true"])
-    assert c.buffer.enabled and not c.zppo.bcq
+        z = c.method.zppo
+        assert (c.method.name, c.buffer.enabled) == (method, buffer), name
+        assert switches is None or (z.bcq, z.ncq, z.compression) == switches, name
+        dump_config(c, tmp_path / f"{name}.yaml")  # what a run writes to its directory loads back as it was,
+        assert load_config(str(tmp_path / f"{name}.yaml"), []) == c, name
+        dumped = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())["method"]  # with the knobs it read only
+        assert set(dumped) - {"name", "tau", "rho_aug"} == ({method} & {"zppo", "prefix", "on_policy_distill",
+                                                                       "logit_distill"}), name
+    c = load_config(None, BASE + ["run.algorithm=grpo", "buffer.enabled=true", "method.tau=0.3"])
+    assert c.buffer.enabled and c.method.name == "grpo" and c.method.tau == 0.3
+    c = load_config(None, BASE + ["run.algorithm=zppo_no_bcq", "method.zppo.bcq=true"])
+    assert c.method.zppo.bcq and c.method.zppo.ncq
 
 
-def test_baseline_settings_that_contradict_each_other_are_refused():
-    with pytest.raises(ConfigError, match="replaces BCQ/NCQ prompts"):
-        load_config(None, BASE + ["run.algorithm=hint", "zppo.bcq=true"])
-    with pytest.raises(ConfigError, match="trains on no reformulated prompts"):
-        load_config(None, BASE + ["run.algorithm=on_policy_distill", "zppo.ncq=true"])
-    with pytest.raises(ConfigError, match="method.divergence 'kl' unknown"):
-        load_config(None, BASE + ["run.algorithm=on_policy_distill", "method.divergence=kl"])
-    with pytest.raises(ConfigError, match="method.prefix_fraction: 1.0 is out of range"):
-        load_config(None, BASE + ["run.algorithm=prefix", "method.prefix_fraction=1.0"])
+def test_method_settings_out_of_place_or_contradicting_are_refused():
+    with pytest.raises(ConfigError, match="method.on_policy_distill: divergence 'kl' unknown"):
+        load_config(None, BASE + ["run.algorithm=on_policy_distill", "method.on_policy_distill.divergence=kl"])
+    with pytest.raises(ConfigError, match="method.prefix.fraction: 1.0 is out of range"):
+        load_config(None, BASE + ["run.algorithm=prefix", "method.prefix.fraction=1.0"])
+    with pytest.raises(ConfigError, match="both false: no hard question would get a prompt; that is GRPO"):
+        load_config(None, BASE + ["method.zppo.bcq=false", "method.zppo.ncq=false"])
+    with pytest.raises(ConfigError, match="method.name 'ppo' unknown"):
+        load_config(None, BASE + ["method.name=ppo"])
     with pytest.raises(ConfigError, match="uses the teacher"):
         load_config(None, ["student.hf_path=s", "run.algorithm=off_policy_distill"])
+    # ZPPO with NCQ only and no compression needs no teacher: its prompts list the student's own answers.
+    assert not load_config(None, ["student.hf_path=s", "run.algorithm=zppo_no_bcq",
+                                  "method.zppo.compression=false"]).method.needs_teacher
+
+
+@pytest.mark.parametrize("old, new", [("zppo.tau=0.3", "zppo.tau -> method.tau"),
+                                      ("zppo.bcq=false", "zppo.bcq -> method.zppo.bcq"),
+                                      ("method.objective=logit_distill", "method.objective -> method.name"),
+                                      ("method.hard_prompts=hint", "method.hard_prompts -> method.name"),
+                                      ("method.prefix_fraction=0.3", "method.prefix_fraction -> method.prefix.fraction"),
+                                      ("method.kd_top_k=5", "method.kd_top_k -> method.logit_distill.top_k")])
+def test_the_method_keys_of_before_the_method_section_are_refused_naming_their_new_place(old, new):
+    with pytest.raises(ConfigError, match=f"overrides: these keys moved: {new}$"):
+        load_config(None, BASE + [old])
 
 
 def test_config_errors_name_the_key_and_value(tmp_path):
@@ -157,7 +176,7 @@ def test_config_errors_name_the_key_and_value(tmp_path):
 def test_optimizer_keys_under_train_name_their_new_place(tmp_path):
     old = tmp_path / "old.yaml"
     old.write_text("train:\n  micro_batch_size: 4\n  lr: 1.0e-6\n  adam_beta2: 0.95\n")
-    with pytest.raises(ConfigError, match=rf"{old}: the optimizer's settings moved to their own section: "
+    with pytest.raises(ConfigError, match=rf"{old}: these keys moved: "
                                           r"train.lr -> optimizer.lr; train.adam_beta2 -> optimizer.beta2"):
         load_config(str(old), BASE)
     assert load_config(None, BASE + ["optimizer.lr=3e-6", "optimizer.beta2=0.95"]).optimizer.beta2 == 0.95
@@ -165,7 +184,7 @@ def test_optimizer_keys_under_train_name_their_new_place(tmp_path):
 
 def test_the_demo_config_loads():
     c = load_config("examples/cpu_toy/zppo.yaml", [])
-    assert c.run.algorithm == "zppo" and c.zppo.bcq and c.buffer.enabled and len(c.data.train) == 1
+    assert c.run.algorithm == "zppo" and c.method.zppo.bcq and c.buffer.enabled and len(c.data.train) == 1
 
 
 def test_sglang_engine_address_comes_from_the_launchers_file(tmp_path):

@@ -77,7 +77,7 @@ def _run(servers, model_dir, run_dir, overlap, steps=4, load=""):
         "student.weight_sync.strategy=disk", f"student.weight_sync.disk_dir={run_dir}/weights",
         f"teacher.hf_path={model_dir}", "teacher.engine=sglang", f"teacher.url={teacher.url}",
         "rollout.n_new=4", "rollout.group_size=2", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
-        "zppo.rho_aug=0.5", "buffer.rho_replay=0.5", "reward.grader=task", "reward.workers=1",
+        "method.rho_aug=0.5", "buffer.rho_replay=0.5", "reward.grader=task", "reward.workers=1",
         f"data.train=[{CHAIN}]", "data.eval={}"])
     trainer, ctx, stop = RecordingTrainer(), build.make_rollout_phase(cfg), StopRequest()
     try:

@@ -22,7 +22,7 @@ def _overrides(toy, run_dir, steps, extra=()):
         f"student.hf_path={toy['student']}", f"teacher.hf_path={toy['teacher']}",
         "rollout.n_new=4", "rollout.group_size=4", "rollout.teacher_group_size=2", "rollout.max_new_tokens=12",
         "rollout.max_prompt_tokens=200", "rollout.max_reformulated_prompt_tokens=600",
-        "zppo.rho_aug=0.5", "buffer.rho_replay=0.5", "train.micro_batch_size=8", "optimizer.lr=1e-3",
+        "method.rho_aug=0.5", "buffer.rho_replay=0.5", "train.micro_batch_size=8", "optimizer.lr=1e-3",
         "templates=examples/cpu_toy/templates", "reward.grader=task", "reward.workers=1",
         "eval.temperature=0", "eval.max_new_tokens=12", "eval.presence_penalty=0",
         f"data.train=[{chain % (0, 40)}]", f"data.eval={{chain_sum: [{chain % (1, 6)}]}}", *extra,

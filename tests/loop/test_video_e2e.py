@@ -38,8 +38,8 @@ def test_a_zppo_run_on_video_questions_trains_and_evaluates(toy_world, tmp_path)
     _run(["--config", "examples/cpu_toy/zppo.yaml", f"run.dir={run}", "run.steps=1", "run.save_every=1",
           "run.updates_per_step=1", f"student.hf_path={student}", f"teacher.hf_path={teacher}", "rollout.n_new=4",
           "rollout.group_size=4", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
-          "rollout.max_prompt_tokens=200", "rollout.max_reformulated_prompt_tokens=600", "zppo.rho_aug=0.5", "zppo.tau=1.0",
-          "buffer.rho_replay=0.0", "train.micro_batch_size=8", "zppo.compression=false",
+          "rollout.max_prompt_tokens=200", "rollout.max_reformulated_prompt_tokens=600", "method.rho_aug=0.5", "method.tau=1.0",
+          "buffer.rho_replay=0.0", "train.micro_batch_size=8", "method.zppo.compression=false",
           "reward.grader=tests.loop.slow_graders:parity", "reward.workers=1", "eval.temperature=0",
           "eval.max_new_tokens=6", "eval.presence_penalty=0", f"data.train=[{source}]",
           f"data.eval={{videos: [{source}]}}", "data.held_out=[]"])

@@ -45,8 +45,8 @@ def _overrides(vl, run_dir, steps, extra=()):
         "--config", "examples/cpu_toy/zppo.yaml", f"run.dir={run_dir}", f"run.steps={steps}", "run.save_every=2",
         "run.updates_per_step=2", f"student.hf_path={vl['student']}", f"teacher.hf_path={vl['teacher']}",
         "rollout.n_new=4", "rollout.group_size=4", "rollout.teacher_group_size=2", "rollout.max_new_tokens=8",
-        "rollout.max_prompt_tokens=200", "rollout.max_reformulated_prompt_tokens=600", "zppo.rho_aug=0.5",
-        "buffer.rho_replay=0.5", "train.micro_batch_size=8", "optimizer.lr=1e-3", "zppo.compression=false",
+        "rollout.max_prompt_tokens=200", "rollout.max_reformulated_prompt_tokens=600", "method.rho_aug=0.5",
+        "buffer.rho_replay=0.5", "train.micro_batch_size=8", "optimizer.lr=1e-3", "method.zppo.compression=false",
         # Right about half the time: hard questions (BCQ/NCQ with the image) and non-zero advantages both.
         "reward.grader=tests.loop.slow_graders:parity", "reward.workers=1", "eval.temperature=0",
         "eval.max_new_tokens=8", "eval.presence_penalty=0", f"data.train=[{source}]", f"data.eval={{dots: [{source}]}}",

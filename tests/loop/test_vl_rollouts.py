@@ -57,7 +57,7 @@ def test_a_zppo_rollout_step_on_image_questions(vl, tmp_path):
     cfg = load_config("examples/cpu_toy/zppo.yaml", [
         f"student.hf_path={vl['student']}", f"teacher.hf_path={vl['teacher']}", "rollout.n_new=4",
         "rollout.group_size=4", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
-        "reward.grader=tests.loop.slow_graders:never", "zppo.compression=false", "zppo.rho_aug=1.0"])
+        "reward.grader=tests.loop.slow_graders:never", "method.zppo.compression=false", "method.rho_aug=1.0"])
     questions = [Question(f"img{i}", f"How many dots? ({i})", str(i), images=(_png((40 * i, 0, 0)),))
                  for i in range(4)]
     student = HFEngine(vl["student"], seed=0)

@@ -18,8 +18,8 @@ def test_paper_configs_carry_the_papers_hyperparameters(path):
     assert (c.run.algorithm, c.run.steps, c.run.updates_per_step) == ("zppo", 200, 4)
     assert (c.rollout.n_new, c.rollout.group_size, c.rollout.teacher_group_size) == (384, 8, 4)
     assert (c.rollout.max_prompt_tokens, c.rollout.max_new_tokens) == (4096, 12288)
-    assert (c.zppo.tau, c.zppo.rho_aug, c.buffer.rho_replay, c.buffer.capacity) == (0.5, 0.25, 0.25, 10_000)
-    assert fraction_count(c.zppo.rho_aug, c.rollout.n_new) == 96
+    assert (c.method.tau, c.method.rho_aug, c.buffer.rho_replay, c.buffer.capacity) == (0.5, 0.25, 0.25, 10_000)
+    assert fraction_count(c.method.rho_aug, c.rollout.n_new) == 96
     assert (c.loss.eps_low, c.loss.eps_high, c.loss.dual_clip_c, c.loss.kl_coef) == (0.2, 0.28, 10.0, 0.0)
     assert (c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.beta1, c.optimizer.beta2, c.optimizer.eps,
             c.optimizer.clip_grad) == (1e-6, 0.1, 0.9, 0.999, 1e-8, 1.0)
