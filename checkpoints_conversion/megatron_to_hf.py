@@ -37,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--tp", type=int, default=1, help="tensor-parallel size to load under")
     ap.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to load under")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    ap.add_argument("--bucket-gb", type=float, default=4.0, help="approximate size of each safetensors file")
+    ap.add_argument("--bucket-gb", type=float, default=4.0,
+                    help="the most bytes of one safetensors file (a single larger tensor gets a file of its own)")
     ap.add_argument("--verify", action="store_true", help="compare the written HF model's logits with Megatron's")
     ap.add_argument("--tolerance", type=float, default=1e-4, help="max |logit diff| for --verify")
     args = ap.parse_args(argv)

@@ -176,7 +176,7 @@ def check_shared_tokenizer(cfg: Config) -> None:
 
     student, teacher = (AutoTokenizer.from_pretrained(p) for p in (cfg.student.hf_path, cfg.teacher.hf_path))
     if student.get_vocab() != teacher.get_vocab() or student.chat_template != teacher.chat_template:
-        raise ConfigError(f"run.algorithm={cfg.run.algorithm!r} passes token ids between teacher and student, but "
+        raise ConfigError(f"method.name={cfg.method.name!r} passes token ids between teacher and student, but "
                          f"the tokenizers of {cfg.student.hf_path} and {cfg.teacher.hf_path} differ (vocabulary "
                          "or chat template); use a teacher of the student's family")
 
@@ -199,7 +199,7 @@ def check_vision_support(cfg: Config) -> None:
         raise ConfigError(f"student.hf_path {cfg.student.hf_path} is a {hf_config.model_type!r} vision-language "
                          f"checkpoint; the trainer's vision path covers {list(QWEN35_VL_MODEL_TYPES)} (Qwen3.5-VL)")
     if cfg.method.name == "on_policy_distill" and cfg.teacher.engine == "sglang":
-        raise ConfigError(f"run.algorithm={cfg.run.algorithm!r} with the vision-language student {cfg.student.hf_path} "
+        raise ConfigError(f"method.name={cfg.method.name!r} with the vision-language student {cfg.student.hf_path} "
                          "and teacher.engine=sglang: scoring the student's samples with their images is not built for "
                          "SGLang yet; use teacher.engine=embedded, or another method")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
+from megatron_zppo import methods
 from megatron_zppo.config_io import ConfigError, Range, dump_yaml, from_dict, load_tree, to_dict
 from megatron_zppo.data import SourceConfig
 from megatron_zppo.core.loss import LossConfig
@@ -23,7 +24,7 @@ from megatron_zppo.rollout.sync import WeightSyncConfig
 from megatron_zppo.train.optimizer import OptimizerConfig
 from megatron_zppo.train.precision import PrecisionConfig
 
-METHODS = ("zppo", "grpo", "hint", "prefix", "off_policy_distill", "on_policy_distill", "logit_distill")
+METHODS = tuple(methods.METHODS)  # the plug-ins, by name
 # The subsections of `method`: each method's own knobs, read only when it runs (so one YAML can
 # serve every preset of a comparison); the run directory's config.yaml keeps only the one read.
 METHOD_KNOBS = {"zppo": "zppo", "prefix": "prefix", "on_policy_distill": "on_policy_distill",
@@ -66,7 +67,7 @@ class RunConfig:
     # train_only: train on rollouts read back from `rollouts_from` (for debugging the trainer).
     mode: str = "train"
     rollouts_from: str = ""  # train_only: the run directory whose rollouts/ are read back
-    dump_rollouts: bool = False  # in train mode too, write each step's rollouts to dir/rollouts
+    dump_rollouts: bool = False  # in train mode too, write each step's rollouts to dir/rollouts (not train_only)
     # one_step: step k+1's rollouts are made while the trainer trains on step k, by weights one version
     # behind (overlap.py); loss.tis_cap then defaults to overlap.DEFAULT_TIS_CAP. none: the synchronous loop.
     overlap: str = "none"
@@ -82,6 +83,9 @@ class RunConfig:
         if self.overlap != "none" and self.mode != "train":
             raise ValueError(f"run.overlap={self.overlap!r} overlaps rollouts with training; run.mode={self.mode!r} "
                              "does not do both (use run.overlap=none)")
+        if self.dump_rollouts and self.mode == "train_only":
+            raise ValueError(f"run.dump_rollouts writes the rollouts a run makes; run.mode=train_only makes none (it "
+                             f"reads them from run.rollouts_from={self.rollouts_from!r})")
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,9 @@ class MethodConfig:
     buffer lets a question go."""
 
     name: str = "zppo"  # the method: zppo, grpo, hint, prefix, or a distillation (off/on-policy, logit)
-    tau: Annotated[float, Range(gt=0, le=1)] = 0.5  # hard if a question's plain accuracy < tau; the buffer's graduation threshold too
-    rho_aug: Annotated[float, Range(ge=0)] = 0.25  # cap on hard questions and on their prompts, as a fraction of rollout.n_new
+    # hard if a question's plain accuracy < tau; the buffer's graduation threshold too
+    tau: Annotated[float, Range(gt=0, le=1)] = 0.5
+    rho_aug: Annotated[float, Range(ge=0)] = 0.25  # cap on hard questions and their prompts, a fraction of n_new
     zppo: ZppoConfig = field(default_factory=ZppoConfig)  # ZPPO's prompts for hard questions: BCQ, NCQ, compression
     prefix: PrefixConfig = field(default_factory=PrefixConfig)  # the Prefix baseline
     on_policy_distill: OnPolicyDistillConfig = field(default_factory=OnPolicyDistillConfig)  # on-policy distillation
@@ -107,16 +112,13 @@ class MethodConfig:
 
     @property
     def needs_teacher(self) -> bool:
-        """The teacher answers, compresses, hints or scores: everything but GRPO, and ZPPO with
-        NCQ only and no compression (its prompts list the student's own answers, uncompressed)."""
-        if self.name == "zppo":
-            return self.zppo.bcq or self.zppo.compression
-        return self.name != "grpo"
+        """The method asks the teacher (its plug-in says: methods.needs_teacher)."""
+        return methods.needs_teacher(self)
 
     @property
     def uses_teacher_tokens(self) -> bool:
         """Teacher token ids go into the student's prompts or loss: the tokenizers must be one."""
-        return self.name in ("prefix", "off_policy_distill", "on_policy_distill", "logit_distill")
+        return methods.uses_teacher_tokens(self.name)
 
 
 @dataclass(frozen=True)
@@ -266,15 +268,20 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     tree = load_tree(path, overrides)
     where = path or "overrides"
     # The teacher's weights never change and its servers keep their memory: settings only the student has.
-    for key in set(tree.get("teacher") or {}) & {"weight_sync", "release_memory"}:
-        raise ConfigError(f"{where}: teacher.{key} is unused (only the student's weights are synced, and "
-                          "only a co-located student releases memory); remove it")
+    unused = sorted(set(tree.get("teacher") or {}) & {"weight_sync", "release_memory"})
+    if unused:
+        raise ConfigError(f"{where}: {', '.join(f'teacher.{k}' for k in unused)} is unused (only the student's weights "
+                          "are synced, and only a co-located student releases memory); remove it")
     moved = [f"{old} -> {new}" for old, new in MOVED.items() if _has(tree, old)]
     if moved:
         raise ConfigError(f"{where}: these keys moved: {'; '.join(moved)}")
     algorithm = (tree.get("run") or {}).get("algorithm", RunConfig.algorithm)
     if algorithm not in PRESETS:
         raise ConfigError(f"run.algorithm {algorithm!r} unknown; expected one of {sorted(PRESETS)}")
+    named, preset = (tree.get("method") or {}).get("name"), PRESETS[algorithm]["method.name"]
+    if named is not None and "algorithm" in (tree.get("run") or {}) and named != preset:
+        raise ConfigError(f"{where}: run.algorithm={algorithm!r} is a preset of method {preset!r}, but method.name="
+                          f"{named!r}; set one of them")
     for key, value in PRESETS[algorithm].items():
         *sections, leaf = key.split(".")
         node = tree

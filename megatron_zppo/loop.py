@@ -28,7 +28,7 @@ from megatron_zppo.core.reformulate import fraction_count, select_hard
 from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import PromptSpec, generate_groups
 from megatron_zppo.overlap import accepted_versions, version_name
-from megatron_zppo.rollout.engine import RolloutEngine, SamplingParams
+from megatron_zppo.rollout.engine import SamplingParams
 
 if TYPE_CHECKING:
     from megatron_zppo.rollout.engine import StudentEngine
@@ -64,6 +64,16 @@ class Rollouts:
     @property
     def groups(self) -> list[Group]:
         return self.plain + self.reformulated
+
+    def __setstate__(self, state: dict) -> None:
+        """Rollouts pickled before `method_data` existed (a one_step checkpoint's rollouts in
+        flight, a rollout_only run's files) carried the two methods' data as fields of their own."""
+        data = state.setdefault("method_data", {})
+        if "ncq_listed" in state:
+            data.setdefault("ncq_listed", state.pop("ncq_listed"))
+        if "sft_pairs" in state:
+            data.setdefault("sft_targets", state.pop("sft_pairs"))
+        self.__dict__.update(state)
 
 
 @dataclass
@@ -146,22 +156,23 @@ class UpdatePhase:
             stats = self.objective.update(self.trainer, r, accepted, random.Random(step_seed(self.seed, r.step,
                                                                                              Phase.MINIBATCHES)))
         source.wait(times)
-        self.sync(version_name(r.step + 1), times)
-        return stats
-
-    def sync(self, version: str, times: dict[str, float] | None = None) -> None:
-        """Every rank drains the export (it gathers shards collectively); the rank holding the
-        engine feeds it."""
-        with timed({} if times is None else times, "sync"):
+        with timed(times, "sync"):
             if self.colocated:
                 self.engine.resume_memory(("weights",))
-            self.engine.update_weights(self.trainer.export_hf(), version)
+            self.sync(version_name(r.step + 1))
             if self.colocated:
                 self.engine.resume_memory(("kv_cache", "cuda_graph"))
+        return stats
+
+    def sync(self, version: str) -> None:
+        """The trainer's weights into the engine as `version` (also at the start of a run, when a
+        co-located server holds all its memory). Every rank drains the export (it gathers shards
+        collectively); the rank holding the engine feeds it."""
+        self.engine.update_weights(self.trainer.export_hf(), version)
 
 
 class NoUpdate(UpdatePhase):
-    """run.mode=rollout_only: the engines keep the weights they started with."""
+    """run.mode=rollout_only: no updates; the engines keep the weights of the first sync."""
 
     def __call__(self, r: Rollouts, source, times: dict[str, float]) -> dict[str, float]:
         return {}

@@ -54,10 +54,10 @@ class Report:
         from megatron_zppo.data import load_questions
 
         cfg, p, out = self.cfg, self.phase, {}
+        sampling = build.eval_sampling(cfg.eval, cfg.run.seed + 7)
         for name, sources in cfg.data.eval.items():
             qs = load_questions(sources, log=lambda *_: None)
-            r = evaluate(p.student, p.encode, p.templates, qs, p.graders, build.eval_sampling(cfg.eval, cfg.run.seed + 7),
-                         cfg.eval.samples_per_question)
+            r = evaluate(p.student, p.encode, p.templates, qs, p.graders, sampling, cfg.eval.samples_per_question)
             out[name] = {"accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high], "correct": list(r.correct),
                          "family": "held_out" if name in cfg.data.held_out else "in_corpus"}
         return out

@@ -60,7 +60,7 @@ class Generated:
             self.phase.buffer.update(r.plain)
         if self.written is not None:
             save_rollouts(r, rollout_file(self.written, step))
-        return broadcast(r, src=True)
+        return broadcast(r, is_source=True)
 
     def ahead(self, step: int) -> None:
         self.feed.start(step)
@@ -80,7 +80,7 @@ class Generated:
 
 class Received:
     def take(self, step: int) -> Rollouts:
-        return broadcast(None, src=False)
+        return broadcast(None, is_source=False)
 
     def ahead(self, step: int) -> None:
         pass
@@ -96,8 +96,9 @@ class Received:
 
 
 class Replayed(Received):
-    """Every rank reads the same file. Rank 0's buffer still learns from the plain groups, so the
-    checkpoints of a train-only run carry the buffer the run that made the rollouts had."""
+    """Every rank reads the same file (nothing is made ahead or received, as on the ranks that
+    receive). Rank 0's buffer still learns from the plain groups, so the checkpoints of a train-only
+    run carry the buffer the run that made the rollouts had."""
 
     def __init__(self, directory: Path, phase: RolloutPhase | None, buffer_on: bool):
         self.directory, self.phase, self.buffer_on = directory, phase, buffer_on
@@ -119,11 +120,11 @@ class Replayed(Received):
             self.phase.stream.load_state_dict(state["stream"])
 
 
-def broadcast(obj, src: bool):
+def broadcast(obj, is_source: bool):
     """Rank 0's object on every rank (the rollouts, which only rank 0 produced)."""
     if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
         return obj
-    box = [obj if src else None]
+    box = [obj if is_source else None]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
 

@@ -4,7 +4,8 @@ A method is a name in `METHODS` below: its hard prompts (built on the rank that 
 and its objective (built on every rank), each made from the run's config by the class's own
 `from_config`; its knobs are its subsection of the config's `method` section. `build_*` are the
 one place the config is mapped to method objects; loop.py never names a method. A new method is
-one module here, one line below and one preset (config.PRESETS).
+one module here, one line below, one preset (config.PRESETS) and, if it has knobs, its subsection
+of config.MethodConfig.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from megatron_zppo.methods.prefix import PrefixPrompts
 from megatron_zppo.methods.zppo import ZppoPrompts
 
 __all__ = ["Grade", "HardPrompts", "HardPromptSet", "METHODS", "Objective", "Phase", "build_hard_prompts",
-           "build_objective", "step_seed", "timed", "trainer_teacher"]
+           "build_objective", "needs_teacher", "step_seed", "timed", "trainer_teacher", "uses_teacher_tokens"]
 
 # method.name -> (what its hard questions become, what the trainer optimises)
 METHODS = {
@@ -30,6 +31,18 @@ METHODS = {
     "on_policy_distill": (NoHardPrompts, OnPolicyDistill),
     "logit_distill": (NoHardPrompts, LogitDistill),
 }
+
+
+def needs_teacher(knobs) -> bool:
+    """The method of the config's `method` section asks the teacher for text, scores or a model."""
+    hard, objective = METHODS[knobs.name]
+    return hard.needs_teacher(knobs) or objective.needs_teacher(knobs)
+
+
+def uses_teacher_tokens(name: str) -> bool:
+    """Teacher token ids go into the student's prompts or loss: the tokenizers must be one."""
+    hard, objective = METHODS[name]
+    return hard.teacher_tokens or objective.teacher_tokens
 
 
 def build_hard_prompts(cfg, teacher, templates, decode, grade: Grade) -> HardPrompts:

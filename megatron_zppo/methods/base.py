@@ -3,9 +3,9 @@
 A method says (1) what hard questions become — `HardPrompts`: ZPPO's BCQ/NCQ, a teacher hint, a
 teacher prefix, or nothing — and (2) what the trainer optimises — `Objective`: the policy gradient
 on the student's own samples, SFT on teacher targets, on-policy or logit distillation. The loop
-calls both without knowing which method it runs (loop.py); `methods.build` picks them once from
-the config, each with its teacher, graders and templates. A new method is one module here and one
-config preset (config.PRESETS).
+calls both without knowing which method it runs (loop.py); `methods.METHODS` maps `method.name`
+to the two classes, each built by its own `from_config` with its teacher, graders and templates
+(methods/__init__.py says what a new method takes).
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ class HardPromptSet:
 
 
 class HardPrompts(Protocol):
+    teacher_tokens: bool  # teacher token ids go into the student's prompts (the tokenizers must be one)
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        """Whether these prompts need the teacher, given the config's `method` section."""
     def __call__(self, hard: list[Group], cap: int, step: int, times: dict[str, float]) -> HardPromptSet:
         """Prompts for (at most `cap` of) the hard groups, lowest accuracy first."""
 
@@ -63,6 +68,11 @@ class HardPrompts(Protocol):
 
 
 class Objective(Protocol):
+    teacher_tokens: bool  # teacher token ids go into the student's loss
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        """Whether this objective needs the teacher, given the config's `method` section."""
     def prepare(self, plain: list[Group], reformulated: list[Group], step: int,
                 times: dict[str, float]) -> dict[str, Any]:
         """On the rank that holds the engines, after grading: set the samples' advantages.
@@ -85,6 +95,12 @@ Grade = Callable[[Sequence[Sample]], None]
 
 class NoHardPrompts:
     """GRPO and the distillations: hard questions are only buffered."""
+
+    teacher_tokens = False
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        return False
 
     @classmethod
     def from_config(cls, cfg, teacher, templates, decode, grade) -> NoHardPrompts:

@@ -39,7 +39,17 @@ class LogitDistillConfig:
     top_k: Annotated[int, Range(ge=0)] = 0  # 0: the teacher's full distribution, else its top k
 
 
-class OffPolicyDistill(PolicyGradient):
+class Distillation(PolicyGradient):
+    """What every distillation shares: the teacher's tokens or distributions in the loss."""
+
+    teacher_tokens = True
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        return True
+
+
+class OffPolicyDistill(Distillation):
     @classmethod
     def from_config(cls, cfg, teacher, grade: Grade) -> OffPolicyDistill:
         return cls(cfg.advantage, cfg.run.updates_per_step, cfg.loss, teacher, cfg.rollout.teacher_group_size, grade,
@@ -52,7 +62,8 @@ class OffPolicyDistill(PolicyGradient):
 
     def prepare(self, plain, reformulated, step, times):
         with timed(times, "teacher"):
-            rollouts = self.teacher.rollouts([g.question for g in plain], self.n_teacher, step_seed(self.seed, step, Phase.TEACHER))
+            seed = step_seed(self.seed, step, Phase.TEACHER)
+            rollouts = self.teacher.rollouts([g.question for g in plain], self.n_teacher, seed)
             samples = [s for ss in rollouts.values() for s in ss]
             self.grade(samples)
             targets = [s for s in samples if s.reward >= 1.0 and len(s.response_ids)]
@@ -69,7 +80,7 @@ class OffPolicyDistill(PolicyGradient):
         return {"n_sft_targets": len(rollouts.method_data[TARGETS])}
 
 
-class OnPolicyDistill(PolicyGradient):
+class OnPolicyDistill(Distillation):
     @classmethod
     def from_config(cls, cfg, teacher, grade: Grade) -> OnPolicyDistill:
         m = cfg.method.on_policy_distill
@@ -94,6 +105,6 @@ class OnPolicyDistill(PolicyGradient):
         return {}
 
 
-class LogitDistill(PolicyGradient):
+class LogitDistill(Distillation):
     def update(self, trainer, rollouts, weight_version, rng):
         return trainer.update(self.minibatches(rollouts, weight_version, rng), LogitDistillLoss())

@@ -10,6 +10,11 @@ from megatron_zppo.rollout.collect import PromptSpec
 
 
 class HintPrompts:
+    teacher_tokens = False  # the hint is text
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        return True
     @classmethod
     def from_config(cls, cfg, teacher, templates: PromptTemplates, decode, grade) -> HintPrompts:
         return cls(teacher, templates, cfg.run.seed)

@@ -11,6 +11,11 @@ from megatron_zppo.train.losses import PolicyGradientLoss
 
 
 class PolicyGradient:
+    teacher_tokens = False
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        return False
     @classmethod
     def from_config(cls, cfg, teacher, grade):
         return cls(cfg.advantage, cfg.run.updates_per_step, cfg.loss)

@@ -22,6 +22,11 @@ class PrefixConfig:
 
 
 class PrefixPrompts:
+    teacher_tokens = True  # the prefix is the teacher's own token ids
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        return True
     @classmethod
     def from_config(cls, cfg, teacher, templates, decode, grade: Grade) -> PrefixPrompts:
         return cls(teacher, cfg.rollout.teacher_group_size, cfg.method.prefix.fraction, decode, grade, cfg.run.seed)

@@ -18,6 +18,13 @@ LISTED = "ncq_listed"  # Rollouts.method_data key: NCQ group id -> the answers i
 
 
 class ZppoPrompts:
+    teacher_tokens = False  # teacher text, re-encoded with the student's template
+
+    @staticmethod
+    def needs_teacher(knobs) -> bool:
+        """BCQ takes its responses, compression its summaries; NCQ alone, uncompressed, lists the
+        student's own answers."""
+        return knobs.zppo.bcq or knobs.zppo.compression
     @classmethod
     def from_config(cls, cfg, teacher, templates: PromptTemplates, decode, grade: Grade) -> ZppoPrompts:
         return cls(cfg.method.zppo, teacher, cfg.rollout.teacher_group_size, templates, grade, cfg.run.seed)
@@ -36,7 +43,8 @@ class ZppoPrompts:
                 teacher, acc = teacher_rollouts(self.teacher, hard, self.n_teacher, self.grade,
                                                 step_seed(self.seed, step, Phase.TEACHER))
         with timed(times, "zppo"):
-            plans = plan_reformulations(hard, teacher, cap, self.cfg, random.Random(step_seed(self.seed, step, Phase.HARD_PROMPTS)))
+            rng = random.Random(step_seed(self.seed, step, Phase.HARD_PROMPTS))
+            plans = plan_reformulations(hard, teacher, cap, self.cfg, rng)
             compress = self.teacher.compress if (self.cfg.compression and self.teacher) else None
             texts = render(plans, self.templates, compress)
         listed = {p.group_id: p.wrong_answers for p in plans if p.kind is PromptKind.NCQ}

@@ -89,7 +89,7 @@ class LogitDistillLoss:
     def updates(self, trainer, cut: list[Cut]) -> dict[str, float]:
         from megatron_zppo.train.logit_distill import KDMicroBatch
 
-        kd = trainer.logit_teacher
+        kd = trainer.kd_teacher
         if kd is None:
             raise ValueError("the logit-distillation loss needs the trainer's teacher (method.name="
                              "logit_distill builds one)")

@@ -58,8 +58,9 @@ def settings_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 
 
 class RLTrainer:
-    """`logit_teacher`: the frozen teacher the logit-distillation baseline holds inside the trainer
-    (methods.trainer_teacher); None for every other method."""
+    """`logit_teacher`: which frozen teacher (path, temperature, top k) the logit-distillation
+    baseline holds inside the trainer, built here as `kd_teacher` (methods.trainer_teacher); None
+    for every other method."""
 
     def __init__(self, model_cfg: ModelConfig, parallel_cfg: parallel.ParallelConfig, optimizer: OptimizerConfig,
                  batching: Batching, logit_teacher: LogitTeacher | None = None):
@@ -95,7 +96,7 @@ class RLTrainer:
                               getattr(hf_config, "image_token_id", None),
                               getattr(hf_config, "vision_start_token_id", None),
                               video_processor, tokenizer, video_tokens, pack_rows=True)
-        self.logit_teacher = None
+        self.kd_teacher = None
         if logit_teacher is not None:  # laid out like the student, frozen
             from megatron.core.utils import get_model_config
 
@@ -105,7 +106,7 @@ class RLTrainer:
                                                        fp8_param_gather=False, recompute="none"), parallel_cfg)
             for chunk in teacher.chunks:
                 chunk.requires_grad_(False)
-            self.logit_teacher = HeldTeacher(
+            self.kd_teacher = HeldTeacher(
                 teacher, output_logits_fn(teacher.chunks[-1]) if self.last_stage else None,
                 make_criterion(get_model_config(self.policy.chunks[0]), logit_teacher.temperature, logit_teacher.top_k))
 

@@ -132,6 +132,9 @@ def test_method_settings_out_of_place_or_contradicting_are_refused():
         load_config(None, BASE + ["method.zppo.bcq=false", "method.zppo.ncq=false"])
     with pytest.raises(ConfigError, match="method.name 'ppo' unknown"):
         load_config(None, BASE + ["method.name=ppo"])
+    with pytest.raises(ConfigError, match="run.algorithm='grpo' is a preset of method 'grpo', but method.name='zppo'"):
+        load_config(None, BASE + ["run.algorithm=grpo", "method.name=zppo"])  # e.g. a run's config.yaml + a preset
+    assert load_config(None, BASE + ["method.name=hint"]).method.name == "hint"  # no preset named: the default's
     with pytest.raises(ConfigError, match="uses the teacher"):
         load_config(None, ["student.hf_path=s", "run.algorithm=off_policy_distill"])
     # ZPPO with NCQ only and no compression needs no teacher: its prompts list the student's own answers.
@@ -208,3 +211,22 @@ def test_sglang_engine_address_comes_from_the_launchers_file(tmp_path):
         load_config(None, BASE + ["student.engine=sglang", "student.url=http://a:1", "student.urls=[http://b:2]"])
     with pytest.raises(ConfigError, match="none of url, urls, addresses"):
         load_config(None, BASE + ["student.engine=sglang"])
+
+
+def test_each_method_name_builds_its_plug_in_and_grpo_gives_hard_questions_no_prompt():
+    from megatron_zppo import methods
+    from megatron_zppo.methods.base import NoHardPrompts
+    from tests.core.factories import group, question
+
+    want = {"zppo": ("ZppoPrompts", "PolicyGradient"), "grpo": ("NoHardPrompts", "PolicyGradient"),
+            "hint": ("HintPrompts", "PolicyGradient"), "prefix": ("PrefixPrompts", "PolicyGradient"),
+            "off_policy_distill": ("NoHardPrompts", "OffPolicyDistill"),
+            "on_policy_distill": ("NoHardPrompts", "OnPolicyDistill"), "logit_distill": ("NoHardPrompts", "LogitDistill")}
+    assert set(methods.METHODS) == set(want)
+    for name, (hard, objective) in want.items():
+        cfg = load_config(None, BASE + [f"method.name={name}"])
+        assert type(methods.build_hard_prompts(cfg, None, None, None, None)).__name__ == hard, name
+        assert type(methods.build_objective(cfg)).__name__ == objective, name
+        assert cfg.method.uses_teacher_tokens == (name in ("prefix", "off_policy_distill", "on_policy_distill",
+                                                           "logit_distill")), name
+    assert NoHardPrompts()([group(question(), [0.0, 0.0])], 5, 0, {}).specs == []  # hard, but no prompt

@@ -130,3 +130,23 @@ def test_importance_statistics_of_the_proximal_over_the_behaviour_policy():
     assert s["is_ratio_max"] == pytest.approx(3.0) and s["is_ratio_min"] == pytest.approx(0.5)
     assert s["is_ratio_mean"] == pytest.approx(1.5) and s["is_ratio_capped_frac"] == pytest.approx(1 / 3)
     assert "is_ratio_capped_frac" not in importance_stats(torch.zeros(2), cap=None)
+
+
+def test_rollouts_pickled_before_method_data_existed_load_with_their_methods_data():
+    # A one_step checkpoint's rollouts in flight, or a rollout_only run's files, from before the
+    # two methods' fields moved into method_data: they resume with the data where the methods look.
+    import pickle
+
+    from megatron_zppo.loop import Rollouts
+    from megatron_zppo.methods.distill import TARGETS
+    from megatron_zppo.methods.zppo import LISTED
+
+    g = group(question(), [1.0, 0.0])
+    old = Rollouts(3, [g], [], 1, 0, 1, 0.5, 0)
+    del old.__dict__["method_data"]
+    old.__dict__.update(ncq_listed={"g:ncq": ["7"]}, sft_pairs=list(g.samples))
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.method_data == {LISTED: {"g:ncq": ["7"]}, TARGETS: list(g.samples)}
+    assert not hasattr(loaded, "ncq_listed") and not hasattr(loaded, "sft_pairs") and loaded.step == 3
+    fresh = pickle.loads(pickle.dumps(Rollouts(3, [g], [], 1, 0, 1, 0.5, 0, method_data={"k": 1})))
+    assert fresh.method_data == {"k": 1}

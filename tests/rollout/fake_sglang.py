@@ -151,7 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, None)
 
     def h_resume_memory_occupation(self, body):
-        self.state.released -= set(body.get("tags") or ("weights", "kv_cache", "cuda_graph"))
+        tags = set(body.get("tags") or ("weights", "kv_cache", "cuda_graph"))
+        if tags - self.state.released:  # SGLang 0.5 fails on it too (KeyError in its weight updater)
+            return self._send(500, {"error": f"resume of memory never released: {sorted(tags - self.state.released)}"})
+        self.state.released -= tags
         self._send(200, None)
 
     def h__fake_memory(self, body):

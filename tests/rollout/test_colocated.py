@@ -40,12 +40,13 @@ def test_memory_is_released_for_training_and_taken_back_around_the_sync(server, 
     trainer, times = _Trainer(server), {}
     update = UpdatePhase(build_objective(cfg), trainer, engine, overlap="none", seed=cfg.run.seed,
                          colocated=cfg.student.release_memory, check_versions=False)
+    update.sync("step-0")  # the run's first sync: the server holds all its memory, nothing to take back
     stats = update(Rollouts(0, [group], [], 1, 0, 0, 0.0, 0), _NoRolloutsAhead(), times)
     assert trainer.seen == ["cuda_graph", "kv_cache", "weights"] and stats == {"loss": 0.5}
     assert server.released() == [] and server.weight_version() == "step-1"  # the weights of the step after
     log = [p for p in server.log() if p.endswith("_memory_occupation") or p == "/update_weights_from_disk"]
-    assert log == ["/release_memory_occupation", "/resume_memory_occupation", "/update_weights_from_disk",
-                   "/resume_memory_occupation"]
+    assert log == ["/update_weights_from_disk", "/release_memory_occupation", "/resume_memory_occupation",
+                   "/update_weights_from_disk", "/resume_memory_occupation"]
 
 
 def test_release_memory_needs_an_sglang_student():

@@ -10,15 +10,19 @@
 
 from megatron_zppo.rollout.sync.buckets import DEFAULT_BUCKET_BYTES, bucketed
 from megatron_zppo.rollout.sync.config import WeightSyncConfig
-from megatron_zppo.rollout.sync.servers import (
-    DiskSync,
-    DistributedSync,
-    IpcSync,
-    ServerSync,
-    SyncReport,
-    make_sync,
-    policy_engine,
-)
+
+# The servers' frame imports the SGLang client (httpx) and the pool: loaded when first asked for,
+# so that the trainer's export (`bucketed`) and the config (`WeightSyncConfig`) do not pull them in.
+_SERVERS = ("DiskSync", "DistributedSync", "IpcSync", "ServerSync", "SyncReport", "make_sync", "policy_engine")
+
+
+def __getattr__(name: str):
+    if name in _SERVERS:
+        from megatron_zppo.rollout.sync import servers
+
+        return getattr(servers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["DEFAULT_BUCKET_BYTES", "DiskSync", "DistributedSync", "IpcSync", "ServerSync", "SyncReport",
            "WeightSyncConfig", "bucketed", "make_sync", "policy_engine"]
