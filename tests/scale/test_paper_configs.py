@@ -27,3 +27,20 @@ def test_paper_configs_carry_the_papers_hyperparameters(path):
     assert (c.eval.temperature, c.eval.top_p, c.eval.top_k, c.eval.presence_penalty) == (0.6, 0.95, 20, 1.5)
     assert c.advantage == "reinforce_pp" and c.precision.dtype == "bf16"
     assert c.student.engine == c.teacher.engine == "sglang"
+    z = c.method.zppo
+    assert (c.method.name, c.buffer.enabled, z.bcq, z.ncq, z.compression) == ("zppo", True, True, True, True)
+
+
+@pytest.mark.parametrize("path", PAPER, ids=lambda p: p.parent.name)
+def test_every_preset_runs_on_a_paper_recipe_as_the_preset_says(path):
+    # A recipe that pinned a key a preset sets (buffer.enabled, a ZPPO switch) would silently keep
+    # it under run.algorithm=grpo or an ablation: explicit values win over presets.
+    from megatron_zppo.config import PRESETS
+
+    for algorithm, keys in PRESETS.items():
+        c = load_config(str(path), [f"run.algorithm={algorithm}"])
+        for key, value in keys.items():
+            node = c
+            for part in key.split("."):
+                node = getattr(node, part)
+            assert node == value, (algorithm, key)
