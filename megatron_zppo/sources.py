@@ -69,12 +69,10 @@ class Generated:
         self.feed.join(times)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.phase.buffer.state_dict(), "stream": self.phase.stream.state_dict(),
-                "rollouts": self.feed.state_dict()}
+        return {**phase_state(self.phase), "rollouts": self.feed.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any], step: int) -> None:
-        self.phase.buffer.load_state_dict(state["buffer"])
-        self.phase.stream.load_state_dict(state["stream"])
+        load_phase_state(self.phase, state)
         self.feed.load_state_dict(state.get("rollouts"), step)  # one_step: the rollouts in flight
 
 
@@ -110,14 +108,21 @@ class Replayed(Received):
         return r
 
     def state_dict(self) -> dict[str, Any]:
-        if self.phase is None:
-            return {}
-        return {"buffer": self.phase.buffer.state_dict(), "stream": self.phase.stream.state_dict(), "rollouts": None}
+        return {} if self.phase is None else {**phase_state(self.phase), "rollouts": None}
 
     def load_state_dict(self, state: dict[str, Any], step: int) -> None:
         if self.phase is not None:
-            self.phase.buffer.load_state_dict(state["buffer"])
-            self.phase.stream.load_state_dict(state["stream"])
+            load_phase_state(self.phase, state)
+
+
+def phase_state(phase: RolloutPhase) -> dict[str, Any]:
+    """The rollout phase's part of a checkpoint: the buffer and the data stream's position."""
+    return {"buffer": phase.buffer.state_dict(), "stream": phase.stream.state_dict()}
+
+
+def load_phase_state(phase: RolloutPhase, state: dict[str, Any]) -> None:
+    phase.buffer.load_state_dict(state["buffer"])
+    phase.stream.load_state_dict(state["stream"])
 
 
 def broadcast(obj, is_source: bool):
