@@ -79,7 +79,7 @@ def main():
                         [Sample(p.question.id, p.group_id, p.kind, s.prompt_ids, s.response_ids, s.response_text,
                                 s.logprobs, reward=s.reward) for s in r.samples])
                   for p, text, r in zip(plans, prompts, reform_rollouts)]
-        assign_advantages(plain + reform, "reinforce_pp")
+        assign_advantages(plain + reform, "excluding_zero")
         buf.update(plain)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times) * 1e3

@@ -198,7 +198,7 @@ def check_vision_support(cfg: Config) -> None:
     if hf_config.model_type not in QWEN35_VL_MODEL_TYPES:
         raise ConfigError(f"student.hf_path {cfg.student.hf_path} is a {hf_config.model_type!r} vision-language "
                          f"checkpoint; the trainer's vision path covers {list(QWEN35_VL_MODEL_TYPES)} (Qwen3.5-VL)")
-    if cfg.method.name == "on_policy_distill" and cfg.teacher.engine == "sglang":
+    if cfg.method.name == "sampled_token_distill" and cfg.teacher.engine == "sglang":
         raise ConfigError(f"method.name={cfg.method.name!r} with the vision-language student {cfg.student.hf_path} "
                          "and teacher.engine=sglang: scoring the student's samples with their images is not built for "
                          "SGLang yet; use teacher.engine=embedded, or another method")
@@ -222,7 +222,7 @@ def make_data(cfg: Config) -> tuple[QuestionStream, dict]:
 
 
 def make_buffer(cfg: Config) -> ReplayBuffer:
-    return ReplayBuffer(cfg.buffer.capacity, cfg.method.tau, cfg.run.seed)
+    return ReplayBuffer(cfg.buffer.capacity, cfg.method.tau, cfg.run.seed, graduate_at=cfg.method.graduate_at)
 
 
 def make_graders(cfg: Config) -> GraderPool:
@@ -246,7 +246,7 @@ def make_rollout_phase(cfg: Config, student: RolloutEngine | None = None, questi
         methods.build_hard_prompts(cfg, teacher, tmpl, make_decoder(cfg.student.hf_path), grade),
         methods.build_objective(cfg, teacher, grade), r,
         SamplingParams(cfg.student.temperature, cfg.student.top_p, max_new_tokens=r.max_new_tokens),
-        cfg.method.tau, cfg.method.rho_aug, b.rho_replay if b.enabled else 0.0, cfg.run.seed)
+        cfg.method.tau, cfg.method.rho_aug, b.rho_replay if b.enabled else 0.0, cfg.run.seed, cfg.method.pre_cap)
 
 
 def make_update(cfg: Config, trainer, phase: RolloutPhase | None) -> UpdatePhase:

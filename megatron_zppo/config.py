@@ -18,7 +18,8 @@ from megatron_zppo.core.loss import LossConfig
 from megatron_zppo.overlap import DEFAULT_TIS_CAP, OVERLAPS
 from megatron_zppo.core.reformulate import ZppoConfig
 from megatron_zppo.core.replay_buffer import BufferConfig
-from megatron_zppo.methods.distill import LogitDistillConfig, OnPolicyDistillConfig
+from megatron_zppo.core.advantages import AdvantageConfig
+from megatron_zppo.methods.distill import JsdDistillConfig, LogitDistillConfig, SampledTokenDistillConfig
 from megatron_zppo.methods.prefix import PrefixConfig
 from megatron_zppo.rollout.sync import WeightSyncConfig
 from megatron_zppo.train.optimizer import OptimizerConfig
@@ -27,30 +28,54 @@ from megatron_zppo.train.precision import PrecisionConfig
 METHODS = tuple(methods.METHODS)  # the plug-ins, by name
 # The subsections of `method`: each method's own knobs, read only when it runs (so one YAML can
 # serve every preset of a comparison); the run directory's config.yaml keeps only the one read.
-METHOD_KNOBS = {"zppo": "zppo", "prefix": "prefix", "on_policy_distill": "on_policy_distill",
-                "logit_distill": "logit_distill"}
+METHOD_KNOBS = {name: name for name in ("zppo", "prefix", "off_distill", "on_distill", "sampled_token_distill",
+                                         "logit_distill")}
 # algorithm -> the defaults it sets (dotted config keys)
+# Named after the rows of the paper's tables (docs/method.md, "The paper's comparison"); "_buffer"
+# is the paper's dagger, the prompt replay buffer.
 PRESETS: dict[str, dict[str, object]] = {
+    "zppo": {"method.name": "zppo", "buffer.enabled": True},
     "grpo": {"method.name": "grpo", "buffer.enabled": False},
     "grpo_buffer": {"method.name": "grpo", "buffer.enabled": True},
-    "zppo": {"method.name": "zppo", "buffer.enabled": True},
-    "zppo_no_buffer": {"method.name": "zppo", "buffer.enabled": False},
-    "zppo_no_bcq": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.bcq": False},
-    "zppo_no_ncq": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.ncq": False},
+    # the ablations: BCQ and NCQ without the buffer, the buffer with one of them
+    "grpo_both": {"method.name": "zppo", "buffer.enabled": False},
+    "grpo_buffer_bcq": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.ncq": False},
+    "grpo_buffer_ncq": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.bcq": False},
+    # the advantage normalisation ablation (the default excludes zero-advantage groups)
+    "zppo_no_norm": {"method.name": "zppo", "buffer.enabled": True, "advantage.normalize": "none"},
+    "zppo_norm_with_zero": {"method.name": "zppo", "buffer.enabled": True, "advantage.normalize": "including_zero"},
+    # hard questions get a hint or a prefix from a correct teacher response instead of BCQ and NCQ
+    "grpo_buffer_hint": {"method.name": "hint", "buffer.enabled": True},
+    "grpo_buffer_prefix": {"method.name": "prefix", "buffer.enabled": True},
+    # the student matches the teacher's distributions: on its correct responses, or on the student's own
+    "off_distill": {"method.name": "off_distill", "buffer.enabled": False},
+    "off_distill_buffer": {"method.name": "off_distill", "buffer.enabled": True},
+    "on_distill": {"method.name": "on_distill", "buffer.enabled": False},
+    "on_distill_buffer": {"method.name": "on_distill", "buffer.enabled": True},
+    # departures from the paper's rows, kept because they are useful (docs/method.md says how they differ)
     "zppo_no_compression": {"method.name": "zppo", "buffer.enabled": True, "method.zppo.compression": False},
-    # Baselines: hard questions get a teacher hint / a teacher prefix instead of BCQ and NCQ ...
-    "hint": {"method.name": "hint", "buffer.enabled": True},
-    "prefix": {"method.name": "prefix", "buffer.enabled": True},
-    # ... or the student learns from the teacher's tokens: fine-tuning on its correct responses
-    # (off-policy), or its per-token log-probs on the student's own samples (on-policy).
-    "off_policy_distill": {"method.name": "off_policy_distill", "buffer.enabled": False},
-    "off_policy_distill_buffer": {"method.name": "off_policy_distill", "buffer.enabled": True},
-    "on_policy_distill": {"method.name": "on_policy_distill", "buffer.enabled": False},
-    "on_policy_distill_buffer": {"method.name": "on_policy_distill", "buffer.enabled": True},
-    # ... or the teacher's whole next-token distribution, the teacher inside the trainer (modelopt loss).
+    "grpo_buffer_question_hint": {"method.name": "question_hint", "buffer.enabled": True},
+    "teacher_sft": {"method.name": "teacher_sft", "buffer.enabled": False},
+    "teacher_sft_buffer": {"method.name": "teacher_sft", "buffer.enabled": True},
+    "sampled_token_distill": {"method.name": "sampled_token_distill", "buffer.enabled": False},
+    "sampled_token_distill_buffer": {"method.name": "sampled_token_distill", "buffer.enabled": True},
     "logit_distill": {"method.name": "logit_distill", "buffer.enabled": False},
 }
+# Presets renamed on 2026-12-07, when they took the paper's row names: old -> what to use now.
+_SFT = "teacher_sft (what it ran before: cross-entropy on the teacher's correct responses)"
+_SAMPLED = "sampled_token_distill (what it ran before: the sampled tokens' teacher log-probs through the policy loss)"
+RENAMED = {
+    "zppo_no_buffer": "grpo_both", "zppo_no_bcq": "grpo_buffer_ncq", "zppo_no_ncq": "grpo_buffer_bcq",
+    "hint": "grpo_buffer_hint (a hint from a correct teacher response), or grpo_buffer_question_hint (what it "
+            "ran before: a hint from the question alone)",
+    "prefix": "grpo_buffer_prefix",
+    "off_policy_distill": f"off_distill (the paper's: JSD to the teacher's distributions), or {_SFT}",
+    "off_policy_distill_buffer": f"off_distill_buffer, or {_SFT.replace('teacher_sft', 'teacher_sft_buffer')}",
+    "on_policy_distill": f"on_distill (the paper's: JSD over the whole vocabulary), or {_SAMPLED}",
+    "on_policy_distill_buffer": f"on_distill_buffer, or {_SAMPLED.replace('distill ', 'distill_buffer ', 1)}",
+}
 MODES = ("train", "rollout_only", "train_only")
+PRE_CAPS = ("hardest", "admissible")
 
 
 @dataclass(frozen=True)
@@ -94,18 +119,28 @@ class MethodConfig:
     method works in: which questions are hard, how many of them get new prompts, and when the
     buffer lets a question go."""
 
-    name: str = "zppo"  # the method: zppo, grpo, hint, prefix, or a distillation (off/on-policy, logit)
-    # hard if a question's plain accuracy < tau; the buffer's graduation threshold too
-    tau: Annotated[float, Range(gt=0, le=1)] = 0.5
+    name: str = "zppo"  # the method: zppo, grpo, hint, prefix, a distillation, or a departure (docs/method.md)
+    tau: Annotated[float, Range(gt=0, le=1)] = 0.5  # hard if a question's plain accuracy < tau
+    # a buffered question graduates once its plain accuracy >= this; null: tau (the paper)
+    graduate_at: Annotated[float | None, Range(gt=0, le=1)] = None
     rho_aug: Annotated[float, Range(ge=0)] = 0.25  # cap on hard questions and their prompts, a fraction of n_new
+    # which hard questions take the cap's places: the hardest, before the teacher runs (hardest, the paper's
+    # algorithm listing), or the hardest of those whose prompts can be built, the teacher run on every hard
+    # question first (admissible, its appendix's wording; differs when a question's only branch needs the teacher)
+    pre_cap: str = "hardest"
     zppo: ZppoConfig = field(default_factory=ZppoConfig)  # ZPPO's prompts for hard questions: BCQ, NCQ, compression
     prefix: PrefixConfig = field(default_factory=PrefixConfig)  # the Prefix baseline
-    on_policy_distill: OnPolicyDistillConfig = field(default_factory=OnPolicyDistillConfig)  # on-policy distillation
-    logit_distill: LogitDistillConfig = field(default_factory=LogitDistillConfig)  # logit distillation
+    off_distill: JsdDistillConfig = field(default_factory=JsdDistillConfig)  # the JSD on the teacher's responses
+    on_distill: JsdDistillConfig = field(default_factory=JsdDistillConfig)  # the JSD on the student's own samples
+    # the sampled tokens' teacher log-probs through the policy loss
+    sampled_token_distill: SampledTokenDistillConfig = field(default_factory=SampledTokenDistillConfig)
+    logit_distill: LogitDistillConfig = field(default_factory=LogitDistillConfig)  # forward KL on the student's samples
 
     def __post_init__(self):
         if self.name not in METHODS:
             raise ValueError(f"method.name {self.name!r} unknown; expected one of {METHODS}")
+        if self.pre_cap not in PRE_CAPS:
+            raise ValueError(f"method.pre_cap {self.pre_cap!r} unknown; expected one of {PRE_CAPS}")
         if self.name == "zppo" and not (self.zppo.bcq or self.zppo.ncq):
             raise ValueError("method.zppo.bcq and method.zppo.ncq are both false: no hard question would get a "
                              "prompt; that is GRPO (method.name=grpo, or run.algorithm=grpo_buffer)")
@@ -226,7 +261,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)  # questions, group sizes and lengths of a step
     method: MethodConfig = field(default_factory=MethodConfig)  # the method, its zone (tau, rho_aug) and its knobs
     buffer: BufferConfig = field(default_factory=BufferConfig)  # the replay buffer of hard questions
-    advantage: str = "reinforce_pp"  # reward minus group mean, over the batch's std (reinforce_pp) or the group's (grpo)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)  # group-centred rewards, normalised
     loss: LossConfig = field(default_factory=LossConfig)  # the clipped policy loss
     reward: RewardConfig = field(default_factory=RewardConfig)  # grading responses against gold answers
     data: DataConfig = field(default_factory=DataConfig)  # question sources for training and evaluation
@@ -258,8 +293,11 @@ MOVED = {
     "zppo.tau": "method.tau", "zppo.rho_aug": "method.rho_aug", "zppo.bcq": "method.zppo.bcq",
     "zppo.ncq": "method.zppo.ncq", "zppo.compression": "method.zppo.compression",
     "method.objective": "method.name", "method.hard_prompts": "method.name",
-    "method.divergence": "method.on_policy_distill.divergence",
-    "method.jsd_beta": "method.on_policy_distill.jsd_beta", "method.prefix_fraction": "method.prefix.fraction",
+    "method.divergence": "method.sampled_token_distill.divergence",
+    "method.jsd_beta": "method.sampled_token_distill.jsd_beta", "method.prefix_fraction": "method.prefix.fraction",
+    # the presets took the paper's row names on 2026-12-07 (RENAMED): the old on-policy distillation's knobs
+    "method.on_policy_distill.divergence": "method.sampled_token_distill.divergence",
+    "method.on_policy_distill.jsd_beta": "method.sampled_token_distill.jsd_beta",
     "method.kd_temperature": "method.logit_distill.temperature", "method.kd_top_k": "method.logit_distill.top_k",
 }
 
@@ -275,10 +313,20 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
     moved = [f"{old} -> {new}" for old, new in MOVED.items() if _has(tree, old)]
     if moved:
         raise ConfigError(f"{where}: these keys moved: {'; '.join(moved)}")
+    if isinstance(tree.get("advantage"), str):
+        old = tree["advantage"]
+        raise ConfigError(f"{where}: advantage is a section since 2026-12-07: advantage.normalize: excluding_zero "
+                          f"(was reinforce_pp) or group (was grpo), got advantage: {old!r}")
     algorithm = (tree.get("run") or {}).get("algorithm", RunConfig.algorithm)
+    if algorithm in RENAMED:
+        raise ConfigError(f"{where}: run.algorithm {algorithm!r} was renamed: use {RENAMED[algorithm]}")
+    named = (tree.get("method") or {}).get("name")
+    if named in RENAMED and named not in METHODS:
+        raise ConfigError(f"{where}: method.name {named!r} was renamed: use {RENAMED[named]} (as run.algorithm or "
+                          "its method.name)")
     if algorithm not in PRESETS:
         raise ConfigError(f"run.algorithm {algorithm!r} unknown; expected one of {sorted(PRESETS)}")
-    named, preset = (tree.get("method") or {}).get("name"), PRESETS[algorithm]["method.name"]
+    preset = PRESETS[algorithm]["method.name"]
     if named is not None and "algorithm" in (tree.get("run") or {}) and named != preset:
         raise ConfigError(f"{where}: run.algorithm={algorithm!r} is a preset of method {preset!r}, but method.name="
                           f"{named!r}; set one of them")

@@ -56,21 +56,12 @@ def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
     """(questions, problems): problems name each skipped record and why."""
     if cfg.kind == "reasoning_gym":
         return _reasoning_gym(cfg), []
-    if cfg.kind == "jsonl":
-        rows = list(_jsonl_rows(cfg.path))
-    elif cfg.kind == "parquet":
-        rows = _parquet_rows(cfg.path)
-    else:
-        rows = _hf_rows(cfg)
-    if not rows:
-        raise DataError(f"data source {cfg.path}: the {cfg.kind} source holds no records (an empty file?); "
-                        "expected one question per record")
     questions, problems = [], []
-    for where, row, err in rows:
+    for where, row, err in source_rows(cfg):
         try:
             if err:
                 raise DataError(err)
-            q = _question(row, cfg, where)
+            q = question_from_row(row, cfg, where)
             bad = []
             if cfg.check_images:
                 bad = [p for p in [*map(image_problem, q.images), *map(video_problem, q.videos)] if p]
@@ -80,6 +71,20 @@ def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
         except (DataError, ValueError) as e:
             problems.append(f"{where}: {e}")
     return questions, problems
+
+
+def source_rows(cfg: SourceConfig) -> list[tuple[str, dict, str | None]]:
+    """A file or dataset source's records as (where, row, error or None), rows as read (every field)."""
+    if cfg.kind == "jsonl":
+        rows = list(_jsonl_rows(cfg.path))
+    elif cfg.kind == "parquet":
+        rows = _parquet_rows(cfg.path)
+    else:
+        rows = _hf_rows(cfg)
+    if not rows:
+        raise DataError(f"data source {cfg.path}: the {cfg.kind} source holds no records (an empty file?); "
+                        "expected one question per record")
+    return rows
 
 
 def _check_file(path: str, kind: str) -> Path:
@@ -159,7 +164,7 @@ def _json_type(value) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
 
 
-def _question(row: dict, cfg: SourceConfig, where: str) -> Question:
+def question_from_row(row: dict, cfg: SourceConfig, where: str) -> Question:
     for f in (cfg.question_field, cfg.answer_field):
         if f not in row:
             raise DataError(f"missing field {f!r} (fields present: {sorted(row)})")

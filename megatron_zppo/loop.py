@@ -21,7 +21,7 @@ import torch
 from megatron_zppo.config import RolloutConfig
 from megatron_zppo.data import QuestionStream
 from megatron_zppo.grader_pool import GraderPool
-from megatron_zppo.methods import Grade, HardPrompts, Objective, Phase, step_seed, timed
+from megatron_zppo.methods import Grade, HardPrompts, Objective, Phase, pre_capped, step_seed, timed
 from megatron_zppo.core.prompts import PromptTemplates
 from megatron_zppo.core.records import Group, PromptKind, Sample
 from megatron_zppo.core.reformulate import fraction_count, select_hard
@@ -96,6 +96,7 @@ class RolloutPhase:
     rho_aug: float  # cap on hard questions and their prompts, as a fraction of rollout.n_new
     rho_replay: float  # replayed questions per step, the same way; 0 with the buffer off
     seed: int
+    pre_cap: str = "hardest"  # method.pre_cap: the cap before the teacher runs, or among the admissible
 
     def __call__(self, step: int) -> Rollouts:
         times, graded_before, n_new = {}, dataclasses.replace(self.graders.stats), self.rollout.n_new
@@ -107,7 +108,7 @@ class RolloutPhase:
 
         cap = fraction_count(self.rho_aug, n_new)
         all_hard = select_hard(plain, self.tau, len(plain))
-        hard = self.hard_prompts(all_hard[:cap], cap, step, times)
+        hard = self.hard_prompts(pre_capped(all_hard, cap, self.pre_cap), cap, step, times)
         reformulated, long_reform = self._roll_out(hard.specs, step, Phase.REFORMULATED_ROLLOUTS,
                                                    self.rollout.max_reformulated_prompt_tokens, times)
         data = {**hard.data, **self.objective.prepare(plain, reformulated, step, times)}

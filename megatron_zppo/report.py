@@ -100,6 +100,7 @@ class Report:
             entry = self.summary["eval"].setdefault(name, {"family": r["family"], "n": r["n"], "before": None})
             entry.update(after=r["accuracy"], ci95_after=r["ci95"], correct_after=r["correct"])  # per question
         self.summary["steps"] = self.cfg.run.steps
+        self.summary["buffer_fate"] = self.phase.buffer.fate_tables()  # docs/analyses.md
         (self.dir / "summary.json").write_text(json.dumps(finite(self.summary), indent=2))
         if (self.dir / "metrics.jsonl").exists():
             plot(read_metrics(self.dir / "metrics.jsonl"), self.dir / "curves.png")

@@ -13,7 +13,8 @@ from megatron_zppo.core.answers import last_boxed
 from megatron_zppo.errors import RunError
 from megatron_zppo.core.records import Question
 
-_DEGREE_PERCENT = re.compile(r"\^\s*\{?\\circ\}?|°|\\%|%")
+# degree signs (^\circ, ^{\circ}, a bare \circ, \deg, °) and percent signs (\%, %)
+_DEGREE_PERCENT = re.compile(r"\^\s*\{?\\circ\}?|\\circ(?![A-Za-z])|\\deg(?![A-Za-z])|°|\\%|%")
 
 
 def _strip_units(s: str) -> str:

@@ -54,12 +54,16 @@ class Teacher:
                                 weight_version=g.weight_version, images=q.images, videos=q.videos) for g in gens]
         return out
 
-    def hints(self, questions: Sequence[Question], seed: int | None = None) -> list[str]:
-        """One answer-free hint per question (Hint baseline): the teacher's reply to the hint request,
-        sampled like its rollouts, with every `\\boxed{}` cut out so no final answer is handed over."""
-        reqs = [GenerateRequest(encode_media(self.encode, self.templates.hint_request_prompt(q.text), q), 1,
+    def hints(self, questions: Sequence[Question], seed: int | None = None,
+              responses: Sequence[str] | None = None) -> list[str]:
+        """One answer-free hint per question: the teacher's reply to the hint request, written from
+        its own correct response to the question (the paper's Hint), or from the question alone
+        (`responses` None), sampled like its rollouts, with every `\\boxed{}` cut out so no final
+        answer is handed over."""
+        given = [None] * len(questions) if responses is None else list(responses)
+        reqs = [GenerateRequest(encode_media(self.encode, self.templates.hint_request_prompt(q.text, r), q), 1,
                                 q.images, f"hint:{q.id}", videos=q.videos)
-                for q in questions]
+                for q, r in zip(questions, given, strict=True)]
         gens = self.engine.generate(reqs, self._sampling(seed)) if reqs else []
         return [redact_answers(g.text) for (g,) in gens]
 

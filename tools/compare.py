@@ -11,7 +11,10 @@ resumes. Then it writes, to --out:
   out-of-corpus (held-out families, macro average), with 95% bootstrap intervals over questions
   and seeds; the "base" row is the students before training. Plus the buffer statistics the paper
   reports: graduation rate of questions admitted at 0% accuracy, overall graduation rate, BCQ and
-  NCQ accuracy, and how often NCQ rollouts repeat an answer their prompt listed as wrong.
+  NCQ accuracy, and how often NCQ rollouts repeat an answer their prompt listed as wrong. Then the
+  paper's analyses (docs/analyses.md): the fate of buffered questions by accuracy at admission and
+  by number of re-samples (summary.json `buffer_fate`, summed over seeds), the BCQ/NCQ
+  candidate-match audit (pooled over steps and seeds) and the mean time per step of each phase.
 - results.png: the same accuracies as bars.
 """
 
@@ -129,6 +132,64 @@ def buffer_stats(metrics: list[dict]) -> dict[str, float]:
             "ncq_repeats_listed_answer": mean("ncq_repeats_listed_answer"), "t_step": mean("t_step")}
 
 
+# Candidate-match audit metrics (core/audit.py) and the metric holding each one's denominator.
+MATCHES = ("match_pos", "match_neg", "other")
+AUDIT = {**{f"bcq_{m}_{g}": f"bcq_audit_n_{g}" for g in ("correct", "wrong") for m in MATCHES},
+         "ncq_match_neg": "ncq_audit_n", "ncq_match_pos": "ncq_audit_n_teacher", "ncq_other": "ncq_audit_n"}
+AUDIT_N = tuple(dict.fromkeys(AUDIT.values()))
+EXTRAS = ("buffer", "fate", "audit", "times")  # a row's keys that are not evaluation families
+
+
+def audit_counts(metrics: list[dict]) -> dict[str, float]:
+    """The audit's counts summed over a run's steps: each step's rate times its denominator."""
+    out = dict.fromkeys([*AUDIT, *AUDIT_N], 0.0)
+    for m in metrics:
+        for k, n in AUDIT.items():
+            if m.get(n) and m.get(k) is not None:
+                out[k] += m[k] * m[n]
+        for n in AUDIT_N:
+            out[n] += m.get(n) or 0
+    return out
+
+
+def audit_rates(counts: dict[str, float]) -> dict[str, float]:
+    """Pooled rates (NaN where nothing was counted) and the denominators."""
+    return {**{k: counts[k] / counts[n] if counts[n] else float("nan") for k, n in AUDIT.items()},
+            **{n: counts[n] for n in AUDIT_N}}
+
+
+def phase_times(metrics: list[dict]) -> dict[str, float]:
+    """Mean seconds per step of every `t_` metric, in the order the metrics lines have them."""
+    keys = dict.fromkeys(k for m in metrics for k in m if k.startswith("t_"))
+    return {k: _nanmean([m[k] for m in metrics if m.get(k) is not None]) for k in keys}
+
+
+def fate_sum(tables: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
+    """Buffer fate tables (summary.json `buffer_fate`) added cell by cell, entry accuracies in order."""
+    out: dict[str, dict[str, dict[str, int]]] = {"by_entry_accuracy": {}, "by_resamples": {}}
+    for t in tables:
+        for part, rows in t.items():
+            for key, cells in rows.items():
+                row = out[part].setdefault(key, {})
+                for c, n in cells.items():
+                    row[c] = row.get(c, 0) + n
+    out["by_entry_accuracy"] = dict(sorted(out["by_entry_accuracy"].items(), key=lambda kv: float(kv[0])))
+    return out
+
+
+def method_extras(summaries: list[dict], metrics: list[list[dict]]) -> dict:
+    """A method's buffer statistics, fate tables, audit and phase times over its seeds' runs."""
+    bufs = [buffer_stats(m) for m in metrics]
+    counts = [audit_counts(m) for m in metrics]
+    times = [phase_times(m) for m in metrics]
+    phases = dict.fromkeys(k for t in times for k in t)
+    fates = [s["buffer_fate"] for s in summaries if s.get("buffer_fate")]  # runs from before it: none
+    return {"buffer": {k: _nanmean([b[k] for b in bufs]) for k in bufs[0]},
+            "fate": fate_sum(fates) if fates else {},
+            "audit": audit_rates({k: sum(c[k] for c in counts) for k in counts[0]}),
+            "times": {k: _nanmean([t.get(k, float("nan")) for t in times]) for k in phases}}
+
+
 def aggregate(plan: Plan, out: Path) -> dict:
     from megatron_zppo.metrics import read_metrics
 
@@ -139,17 +200,17 @@ def aggregate(plan: Plan, out: Path) -> dict:
             src = plan.methods[0] if method == "base" else method
             when = "before" if method == "base" else "after"
             per_family: dict[str, list[list[list[float]]]] = {}
-            bufs = []
+            summaries, metrics = [], []
             for seed in plan.seeds:
                 d = run_dir(out, st.name, src, seed)
-                summary = json.loads((d / "summary.json").read_text())
-                for f, vals in family_sets(summary, when).items():
+                summaries.append(json.loads((d / "summary.json").read_text()))
+                for f, vals in family_sets(summaries[-1], when).items():
                     per_family.setdefault(f, []).append(vals)
                 if method != "base":
-                    bufs.append(buffer_stats(read_metrics(d / "metrics.jsonl")))
+                    metrics.append(read_metrics(d / "metrics.jsonl"))
             row = {f: dict(zip(("mean", "lo", "hi"), bootstrap(v))) for f, v in per_family.items()}
-            if bufs:
-                row["buffer"] = {k: _nanmean([b[k] for b in bufs]) for k in bufs[0]}
+            if metrics:
+                row.update(method_extras(summaries, metrics))
             rows[method] = row
         results[st.name] = rows
     return results
@@ -161,7 +222,7 @@ def _nanmean(xs):
 
 
 def markdown(results: dict, plan: Plan) -> str:
-    fams = sorted({f for rows in results.values() for r in rows.values() for f in r if f != "buffer"})
+    fams = sorted({f for rows in results.values() for r in rows.values() for f in r if f not in EXTRAS})
     methods = list(next(iter(results.values())))
     lines = [f"Accuracy after training (%), mean over {len(plan.seeds)} seed(s) with a 95% bootstrap interval "
              "over seeds and questions; `base` is the student before training.", ""]
@@ -185,7 +246,83 @@ def markdown(results: dict, plan: Plan) -> str:
                              f"{_pct(b['graduation_from_zero'])} | {_pct(b['acc_bcq'])} | {_pct(b['acc_ncq'])} | "
                              f"{_pct(b['ncq_repeats_listed_answer'])} | {_pct(b['acc_hint'])} | "
                              f"{_pct(b['acc_prefix'])} | {b['t_step']:.2f} |")
+    lines += fate_lines(results) + resample_lines(results) + audit_lines(results) + time_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def _with_buffer(results: dict):
+    """(student, method, fate tables) of the methods whose buffer admitted anything."""
+    for st, rows in results.items():
+        for m, r in rows.items():
+            if any(sum(c.values()) for c in r.get("fate", {}).get("by_entry_accuracy", {}).values()):
+                yield st, m, r["fate"]
+
+
+def fate_lines(results: dict) -> list[str]:
+    lines = ["", "**Fate of buffered questions by accuracy at admission** (summed over seeds; % of the entries "
+             "that left the buffer, graduated or evicted)", "",
+             "| student | method | accuracy at admission | admitted | graduated | evicted | in buffer | graduated % | "
+             "evicted % |", "|---" * 9 + "|"]
+    for st, m, fate in _with_buffer(results):
+        rows = fate["by_entry_accuracy"]
+        total = {c: sum(r[c] for r in rows.values()) for c in ("graduated", "evicted", "in_buffer")}
+        for key, r in [*((f"{100 * float(k):g}%", v) for k, v in rows.items()), ("all", total)]:
+            done = r["graduated"] + r["evicted"]
+            lines.append(f"| {st} | {m} | {key} | {done + r['in_buffer']} | {r['graduated']} | {r['evicted']} | "
+                         f"{r['in_buffer']} | {_pct(_ratio(r['graduated'], done))} | "
+                         f"{_pct(_ratio(r['evicted'], done))} |")
+    return lines
+
+
+def resample_lines(results: dict) -> list[str]:
+    lines = ["", "**Fate of buffered questions by re-samples** (times a question was rolled out again after "
+             "admission; summed over seeds; % of the entries that left the buffer after that many)", "",
+             "| student | method | re-samples | graduated | improved, not graduated | never improved | in buffer |",
+             "|---" * 7 + "|"]
+    for st, m, fate in _with_buffer(results):
+        for key, r in fate["by_resamples"].items():
+            done = r["graduated"] + r["improved"] + r["never_improved"]
+            if done + r["in_buffer"]:
+                cells = [f"{r[c]} ({_pct(_ratio(r[c], done))})" for c in ("graduated", "improved", "never_improved")]
+                lines.append(f"| {st} | {m} | {key} | " + " | ".join(cells) + f" | {r['in_buffer']} |")
+    return lines
+
+
+def audit_lines(results: dict) -> list[str]:
+    lines = ["", "**Candidate-match audit** (final answers against the candidates shown; pooled over steps and "
+             "seeds; %; n = rollouts)", "",
+             "| student | method | BCQ correct n | pos | neg | other | BCQ wrong n | pos | neg | other | NCQ n | "
+             "listed (neg) | teacher's (pos) | other |", "|---" * 14 + "|"]
+    for st, rows in results.items():
+        for m, r in rows.items():
+            a = r.get("audit")
+            if a and any(a[n] for n in AUDIT_N):
+                bcq = [f"{a[f'bcq_audit_n_{g}']:.0f} | " + " | ".join(_pct(a[f"bcq_{k}_{g}"]) for k in MATCHES)
+                       for g in ("correct", "wrong")]
+                ncq = " | ".join(_pct(a[k]) for k in ("ncq_match_neg", "ncq_match_pos", "ncq_other"))
+                lines.append(f"| {st} | {m} | {' | '.join(bcq)} | {a['ncq_audit_n']:.0f} | {ncq} |")
+    return lines
+
+
+def time_lines(results: dict) -> list[str]:
+    cols = list(dict.fromkeys(k for rows in results.values() for r in rows.values() for k in r.get("times", {})))
+    lines = ["", "**Time per step by phase** (seconds, mean over steps and seeds)", "",
+             "| student | method | " + " | ".join(c.removeprefix("t_") for c in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
+    for st, rows in results.items():
+        for m, r in rows.items():
+            if r.get("times"):
+                lines.append(f"| {st} | {m} | " + " | ".join(_secs(r["times"].get(c, float("nan"))) for c in cols)
+                             + " |")
+    return lines
+
+
+def _ratio(k, n):
+    return k / n if n else float("nan")
+
+
+def _secs(x):
+    return "-" if x != x else f"{x:.2f}"
 
 
 def _pct(x):
@@ -198,7 +335,7 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fams = sorted({f for rows in results.values() for r in rows.values() for f in r if f != "buffer"})
+    fams = sorted({f for rows in results.values() for r in rows.values() for f in r if f not in EXTRAS})
     fig, axes = plt.subplots(len(results), len(fams), figsize=(5 * len(fams), 3.2 * len(results)), squeeze=False)
     for i, (st, rows) in enumerate(results.items()):
         for j, f in enumerate(fams):

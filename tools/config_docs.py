@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))  # runs as a script from any directory
 
 from megatron_zppo.config import PRESETS, Config, RewardConfig, RunConfig, TrainConfig  # noqa: E402
 from megatron_zppo.config_io import Range  # noqa: E402
-from megatron_zppo.core.advantages import ESTIMATORS  # noqa: E402
 from megatron_zppo.data import SourceConfig  # noqa: E402
 from megatron_zppo.grader_pool import JUDGE  # noqa: E402
 from megatron_zppo.overlap import DEFAULT_TIS_CAP  # noqa: E402
@@ -125,10 +124,9 @@ def _one_of(values) -> str:
 @functools.cache
 def _checked_elsewhere() -> dict[tuple[type, str], str]:
     """(dataclass, field) -> allowed values, for fields checked outside their dataclass: when the
-    advantage estimator, the trainer's ModelConfig or the grader pool is built."""
+    trainer's ModelConfig or the grader pool is built."""
     graders = f"{_one_of([*GRADERS, JUDGE])}, or `module:function`"
-    return {(Config, "advantage"): _one_of(ESTIMATORS),
-            (TrainConfig, "layer_spec"): _one_of(checked_values(ModelConfig)["layer_spec"]),
+    return {(TrainConfig, "layer_spec"): _one_of(checked_values(ModelConfig)["layer_spec"]),
             (RewardConfig, "grader"): f"`auto`, {graders}", (SourceConfig, "grader"): f"empty, {graders}"}
 
 

@@ -1,10 +1,12 @@
 """Per-sample advantages from per-sample rewards and group membership.
 
-Both estimators work on flat tensors: `rewards[i]` and `group_index[i]` (0..n_groups-1) for
+Every estimator works on flat tensors: `rewards[i]` and `group_index[i]` (0..n_groups-1) for
 sample i, so plain, BCQ and NCQ groups of one question are just different indices.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -46,14 +48,17 @@ def grpo_advantages(
     return centred / (std[index] + eps)
 
 
-def reinforce_pp_advantages(rewards: torch.Tensor, index: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def reinforce_pp_advantages(rewards: torch.Tensor, index: torch.Tensor, eps: float = 1e-6,
+                            with_trivial: bool = False) -> torch.Tensor:
     """The paper's two-step REINFORCE++ variant.
 
     (a) subtract the group mean; (b) divide by one standard deviation taken over the samples of
     non-trivial groups only (groups whose rewards are not all equal). Trivial groups have zero
-    centred reward and stay zero; counting their zeros in the statistic would make every other
-    advantage depend on how many trivial groups happen to share the batch. After (a) each group sums to zero, so the batch mean over
-    non-trivial samples is zero and the std is their root mean square (population form).
+    centred reward and stay zero; counting their zeros in the statistic (`with_trivial`, the
+    paper's "normalise with zero groups" ablation) shrinks that std by sqrt(f), f the share of
+    samples in non-trivial groups, so every advantage grows by 1/sqrt(f) and depends on how many
+    trivial groups happen to share the batch. After (a) each group sums to zero, so the batch mean over the samples
+    counted is zero and the std is their root mean square (population form).
     """
     if rewards.numel() == 0:
         return torch.zeros_like(rewards)
@@ -64,23 +69,47 @@ def reinforce_pp_advantages(rewards: torch.Tensor, index: torch.Tensor, eps: flo
     nontrivial = (hi > lo)[index]
     if not nontrivial.any():
         return torch.zeros_like(rewards)
-    std = centred[nontrivial].pow(2).mean().sqrt()
+    std = (centred if with_trivial else centred[nontrivial]).pow(2).mean().sqrt()
     return torch.where(nontrivial, centred / (std + eps), torch.zeros_like(centred))
 
 
-ESTIMATORS = {"grpo": grpo_advantages, "reinforce_pp": reinforce_pp_advantages}
+def centred_advantages(rewards: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Reward minus its group mean, no scaling (the paper's "no normalisation" ablation)."""
+    return _group_stats(rewards, index)[1]
 
 
-def assign_advantages(groups: list[Group], estimator: str = "reinforce_pp", binary: bool = True) -> torch.Tensor:
+# advantage.normalize -> the estimator. The first three are the paper's ablation (its default
+# first); `group` is GRPO's per-group std, which the paper does not run.
+NORMALIZATIONS = {
+    "excluding_zero": reinforce_pp_advantages,
+    "including_zero": lambda r, i: reinforce_pp_advantages(r, i, with_trivial=True),
+    "none": centred_advantages,
+    "group": grpo_advantages,
+}
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    # reward minus its group mean, then divided by the std over the non-trivial groups' samples
+    # (excluding_zero, the paper's), over every sample (including_zero), or not divided (none); or
+    # GRPO's per-group std (group, which the paper does not run)
+    normalize: str = "excluding_zero"
+
+    def __post_init__(self):
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"advantage.normalize {self.normalize!r} unknown; expected one of {list(NORMALIZATIONS)}")
+
+
+def assign_advantages(groups: list[Group], normalize: str = "excluding_zero", binary: bool = True) -> torch.Tensor:
     """Compute advantages for all samples of `groups` and store them on the samples."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"advantage estimator {estimator!r} unknown; expected one of {sorted(ESTIMATORS)}")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"advantage.normalize {normalize!r} unknown; expected one of {list(NORMALIZATIONS)}")
     if not groups:
         return torch.zeros(0, dtype=torch.float64)
     rewards, index = group_index(groups)
     if binary:
         check_binary(rewards)
-    adv = ESTIMATORS[estimator](rewards, index)
+    adv = NORMALIZATIONS[normalize](rewards, index)
     for s, a in zip((s for g in groups for s in g.samples), adv.tolist()):
         s.advantage = a
     return adv

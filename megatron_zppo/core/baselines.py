@@ -11,7 +11,9 @@ sampled token:
     JSD_beta    D = beta KL(p_T||M) + (1-beta) KL(p_S||M), M = beta p_T + (1-beta) p_S:
                                                       A(y) = -(1-beta) * log(p_S(y) / M(y))
 
-The advantages then go through the same clipped policy loss as GRPO, token by token. This is the
+The advantages then go through the same clipped policy loss as GRPO, token by token. The paper's
+own distillation rows take the divergence over the whole vocabulary instead (`token_jsd`), with the
+teacher's distributions from the teacher the trainer holds (train/logit_distill.py). This is the
 per-position estimate (each position's divergence is minimised given its prefix; later positions'
 dependence on the sampled token is not credited), as in the usual token-level on-policy distillation.
 
@@ -27,6 +29,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from megatron_zppo.core.answers import boxes
 
@@ -44,20 +47,31 @@ def distill_advantages(student_logprobs: Sequence[float], teacher_logprobs: Sequ
         return t - s
     if divergence == "jsd":
         if not 0.0 < beta < 1.0:
-            raise ValueError(f"method.on_policy_distill.jsd_beta must be in (0, 1), got {beta!r}")
+            raise ValueError(f"method.sampled_token_distill.jsd_beta must be in (0, 1), got {beta!r}")
         log_m = np.logaddexp(math.log(beta) + t, math.log1p(-beta) + s)
         return -(1.0 - beta) * (s - log_m)
-    raise ValueError(f"method.on_policy_distill.divergence {divergence!r} unknown; expected one of {DIVERGENCES}")
+    raise ValueError(f"method.sampled_token_distill.divergence {divergence!r} unknown; expected one of {DIVERGENCES}")
+
+
+def token_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """JSD_beta = beta KL(p_T || M) + (1-beta) KL(p_S || M), M = beta p_T + (1-beta) p_S, summed over
+    the last (vocabulary) dimension of two log-probability tensors. A vocabulary shard's log-probs
+    (normalised over the whole vocabulary) give that shard's part of the sum."""
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"the JSD's beta must be in (0, 1), got {beta!r}")
+    log_m = torch.logaddexp(teacher_logp + math.log(beta), student_logp + math.log1p(-beta))
+    return (beta * teacher_logp.exp() * (teacher_logp - log_m)
+            + (1.0 - beta) * student_logp.exp() * (student_logp - log_m)).sum(-1)
 
 
 def prefix_length(n_tokens: int, fraction: float) -> int:
-    """Tokens of a teacher response given as the start of the answer: round half up, at least one
-    token and never the whole response (the student must write something)."""
+    """Tokens of a teacher response given as the start of the answer: floor(fraction * n) as the
+    paper, at least one token and never the whole response (the student must write something)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"method.prefix.fraction must be in (0, 1), got {fraction!r}")
     if n_tokens < 2:
         return 0
-    return min(max(1, math.floor(fraction * n_tokens + 0.5)), n_tokens - 1)
+    return min(max(1, math.floor(fraction * n_tokens)), n_tokens - 1)
 
 
 def redact_answers(text: str) -> str:

@@ -2,8 +2,8 @@
 
 Templates are plain text with `{name}` placeholders. The defaults in `templates/` are this
 project's own wording; point `PromptTemplates.load(directory)` at a folder with the same four
-files to use other wording (for example the paper's). The two Hint-baseline templates are optional
-in such a folder: the package's own are used where they are missing. Placeholders are filled in one pass, so a
+files to use other wording (for example the paper's). The Hint baselines' templates and NCQ's
+no-answer wording are optional in such a folder: the package's own are used where they are missing. Placeholders are filled in one pass, so a
 question or candidate that happens to contain `{candidates}` is never expanded a second time.
 """
 
@@ -26,7 +26,8 @@ REQUIRED = {
     "compress": {"response"},
 }
 OPTIONAL = {
-    "hint_request": {"question"},  # asks the teacher for an answer-free hint
+    "hint_request": {"question", "response"},  # asks the teacher for an answer-free hint from its correct response
+    "question_hint_request": {"question"},  # the same from the question alone (a departure, method question_hint)
     "hint": {"question", "hint"},  # the student's prompt with the hint
     "ncq_no_answers": {"question", "candidates"},  # NCQ when no wrong rollout stated a final answer
 }
@@ -44,6 +45,7 @@ class PromptTemplates:
     ncq: str
     compress: str
     hint_request: str = ""
+    question_hint_request: str = ""
     hint: str = ""
     ncq_no_answers: str = ""
 
@@ -90,8 +92,11 @@ class PromptTemplates:
             body = _fill(self.ncq, question=question, candidates=_candidate_block(candidates), wrong_answers=listed)
         return f"{body}\n\n{self.closer}"
 
-    def hint_request_prompt(self, question: str) -> str:
-        return _fill(self.hint_request, question=question)
+    def hint_request_prompt(self, question: str, response: str | None = None) -> str:
+        """From the teacher's correct `response` (the paper's Hint), or the question alone (None)."""
+        if response is None:
+            return _fill(self.question_hint_request, question=question)
+        return _fill(self.hint_request, question=question, response=response.strip())
 
     def hint_prompt(self, question: str, hint: str) -> str:
         return f"{_fill(self.hint, question=question, hint=hint.strip())}\n\n{self.closer}"

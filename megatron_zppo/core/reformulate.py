@@ -81,7 +81,7 @@ def plan_reformulations(
             continue
         acc = g.accuracy
         if cfg.bcq:
-            right = [s for s in teacher.get(g.question.id, ()) if _teacher_correct(s, g.question.id)]
+            right = [s for s in teacher.get(g.question.id, ()) if teacher_correct(s, g.question.id)]
             if right:
                 plans.append(_bcq(g, rng.choice(right), rng.choice(wrong), acc, rng))
         if cfg.ncq and len(plans) < cap:
@@ -92,7 +92,8 @@ def plan_reformulations(
     return plans
 
 
-def _teacher_correct(s: Sample, question_id: str) -> bool:
+def teacher_correct(s: Sample, question_id: str) -> bool:
+    """Whether a teacher rollout of `question_id` is right; refuses student or ungraded samples."""
     if s.sampled_by != TEACHER:
         raise ValueError(f"teacher rollouts for question {question_id!r} include a {s.sampled_by!r} sample")
     if s.reward is None:

@@ -10,25 +10,31 @@ of config.MethodConfig.
 
 from __future__ import annotations
 
-from megatron_zppo.methods.base import (Grade, HardPrompts, HardPromptSet, NoHardPrompts, Objective, Phase, step_seed,
-                                        timed)
-from megatron_zppo.methods.distill import LogitDistill, OffPolicyDistill, OnPolicyDistill
-from megatron_zppo.methods.hint import HintPrompts
+from megatron_zppo.methods.base import (Grade, HardPrompts, HardPromptSet, NoHardPrompts, Objective, Phase,
+                                        pre_capped, step_seed, timed)
+from megatron_zppo.methods.distill import LogitDistill, OffDistill, OnDistill, SampledTokenDistill, TeacherSft
+from megatron_zppo.methods.hint import HintPrompts, QuestionHintPrompts
 from megatron_zppo.methods.policy_gradient import PolicyGradient
 from megatron_zppo.methods.prefix import PrefixPrompts
 from megatron_zppo.methods.zppo import ZppoPrompts
 
 __all__ = ["Grade", "HardPrompts", "HardPromptSet", "METHODS", "Objective", "Phase", "build_hard_prompts",
-           "build_objective", "needs_teacher", "step_seed", "timed", "trainer_teacher", "uses_teacher_tokens"]
+           "build_objective", "needs_teacher", "pre_capped", "step_seed", "timed", "trainer_teacher",
+           "uses_teacher_tokens"]
 
-# method.name -> (what its hard questions become, what the trainer optimises)
+# method.name -> (what its hard questions become, what the trainer optimises); docs/method.md,
+# "Baselines", says which are the paper's and which depart from it.
 METHODS = {
     "zppo": (ZppoPrompts, PolicyGradient),
     "grpo": (NoHardPrompts, PolicyGradient),
     "hint": (HintPrompts, PolicyGradient),
     "prefix": (PrefixPrompts, PolicyGradient),
-    "off_policy_distill": (NoHardPrompts, OffPolicyDistill),
-    "on_policy_distill": (NoHardPrompts, OnPolicyDistill),
+    "off_distill": (NoHardPrompts, OffDistill),
+    "on_distill": (NoHardPrompts, OnDistill),
+    # departures from the paper's rows, kept under their own names
+    "question_hint": (QuestionHintPrompts, PolicyGradient),
+    "teacher_sft": (NoHardPrompts, TeacherSft),
+    "sampled_token_distill": (NoHardPrompts, SampledTokenDistill),
     "logit_distill": (NoHardPrompts, LogitDistill),
 }
 
@@ -56,11 +62,6 @@ def build_objective(cfg, teacher=None, grade: Grade | None = None) -> Objective:
 
 
 def trainer_teacher(cfg):
-    """The teacher the trainer itself must hold (its distributions, not its text): logit
-    distillation's, a train.logit_distill.LogitTeacher; None for every other method."""
-    if cfg.method.name != "logit_distill":
-        return None
-    from megatron_zppo.train.logit_distill import LogitTeacher
-
-    m = cfg.method.logit_distill
-    return LogitTeacher(cfg.teacher.hf_path, m.temperature, m.top_k)
+    """The teacher the trainer itself must hold (its distributions, not its text), a
+    train.logit_distill.LogitTeacher, for the distillations that need one; else None."""
+    return METHODS[cfg.method.name][1].held_teacher(cfg)

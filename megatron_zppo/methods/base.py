@@ -89,6 +89,13 @@ class Objective(Protocol):
         """This objective's own figures of a step's rollouts, for the logs ({} if none)."""
 
 
+def pre_capped(hard: list[Group], cap: int, rule: str) -> list[Group]:
+    """The hard groups (hardest first) a method may turn into prompts (method.pre_cap): the `cap`
+    hardest, chosen before the teacher runs ("hardest"), or all of them ("admissible": the method
+    runs the teacher on each and keeps the `cap` hardest whose prompts it can build)."""
+    return list(hard) if rule == "admissible" else list(hard[:cap])
+
+
 # Grades samples in place against their own questions (rollout.collect.score_samples, bound).
 Grade = Callable[[Sequence[Sample]], None]
 

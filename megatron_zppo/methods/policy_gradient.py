@@ -18,13 +18,18 @@ class PolicyGradient:
         return False
     @classmethod
     def from_config(cls, cfg, teacher, grade):
-        return cls(cfg.advantage, cfg.run.updates_per_step, cfg.loss)
+        return cls(cfg.advantage.normalize, cfg.run.updates_per_step, cfg.loss)
 
-    def __init__(self, estimator: str, updates_per_step: int, loss: LossConfig):
-        self.estimator, self.updates, self.loss = estimator, updates_per_step, PolicyGradientLoss(loss)
+    @classmethod
+    def held_teacher(cls, cfg):
+        """The teacher the trainer must hold (a train.logit_distill.LogitTeacher), or None."""
+        return None
+
+    def __init__(self, normalize: str, updates_per_step: int, loss: LossConfig):
+        self.normalize, self.updates, self.policy_loss = normalize, updates_per_step, PolicyGradientLoss(loss)
 
     def prepare(self, plain, reformulated, step, times):
-        assign_advantages(plain + reformulated, self.estimator)
+        assign_advantages(plain + reformulated, self.normalize)
         return {}
 
     def minibatches(self, rollouts, weight_version, rng):
@@ -37,7 +42,7 @@ class PolicyGradient:
         return split_minibatches(samples, min(self.updates, len(samples)), rng)
 
     def update(self, trainer, rollouts, weight_version, rng):
-        return trainer.update(self.minibatches(rollouts, weight_version, rng), self.loss)
+        return trainer.update(self.minibatches(rollouts, weight_version, rng), self.policy_loss)
 
     def metrics(self, rollouts):
         return {}

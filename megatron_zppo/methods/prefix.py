@@ -1,5 +1,7 @@
-"""The Prefix baseline: the plain prompt followed by the first `prefix_fraction` of one correct
-teacher response (drawn at random), as prompt tokens; the student continues from there."""
+"""The Prefix baseline, as the paper's: the plain prompt followed by the first `fraction` of the
+tokens of one correct teacher response (drawn at random), as prompt tokens, so they carry no
+gradient; the student continues from there and prefix + continuation is graded. A question the
+teacher fails gets no prefix."""
 
 from __future__ import annotations
 
@@ -45,9 +47,9 @@ class PrefixPrompts:
         rng = random.Random(step_seed(self.seed, step, Phase.HARD_PROMPTS))
         with timed(times, "zppo"):
             specs = []
-            for g in hard:  # questions the teacher never solved get no prompt
+            for g in hard:  # questions the teacher never solved get no prompt; at most `cap` prompts
                 correct = [s for s in teacher.get(g.question.id, []) if s.reward and s.reward >= 1.0]
-                if not correct:
+                if not correct or len(specs) >= cap:
                     continue
                 ids = list(rng.choice(correct).response_ids)
                 ids = ids[:prefix_length(len(ids), self.fraction)]

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import random
 
-from megatron_zppo.core.answers import last_boxed
+from megatron_zppo.core.audit import (
+    audit_metrics, bcq_audit, bcq_candidate_answers, ncq_audit, ncq_teacher_answers,
+)
 from megatron_zppo.methods.base import Grade, HardPromptSet, Phase, step_seed, timed
 from megatron_zppo.core.prompts import PromptTemplates
 from megatron_zppo.core.records import PromptKind
@@ -14,7 +16,11 @@ from megatron_zppo.core.reformulate import ZppoConfig, plan_reformulations, rend
 from megatron_zppo.rollout.collect import PromptSpec
 
 
-LISTED = "ncq_listed"  # Rollouts.method_data key: NCQ group id -> the answers its prompt lists as wrong
+# Rollouts.method_data keys, for the candidate-match audit (core/audit.py). Rollouts pickled before
+# the audit carry only LISTED; the audit's other rates are then NaN.
+LISTED = "ncq_listed"  # NCQ group id -> the answers its prompt lists as wrong
+BCQ_ANSWERS = "bcq_candidate_answers"  # BCQ group id -> [teacher candidate's answer, student candidate's]
+NCQ_TEACHER = "ncq_teacher_answers"  # NCQ group id -> the teacher's correct answers, where it ran
 
 
 class ZppoPrompts:
@@ -48,26 +54,15 @@ class ZppoPrompts:
             compress = self.teacher.compress if (self.cfg.compression and self.teacher) else None
             texts = render(plans, self.templates, compress)
         listed = {p.group_id: p.wrong_answers for p in plans if p.kind is PromptKind.NCQ}
-        return HardPromptSet([PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)], acc,
-                             {LISTED: listed})
+        data = {LISTED: listed, BCQ_ANSWERS: bcq_candidate_answers(plans),
+                NCQ_TEACHER: ncq_teacher_answers(plans, teacher)}
+        return HardPromptSet([PromptSpec(p.question, p.kind, p.group_id, t) for p, t in zip(plans, texts)], acc, data)
 
     def metrics(self, rollouts):
-        return {"ncq_repeats_listed_answer": ncq_repeat_rate(rollouts.reformulated,
-                                                             rollouts.method_data.get(LISTED, {}))}
-
-
-def ncq_repeat_rate(groups, listed: dict[str, list[str]]) -> float:
-    """How often an NCQ rollout's final answer is one its prompt listed as wrong (the paper reports
-    that a small student mostly does this)."""
-    hits = total = 0
-    for g in groups:
-        if g.kind is PromptKind.NCQ:
-            wrong = set(listed.get(g.id, ()))
-            for s in g.samples:
-                total += 1
-                a = last_boxed(s.response_text)
-                hits += a is not None and a.strip() in wrong
-    return hits / total if total else float("nan")
+        """The candidate-match audit of the step's BCQ and NCQ rollouts (docs/analyses.md)."""
+        d, groups = rollouts.method_data, rollouts.reformulated
+        return audit_metrics(bcq_audit(groups, d.get(BCQ_ANSWERS, {})),
+                             ncq_audit(groups, d.get(LISTED, {}), d.get(NCQ_TEACHER, {})))
 
 
 def teacher_rollouts(teacher, hard, n: int, grade: Grade, seed: int):

@@ -3,7 +3,9 @@ towards the teacher's whole next-token distribution (or its top-k) on the studen
 
 The divergence is nvidia-modelopt's Megatron distillation loss: `LogitsKLLoss` (forward KL,
 KL(teacher || student), vocabulary-parallel under TP) or `TopKLogitsKLLoss` (the teacher's global
-top-k entries only). Like the log-prob path (logprobs.py), logits exist only at response positions
+top-k entries only); or the generalised Jensen-Shannon divergence (`LogitsJSDLoss` below, the
+paper's off- and on-policy distillation rows), written like modelopt's KL so it is
+vocabulary-parallel too. Like the log-prob path (logprobs.py), logits exist only at response positions
 and only `chunk_size` positions at a time, for both models: the teacher's forward returns its final
 hidden states at response positions, and its output layer is applied chunk by chunk inside the
 student's output processor, with the student's chunk recomputed in backward.
@@ -23,11 +25,13 @@ from megatron_zppo.train.logprobs import SequenceBatch, _response_positions
 
 @dataclass(frozen=True)
 class LogitTeacher:
-    """The teacher the trainer holds for this baseline (method.logit_distill.temperature and .top_k)."""
+    """The teacher the trainer holds for a distillation baseline, and the divergence to it."""
 
     hf_path: str
     temperature: float = 1.0
-    top_k: int = 0  # 0: the whole distribution
+    top_k: int = 0  # 0: the whole distribution (forward_kl only)
+    divergence: str = "forward_kl"  # forward_kl | jsd
+    beta: float = 0.5  # jsd: the teacher's weight in the mixture
 
 
 @dataclass
@@ -52,13 +56,61 @@ class KDRequest:
     chunk_size: int
 
 
-def make_criterion(model_config, temperature: float, top_k: int) -> torch.nn.Module:
-    """modelopt's forward-KL logits loss for this (TP-sharded) model; top_k 0 = the full distribution."""
+def make_criterion(model_config, temperature: float, top_k: int, divergence: str = "forward_kl",
+                   beta: float = 0.5) -> torch.nn.Module:
+    """The per-token divergence for this (TP-sharded) model: modelopt's forward KL (top_k 0 = the full
+    distribution), or the JSD below."""
     from modelopt.torch.distill.plugins.megatron import LogitsKLLoss, TopKLogitsKLLoss
 
+    if divergence == "jsd":
+        if top_k:
+            raise ValueError(f"the JSD takes the teacher's whole distribution; top_k={top_k} is for forward_kl only")
+        return jsd_loss_class()(model_config, temperature, beta)
+    if divergence != "forward_kl":
+        raise ValueError(f"distillation divergence {divergence!r} unknown; expected forward_kl or jsd")
     if top_k:
         return TopKLogitsKLLoss(model_config, temperature=temperature, top_k=top_k)
     return LogitsKLLoss(model_config, temperature=temperature)
+
+
+def jsd_loss_class():
+    """`LogitsJSDLoss`, defined on first use: modelopt is imported only by runs that distil."""
+    from modelopt.torch.distill.plugins.megatron import BaseLoss
+    from torch.distributed import nn as dist_nn
+
+    from megatron.core import parallel_state
+
+    from megatron_zppo.core.baselines import token_jsd
+
+    class LogitsJSDLoss(BaseLoss):
+        """Per-token JSD_beta(teacher, student) [b, s] of two logits tensors [s, b, v-shard]."""
+
+        def __init__(self, model_config, temperature: float = 1.0, beta: float = 0.5):
+            super().__init__(model_config)
+            self.temperature, self.beta = temperature, beta
+
+        def forward(self, predictions, targets):
+            predictions, targets = self.pre_forward(predictions, targets)
+            student = predictions.float() / self.temperature
+            teacher = targets.float() / self.temperature
+            if self._config.tensor_model_parallel_size > 1:
+                group = parallel_state.get_tensor_model_parallel_group()
+                student, teacher = _log_softmax(student, group, dist_nn), _log_softmax(teacher, group, dist_nn)
+            else:
+                student, teacher = student.log_softmax(-1), teacher.log_softmax(-1)
+            # this shard's part of the sum over the vocabulary; the caller adds the shards' parts
+            return self.post_forward(token_jsd(student, teacher, self.beta), tp_reduce=True)
+
+    return LogitsJSDLoss
+
+
+def _log_softmax(logits: torch.Tensor, group, dist_nn) -> torch.Tensor:
+    """Log-softmax over a vocabulary split across `group`: the normaliser is summed over the shards
+    through an all-reduce whose backward sums the shards' gradients (each rank's loss differs)."""
+    top = logits.detach().max(dim=-1, keepdim=True).values
+    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    shifted = logits - top
+    return shifted - dist_nn.functional.all_reduce(shifted.exp().sum(-1, keepdim=True), group=group).log()
 
 
 def response_hidden_processor(*, hidden_states, context: SequenceBatch, **_):

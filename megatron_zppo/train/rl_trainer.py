@@ -58,7 +58,7 @@ def settings_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
 
 
 class RLTrainer:
-    """`logit_teacher`: which frozen teacher (path, temperature, top k) the logit-distillation
+    """`logit_teacher`: which frozen teacher (path, divergence, temperature, top k) a distillation
     baseline holds inside the trainer, built here as `kd_teacher` (methods.trainer_teacher); None
     for every other method."""
 
@@ -108,7 +108,8 @@ class RLTrainer:
                 chunk.requires_grad_(False)
             self.kd_teacher = HeldTeacher(
                 teacher, output_logits_fn(teacher.chunks[-1]) if self.last_stage else None,
-                make_criterion(get_model_config(self.policy.chunks[0]), logit_teacher.temperature, logit_teacher.top_k))
+                make_criterion(get_model_config(self.policy.chunks[0]), logit_teacher.temperature, logit_teacher.top_k,
+                               logit_teacher.divergence, logit_teacher.beta))
 
     @property
     def is_main(self) -> bool:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from megatron_zppo.core.advantages import assign_advantages, grpo_advantages, reinforce_pp_advantages
+from megatron_zppo.core.advantages import NORMALIZATIONS, assign_advantages, grpo_advantages, reinforce_pp_advantages
 from tests.core.factories import group, question
 
 R = torch.tensor([1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0], dtype=torch.float64)
@@ -49,11 +49,24 @@ def test_groups_of_different_sizes_are_centred_separately():
 def test_assign_advantages_writes_samples_and_checks_binary_rewards():
     q = question()
     groups = [group(q, [1, 0], gid="a"), group(q, [0, 0], gid="b")]
-    assign_advantages(groups, "reinforce_pp")
+    assign_advantages(groups, "excluding_zero")
     assert groups[0].samples[0].advantage > 0 > groups[0].samples[1].advantage
     assert groups[1].samples[0].advantage == 0
     groups[0].samples[0].reward = 1.5
     with pytest.raises(ValueError, match="1.5"):
         assign_advantages(groups)
-    with pytest.raises(ValueError, match="estimator 'ppo'"):
+    with pytest.raises(ValueError, match="advantage.normalize 'ppo'"):
         assign_advantages(groups, "ppo")
+
+
+def test_the_papers_normalisation_ablation_against_its_formulas():
+    centred = torch.tensor([0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0, 0.5, 0.5, -0.5, -0.5], dtype=torch.float64)
+    rms_nontrivial = math.sqrt(0.21875)  # over the 8 samples of groups 0 and 2
+    rms_all = math.sqrt(0.21875 * 8 / 12)  # the 4 zeros of group 1 counted: f = 8/12
+    adv = {name: f(R, IDX) for name, f in NORMALIZATIONS.items()}
+    assert torch.allclose(adv["none"], centred)
+    assert torch.allclose(adv["excluding_zero"], centred / rms_nontrivial, atol=1e-5)
+    assert torch.allclose(adv["including_zero"], centred / rms_all, atol=1e-5)
+    # the paper's identity: with zero groups = without them / sqrt(f)
+    assert torch.allclose(adv["including_zero"], adv["excluding_zero"] / math.sqrt(8 / 12), atol=1e-5)
+    assert torch.allclose(adv["group"], grpo_advantages(R, IDX))

@@ -1,4 +1,6 @@
+import json
 import pickle
+import random
 
 import pytest
 
@@ -87,3 +89,77 @@ def test_incompatible_state_version_is_rejected_with_the_version():
     state["version"] = 99
     with pytest.raises(ValueError, match="version 99"):
         ReplayBuffer().load_state_dict(state)
+
+
+def _k_of_8(q, k):
+    return group(q, [1] * k + [0] * (8 - k))
+
+
+def test_fate_tables_follow_each_admission_to_graduation_eviction_or_the_end():
+    buf = ReplayBuffer(capacity=2, tau=0.5)
+    a, b, c, d, e, f = (question(x) for x in "abcdef")
+    buf.update([_k_of_8(a, 0), _k_of_8(b, 2), _k_of_8(c, 1)])  # a evicted at once, never re-sampled
+    buf.update([_k_of_8(b, 3), _k_of_8(c, 4), _k_of_8(d, 0)])  # b improves; c graduates after 1 re-sample
+    buf.update([_k_of_8(b, 1), _k_of_8(d, 0), _k_of_8(e, 0)])  # b (best 3/8 > 2/8) evicted after 2
+    buf.update([_k_of_8(d, 0), _k_of_8(e, 6), _k_of_8(f, 8)])  # e graduates; f is easy, never admitted
+    assert buf.question_ids() == ["d"]
+    fate = buf.fate_tables()
+    assert fate["by_entry_accuracy"] == {
+        "0.0": {"graduated": 1, "evicted": 1, "in_buffer": 1},  # e, a, d
+        "0.125": {"graduated": 1, "evicted": 0, "in_buffer": 0},  # c
+        "0.25": {"graduated": 0, "evicted": 1, "in_buffer": 0},  # b
+    }
+    zero = {"graduated": 0, "improved": 0, "never_improved": 0, "in_buffer": 0}
+    assert fate["by_resamples"] == {
+        "0": {**zero, "never_improved": 1}, "1": {**zero, "graduated": 2}, "2": {**zero, "improved": 1, "in_buffer": 1},
+        "3": zero, "4": zero, "5": zero, "6+": zero}
+    assert (buf.admitted, buf.graduated, buf.evicted, buf.admitted_at_zero, buf.graduated_from_zero) == (5, 2, 2, 3, 1)
+    assert json.loads(json.dumps(fate)) == fate
+
+
+def test_six_or_more_resamples_share_a_bucket_and_an_unchanged_accuracy_never_improved():
+    buf = ReplayBuffer(capacity=1)
+    q = question("q")
+    for _ in range(8):  # admitted, then re-sampled 7 times at the same 1/8
+        buf.update([_k_of_8(q, 1)])
+    buf.update([_k_of_8(question("r"), 0)])  # evicts q
+    assert buf.fate_tables()["by_resamples"]["6+"] == {"graduated": 0, "improved": 0, "never_improved": 1,
+                                                       "in_buffer": 0}
+    assert buf.fate_tables()["by_resamples"]["0"]["in_buffer"] == 1  # r
+
+
+def test_graduate_at_is_its_own_threshold_and_admission_stays_at_tau():
+    buf = ReplayBuffer(capacity=10, tau=0.5, graduate_at=0.75)
+    a, b = question("a"), question("b")
+    buf.update([_k_of_8(a, 0), _k_of_8(b, 4)])  # b at 0.5 is not hard: not admitted
+    buf.update([_k_of_8(a, 5)])  # 0.625: improved, still held
+    assert buf.question_ids() == ["a"] and buf.graduated == 0
+    buf.update([_k_of_8(a, 6)])  # 0.75 graduates
+    assert len(buf) == 0 and buf.fate_tables()["by_resamples"]["2"]["graduated"] == 1
+    assert ReplayBuffer(tau=0.5).graduate_at is None  # None: graduate at tau
+
+
+def test_fate_counters_and_graduate_at_round_trip_through_the_state():
+    buf = ReplayBuffer(capacity=2, tau=0.5, seed=1, graduate_at=0.625)
+    qs = [question(f"q{i}") for i in range(4)]
+    buf.update([_k_of_8(q, i) for i, q in enumerate(qs)])
+    buf.update([_k_of_8(qs[2], 3)])
+    twin = ReplayBuffer()
+    twin.load_state_dict(pickle.loads(pickle.dumps(buf.state_dict())))
+    assert twin.graduate_at == 0.625 and twin.fate_tables() == buf.fate_tables()
+    for b in (buf, twin):  # the re-sample counts and best accuracies came along too
+        b.update([_k_of_8(qs[2], 5), _k_of_8(qs[3], 2)])
+    assert twin.fate_tables() == buf.fate_tables() and twin.state_dict() == buf.state_dict()
+    assert buf.fate_tables()["by_resamples"]["2"]["graduated"] == 1
+
+
+def test_a_version_1_state_loads_with_empty_fate_counters_and_graduation_at_tau():
+    q = question("old")
+    v1 = {"version": 1, "capacity": 5, "tau": 0.5, "rng": random.Random(4).getstate(), "entries": [(q.to_dict(), 0.0)],
+          "counters": {"admitted": 7, "graduated": 3, "evicted": 1, "admitted_at_zero": 2, "graduated_from_zero": 1}}
+    buf = ReplayBuffer()
+    buf.load_state_dict(json.loads(json.dumps(v1)))  # as a JSON round trip leaves it: lists, not tuples
+    assert buf.graduate_at is None and buf.counters()["buffer_admitted"] == 7 and buf.question_ids() == ["old"]
+    assert buf.fate_tables()["by_entry_accuracy"] == {"0.0": {"graduated": 0, "evicted": 0, "in_buffer": 1}}
+    buf.update([_k_of_8(q, 4)])  # its re-samples before the resume are unknown: counted from 0
+    assert buf.graduated == 4 and buf.fate_tables()["by_resamples"]["1"]["graduated"] == 1

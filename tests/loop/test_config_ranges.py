@@ -37,7 +37,7 @@ def test_every_numeric_field_declares_its_range():
     "run.save_every=0", "reward.workers=0", "optimizer.lr=-1", "train.micro_batch_size=0",
     "eval.samples_per_question=0", "reward.timeout_s=0", "optimizer.beta2=1", "rollout.group_size=1",
     "method.tau=0", "buffer.capacity=0", "loss.dual_clip_c=1", "student.top_p=0", "optimizer.lr=.nan",
-    "reward.timeout_s=.inf", "student.weight_sync.master_port=70000", "method.on_policy_distill.jsd_beta=1",
+    "reward.timeout_s=.inf", "student.weight_sync.master_port=70000", "method.sampled_token_distill.jsd_beta=1",
 ])
 def test_an_out_of_range_value_is_refused_naming_key_value_and_range(override):
     key, value = override.split("=")

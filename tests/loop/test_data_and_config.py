@@ -3,7 +3,7 @@ import json
 import pytest
 import yaml
 
-from megatron_zppo.config import PRESETS, dump_config, load_config
+from megatron_zppo.config import METHOD_KNOBS, PRESETS, dump_config, load_config
 from megatron_zppo.config_io import ConfigError
 from megatron_zppo.data import DataError, QuestionStream, SourceConfig, load_questions, load_source
 
@@ -96,38 +96,60 @@ def test_question_stream_resumes_at_the_same_position_across_epochs():
 def test_presets_set_the_method_its_switches_and_the_buffer_and_explicit_values_win(tmp_path):
     expected = {  # method, buffer, (bcq, ncq, compression) where the method is ZPPO
         "grpo": ("grpo", False, None), "grpo_buffer": ("grpo", True, None),
-        "zppo": ("zppo", True, (True, True, True)), "zppo_no_buffer": ("zppo", False, (True, True, True)),
-        "zppo_no_bcq": ("zppo", True, (False, True, True)), "zppo_no_ncq": ("zppo", True, (True, False, True)),
+        "zppo": ("zppo", True, (True, True, True)), "grpo_both": ("zppo", False, (True, True, True)),
+        "grpo_buffer_ncq": ("zppo", True, (False, True, True)), "grpo_buffer_bcq": ("zppo", True, (True, False, True)),
+        "zppo_no_norm": ("zppo", True, (True, True, True)), "zppo_norm_with_zero": ("zppo", True, (True, True, True)),
         "zppo_no_compression": ("zppo", True, (True, True, False)),
-        "hint": ("hint", True, None), "prefix": ("prefix", True, None),
-        "off_policy_distill": ("off_policy_distill", False, None),
-        "off_policy_distill_buffer": ("off_policy_distill", True, None),
-        "on_policy_distill": ("on_policy_distill", False, None),
-        "on_policy_distill_buffer": ("on_policy_distill", True, None),
+        "grpo_buffer_hint": ("hint", True, None), "grpo_buffer_prefix": ("prefix", True, None),
+        "grpo_buffer_question_hint": ("question_hint", True, None),
+        "off_distill": ("off_distill", False, None), "off_distill_buffer": ("off_distill", True, None),
+        "on_distill": ("on_distill", False, None), "on_distill_buffer": ("on_distill", True, None),
+        "teacher_sft": ("teacher_sft", False, None), "teacher_sft_buffer": ("teacher_sft", True, None),
+        "sampled_token_distill": ("sampled_token_distill", False, None),
+        "sampled_token_distill_buffer": ("sampled_token_distill", True, None),
         "logit_distill": ("logit_distill", False, None),
     }
+    normalize = {"zppo_no_norm": "none", "zppo_norm_with_zero": "including_zero"}
     assert set(PRESETS) == set(expected)
     for name, (method, buffer, switches) in expected.items():
         c = load_config(None, BASE + [f"run.algorithm={name}"])
         z = c.method.zppo
         assert (c.method.name, c.buffer.enabled) == (method, buffer), name
         assert switches is None or (z.bcq, z.ncq, z.compression) == switches, name
+        assert c.advantage.normalize == normalize.get(name, "excluding_zero"), name
         dump_config(c, tmp_path / f"{name}.yaml")  # what a run writes to its directory loads back as it was,
         assert load_config(str(tmp_path / f"{name}.yaml"), []) == c, name
         dumped = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())["method"]  # with the knobs it read only
-        assert set(dumped) - {"name", "tau", "rho_aug"} == ({method} & {"zppo", "prefix", "on_policy_distill",
-                                                                       "logit_distill"}), name
+        assert set(dumped) - {"name", "tau", "graduate_at", "rho_aug", "pre_cap"} == {method} & set(METHOD_KNOBS), name
     c = load_config(None, BASE + ["run.algorithm=grpo", "buffer.enabled=true", "method.tau=0.3"])
     assert c.buffer.enabled and c.method.name == "grpo" and c.method.tau == 0.3
-    c = load_config(None, BASE + ["run.algorithm=zppo_no_bcq", "method.zppo.bcq=true"])
+    c = load_config(None, BASE + ["run.algorithm=grpo_buffer_ncq", "method.zppo.bcq=true"])
     assert c.method.zppo.bcq and c.method.zppo.ncq
 
 
+@pytest.mark.parametrize("old, new", [("run.algorithm=zppo_no_bcq", "use grpo_buffer_ncq$"),
+                                      ("run.algorithm=hint", "use grpo_buffer_hint .*or grpo_buffer_question_hint"),
+                                      ("run.algorithm=on_policy_distill_buffer",
+                                       "use on_distill_buffer, or sampled_token_distill_buffer"),
+                                      ("method.name=off_policy_distill", "use off_distill .*or teacher_sft"),
+                                      ("advantage=reinforce_pp", "advantage.normalize: excluding_zero \\(was "
+                                                                 "reinforce_pp\\)"),
+                                      ("method.on_policy_distill.divergence=jsd",
+                                       "method.on_policy_distill.divergence -> method.sampled_token_distill")])
+def test_renamed_presets_and_keys_are_refused_naming_what_to_use(old, new):
+    with pytest.raises(ConfigError, match=new):
+        load_config(None, BASE + [old])
+
+
 def test_method_settings_out_of_place_or_contradicting_are_refused():
-    with pytest.raises(ConfigError, match="method.on_policy_distill: divergence 'kl' unknown"):
-        load_config(None, BASE + ["run.algorithm=on_policy_distill", "method.on_policy_distill.divergence=kl"])
+    with pytest.raises(ConfigError, match="method.sampled_token_distill: divergence 'kl' unknown"):
+        load_config(None, BASE + ["run.algorithm=sampled_token_distill", "method.sampled_token_distill.divergence=kl"])
     with pytest.raises(ConfigError, match="method.prefix.fraction: 1.0 is out of range"):
-        load_config(None, BASE + ["run.algorithm=prefix", "method.prefix.fraction=1.0"])
+        load_config(None, BASE + ["run.algorithm=grpo_buffer_prefix", "method.prefix.fraction=1.0"])
+    with pytest.raises(ConfigError, match="method.pre_cap 'all' unknown"):
+        load_config(None, BASE + ["method.pre_cap=all"])
+    with pytest.raises(ConfigError, match="advantage.normalize 'batch' unknown"):
+        load_config(None, BASE + ["advantage.normalize=batch"])
     with pytest.raises(ConfigError, match="both false: no hard question would get a prompt; that is GRPO"):
         load_config(None, BASE + ["method.zppo.bcq=false", "method.zppo.ncq=false"])
     with pytest.raises(ConfigError, match="method.name 'ppo' unknown"):
@@ -136,9 +158,9 @@ def test_method_settings_out_of_place_or_contradicting_are_refused():
         load_config(None, BASE + ["run.algorithm=grpo", "method.name=zppo"])  # e.g. a run's config.yaml + a preset
     assert load_config(None, BASE + ["method.name=hint"]).method.name == "hint"  # no preset named: the default's
     with pytest.raises(ConfigError, match="uses the teacher"):
-        load_config(None, ["student.hf_path=s", "run.algorithm=off_policy_distill"])
+        load_config(None, ["student.hf_path=s", "run.algorithm=off_distill"])
     # ZPPO with NCQ only and no compression needs no teacher: its prompts list the student's own answers.
-    assert not load_config(None, ["student.hf_path=s", "run.algorithm=zppo_no_bcq",
+    assert not load_config(None, ["student.hf_path=s", "run.algorithm=grpo_buffer_ncq",
                                   "method.zppo.compression=false"]).method.needs_teacher
 
 
@@ -220,13 +242,19 @@ def test_each_method_name_builds_its_plug_in_and_grpo_gives_hard_questions_no_pr
 
     want = {"zppo": ("ZppoPrompts", "PolicyGradient"), "grpo": ("NoHardPrompts", "PolicyGradient"),
             "hint": ("HintPrompts", "PolicyGradient"), "prefix": ("PrefixPrompts", "PolicyGradient"),
-            "off_policy_distill": ("NoHardPrompts", "OffPolicyDistill"),
-            "on_policy_distill": ("NoHardPrompts", "OnPolicyDistill"), "logit_distill": ("NoHardPrompts", "LogitDistill")}
+            "question_hint": ("QuestionHintPrompts", "PolicyGradient"),
+            "off_distill": ("NoHardPrompts", "OffDistill"), "on_distill": ("NoHardPrompts", "OnDistill"),
+            "teacher_sft": ("NoHardPrompts", "TeacherSft"),
+            "sampled_token_distill": ("NoHardPrompts", "SampledTokenDistill"),
+            "logit_distill": ("NoHardPrompts", "LogitDistill")}
+    held = {"off_distill": ("jsd", 0.5), "on_distill": ("jsd", 0.5), "logit_distill": ("forward_kl", 0.5)}
     assert set(methods.METHODS) == set(want)
     for name, (hard, objective) in want.items():
         cfg = load_config(None, BASE + [f"method.name={name}"])
         assert type(methods.build_hard_prompts(cfg, None, None, None, None)).__name__ == hard, name
         assert type(methods.build_objective(cfg)).__name__ == objective, name
-        assert cfg.method.uses_teacher_tokens == (name in ("prefix", "off_policy_distill", "on_policy_distill",
-                                                           "logit_distill")), name
+        assert cfg.method.uses_teacher_tokens == (name in ("prefix", "off_distill", "on_distill", "teacher_sft",
+                                                           "sampled_token_distill", "logit_distill")), name
+        teacher = methods.trainer_teacher(cfg)  # the distributions' teacher inside the trainer, and its divergence
+        assert (teacher.divergence, teacher.beta) == held[name] if name in held else teacher is None, name
     assert NoHardPrompts()([group(question(), [0.0, 0.0])], 5, 0, {}).specs == []  # hard, but no prompt

@@ -19,6 +19,10 @@ def test_math_grader_uses_the_last_box_and_strips_degree_and_percent_on_retry():
     assert grade_math("no box, 0.5", Q) == 0.0
     assert grade_math("\\boxed{30^\\circ}", Question("a", "angle?", "30")) == 1.0
     assert grade_math("\\boxed{45\\%}", Question("p", "share?", "45")) == 1.0
+    assert grade_math("\\boxed{30\\circ}", Question("a", "angle?", "30")) == 1.0  # a bare \\circ
+    assert grade_math("\\boxed{30\\deg}", Question("a", "angle?", "30")) == 1.0
+    assert grade_math("\\boxed{30°}", Question("a", "angle?", "30^\\circ")) == 1.0  # stripped on both sides
+    assert grade_math("\\boxed{\\cos x}", Question("c", "d/dx sin x?", "\\cos x")) == 1.0  # \\cos is not \\circ
     assert grade_math_verify("\\boxed{0.5}", Q) == 1.0 and grade_math_verify("\\boxed{2}", Q) == 0.0
 
 

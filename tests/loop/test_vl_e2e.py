@@ -108,9 +108,10 @@ def test_a_resumed_vision_language_run_reproduces_the_uninterrupted_one(vl_world
         assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
 
 
-def test_on_policy_distillation_with_an_sglang_teacher_is_refused_for_a_vision_language_student(vl_world, tmp_path):
+def test_sampled_token_distillation_with_an_sglang_teacher_is_refused_for_a_vision_language_student(vl_world,
+                                                                                                    tmp_path):
     proc = subprocess.run([sys.executable, "pretrain_zppo.py", *_overrides(vl_world, tmp_path, 1),
-                           "run.algorithm=on_policy_distill", "teacher.engine=sglang", "teacher.url=http://127.0.0.1:9"],
+                           "run.algorithm=sampled_token_distill", "teacher.engine=sglang", "teacher.url=http://127.0.0.1:9"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and "with their images is not built for SGLang yet" in proc.stderr
@@ -118,17 +119,17 @@ def test_on_policy_distillation_with_an_sglang_teacher_is_refused_for_a_vision_l
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("algorithm", ["off_policy_distill", "logit_distill", "on_policy_distill"])
+@pytest.mark.parametrize("algorithm", ["off_distill", "on_distill", "teacher_sft", "sampled_token_distill"])
 def test_distillation_baselines_train_the_vision_language_student(vl_world, tmp_path, algorithm):
-    # Off-policy: the teacher's correct responses with their question's image; logit distillation:
-    # the VL teacher inside the trainer, fed the same images as the student; on-policy: the teacher
-    # engine scores the student's samples with their images.
+    # off_distill / teacher_sft: the teacher's correct responses with their question's image; the
+    # paper's rows: the VL teacher inside the trainer, fed the same images as the student;
+    # sampled_token_distill: the teacher engine scores the student's samples with their images.
     _run(_overrides(vl_world, tmp_path / "run", 2, [f"run.algorithm={algorithm}"]))
     trained = [m for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["loss"] is not None]
     assert trained and all(m["grad_norm"] > 0 for m in trained)
-    if algorithm == "logit_distill":
+    if algorithm in ("off_distill", "on_distill"):
         assert all(m["kl"] > 0 and m["loss"] > 0 for m in trained)
-    elif algorithm == "off_policy_distill":  # cross-entropy
+    if algorithm in ("off_distill", "teacher_sft"):
         assert all(m["n_sft_targets"] > 0 and m["loss"] > 0 for m in trained)
 
 

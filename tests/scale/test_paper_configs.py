@@ -25,7 +25,7 @@ def test_paper_configs_carry_the_papers_hyperparameters(path):
             c.optimizer.clip_grad) == (1e-6, 0.1, 0.9, 0.999, 1e-8, 1.0)
     assert (c.student.temperature, c.student.top_p, c.teacher.temperature) == (1.0, 1.0, 1.0)
     assert (c.eval.temperature, c.eval.top_p, c.eval.top_k, c.eval.presence_penalty) == (0.6, 0.95, 20, 1.5)
-    assert c.advantage == "reinforce_pp" and c.precision.dtype == "bf16"
+    assert c.advantage.normalize == "excluding_zero" and c.precision.dtype == "bf16"
     assert c.student.engine == c.teacher.engine == "sglang"
     z = c.method.zppo
     assert (c.method.name, c.buffer.enabled, z.bcq, z.ncq, z.compression) == ("zppo", True, True, True, True)

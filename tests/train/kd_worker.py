@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--divergence", default="forward_kl")
     args = ap.parse_args()
 
     from megatron.core import parallel_state
@@ -46,7 +47,7 @@ def main() -> None:
     last = parallel_state.is_pipeline_last_stage()
     stats = trainer.kd_step([KDMicroBatch(b, h) for b, h in zip(micro, hidden)],
                             output_logits_fn(teacher.chunks[-1]) if last else None,
-                            make_criterion(get_model_config(policy.chunks[0]), 1.0, args.top_k))
+                            make_criterion(get_model_config(policy.chunks[0]), 1.0, args.top_k, args.divergence))
     weights = {name: t for bucket in export_hf_weights(policy) for name, t in bucket}
     torch.save({"stats": stats, "weights": weights, "last_stage": last},
                os.path.join(args.out, f"rank{dist.get_rank()}.pt"))
