@@ -135,7 +135,7 @@ def buffer_stats(metrics: list[dict]) -> dict[str, float]:
 # Candidate-match audit metrics (core/audit.py) and the metric holding each one's denominator.
 MATCHES = ("match_pos", "match_neg", "other")
 AUDIT = {**{f"bcq_{m}_{g}": f"bcq_audit_n_{g}" for g in ("correct", "wrong") for m in MATCHES},
-         "ncq_match_neg": "ncq_audit_n", "ncq_match_pos": "ncq_audit_n_teacher", "ncq_other": "ncq_audit_n"}
+         "ncq_match_neg": "ncq_audit_n", "ncq_match_pos": "ncq_audit_n_pos", "ncq_other": "ncq_audit_n"}
 AUDIT_N = tuple(dict.fromkeys(AUDIT.values()))
 EXTRAS = ("buffer", "fate", "audit", "times")  # a row's keys that are not evaluation families
 

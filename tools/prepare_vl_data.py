@@ -135,12 +135,13 @@ class Writer:
 
     def _row(self, r: Record, images: list, videos: list[bytes]) -> dict:
         q, paths, video_paths = r.question, [], []
+        stem = f"{r.source + 1}_{r.index}_{_safe(q.id)}"  # source and position: unique, whatever the ids
         for k, img in enumerate(images):
-            path = self.out / "images" / f"{_safe(q.id)}_{k}.png"
+            path = self.out / "images" / f"{stem}_{k}.png"
             img.save(path)
             paths.append(str(path.resolve()))
         for k, (ref, data) in enumerate(zip(q.videos, videos)):  # as given: re-encoding would change frames
-            path = self.out / "videos" / f"{_safe(q.id)}_{k}{_suffix(ref)}"
+            path = self.out / "videos" / f"{stem}_{k}{_suffix(ref)}"
             path.write_bytes(data)
             video_paths.append(str(path.resolve()))
         meta = {"source": self.args.source[r.source]} | ({"subset": r.subset} if r.subset else {})

@@ -122,9 +122,13 @@ def audit_metrics(bcq: Mapping[str, int], ncq: Mapping[str, int]) -> dict[str, f
     for grade, n in (("correct", n_correct), ("wrong", n_wrong)):
         for m in ("match_pos", "match_neg", "other"):
             out[f"bcq_{m}_{grade}"] = _rate(bcq[f"{grade}_{m}"], n)
+    # NCQ: every rate over all audited rollouts, so a row sums to 1 as the paper's does; match_pos
+    # only in steps where some teacher answer is known (else NaN, and its pooling weight is 0)
+    n_pos = ncq["n"] if ncq["n_teacher"] else 0
     out.update(bcq_audit_n_correct=n_correct, bcq_audit_n_wrong=n_wrong,
-               ncq_match_neg=_rate(ncq["match_neg"], ncq["n"]), ncq_match_pos=_rate(ncq["match_pos"], ncq["n_teacher"]),
-               ncq_other=_rate(ncq["other"], ncq["n"]), ncq_audit_n=ncq["n"], ncq_audit_n_teacher=ncq["n_teacher"])
+               ncq_match_neg=_rate(ncq["match_neg"], ncq["n"]), ncq_match_pos=_rate(ncq["match_pos"], n_pos),
+               ncq_other=_rate(ncq["other"], ncq["n"]), ncq_audit_n=ncq["n"], ncq_audit_n_teacher=ncq["n_teacher"],
+               ncq_audit_n_pos=n_pos)
     out["ncq_repeats_listed_answer"] = out["ncq_match_neg"]  # the metric's earlier name
     return out
 

@@ -65,9 +65,11 @@ class PromptTemplates:
                 raise TemplateError(f"prompt template {path} cannot be read as UTF-8 text: {e}") from None
             found = set(_PLACEHOLDER.findall(text))
             if found != needed:
+                moved = (" (before 2026-12-07 this file asked for a hint from the question alone; that wording is "
+                         "now question_hint_request.txt)" if name == "hint_request" and found == {"question"} else "")
                 raise TemplateError(
                     f"prompt template {path}: placeholders {sorted(found)} found, expected exactly "
-                    f"{sorted(needed)} (written as {{name}})"
+                    f"{sorted(needed)} (written as {{name}}){moved}"
                 )
             texts[name] = text
         return cls(**texts)

@@ -144,17 +144,16 @@ class ReplayBuffer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Reads this version and version 1, whose states lack graduate_at (it was tau), the
-        re-sample counts (its entries start at 0, best accuracy = admission accuracy) and the fate
-        counters (they start empty: the fate tables then cover departures after the resume only)."""
+        """Reads this version and version 1, whose states lack the re-sample counts (its entries
+        start at 0, best accuracy = admission accuracy) and the fate counters (they start empty:
+        the fate tables then cover departures after the resume only). The thresholds and the
+        capacity stay this buffer's (the run's config), as the loop's own hard threshold does: the
+        state keeps the checkpoint's only for the record."""
         version = state.get("version") if isinstance(state, dict) else None
         if version not in (1, STATE_VERSION):
             raise ValueError(
                 f"replay buffer state has version {version!r}; this code reads versions 1 and {STATE_VERSION}"
             )
-        self.capacity = state["capacity"]
-        self.tau = state["tau"]
-        self.graduate_at = state.get("graduate_at")
         self._rng.setstate(_as_rng_state(state["rng"]))
         self._entries = OrderedDict()
         for qd, acc, *seen in state["entries"]:

@@ -41,7 +41,10 @@ class HintPrompts:
             rollouts, acc = teacher_rollouts(self.teacher, hard, self.n_teacher, self.grade,
                                              step_seed(self.seed, step, Phase.TEACHER))
         rng = random.Random(step_seed(self.seed, step, Phase.HARD_PROMPTS))
-        chosen = []  # (group, one correct teacher response), hardest first, at most `cap`
+        # (group, one correct teacher response), hardest first, at most `cap`; a hint that redaction
+        # leaves empty gives no prompt and its place is not passed on (asking for more hints would
+        # cost teacher calls for a case that needs a teacher writing nothing but an answer box)
+        chosen = []
         for g in hard:
             correct = [s for s in rollouts.get(g.question.id, []) if s.reward and s.reward >= 1.0]
             if correct and len(chosen) < cap:

@@ -91,8 +91,8 @@ class LogitDistillLoss:
 
         kd = trainer.kd_teacher
         if kd is None:
-            raise ValueError("the logit-distillation loss needs the trainer's teacher (method.name="
-                             "logit_distill builds one)")
+            raise ValueError("the logit-distillation loss needs the trainer's teacher (method.name off_distill, "
+                             "on_distill and logit_distill build one: methods.trainer_teacher)")
         per_update = []
         for batches, cost in cut:
             seqs = [b for b, _ in batches]

@@ -73,9 +73,12 @@ def test_audit_counts_and_rates_on_scripted_rollouts():
     m = audit_metrics(bcq, ncq)
     assert (m["bcq_match_pos_correct"], m["bcq_other_correct"], m["bcq_match_neg_correct"]) == (2 / 3, 1 / 3, 0.0)
     assert (m["bcq_match_neg_wrong"], m["bcq_other_wrong"], m["bcq_match_pos_wrong"]) == (3 / 5, 2 / 5, 0.0)
-    assert (m["ncq_match_neg"], m["ncq_match_pos"], m["ncq_other"]) == (2 / 6, 1 / 4, 3 / 6)
+    assert (m["ncq_match_neg"], m["ncq_match_pos"], m["ncq_other"]) == (2 / 6, 1 / 6, 3 / 6)  # a row sums to 1
     assert m["ncq_repeats_listed_answer"] == m["ncq_match_neg"]
     assert (m["bcq_audit_n_correct"], m["bcq_audit_n_wrong"], m["ncq_audit_n"], m["ncq_audit_n_teacher"]) == (3, 5, 6, 4)
+    assert m["ncq_audit_n_pos"] == 6
+    none_known = audit_metrics(bcq, {**ncq, "n_teacher": 0, "match_pos": 0, "other": 4})
+    assert math.isnan(none_known["ncq_match_pos"]) and none_known["ncq_audit_n_pos"] == 0
 
 
 def test_zppo_prompts_record_what_the_audit_needs_and_old_rollouts_give_nan():
@@ -85,7 +88,7 @@ def test_zppo_prompts_record_what_the_audit_needs_and_old_rollouts_give_nan():
     made = prompts(hard, 5, 0, {})
     assert sorted(s.group_id for s in made.specs) == ["q:plain:bcq", "q:plain:ncq", "r:plain:ncq"]
     m = prompts.metrics(SimpleNamespace(reformulated=_reformulated(), method_data=made.data))
-    assert (m["bcq_match_pos_correct"], m["bcq_match_neg_wrong"], m["ncq_match_pos"]) == (2 / 3, 3 / 5, 1 / 4)
+    assert (m["bcq_match_pos_correct"], m["bcq_match_neg_wrong"], m["ncq_match_pos"]) == (2 / 3, 3 / 5, 1 / 6)
     old = prompts.metrics(SimpleNamespace(reformulated=_reformulated(), method_data={LISTED: made.data[LISTED]}))
     assert math.isnan(old["bcq_match_pos_correct"]) and math.isnan(old["ncq_match_pos"])
     assert old["ncq_repeats_listed_answer"] == old["ncq_match_neg"] == 2 / 6

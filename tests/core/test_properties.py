@@ -109,7 +109,7 @@ def test_buffer_never_exceeds_capacity_graduates_leave_and_state_round_trips(ste
                 # admitted now; may only be missing if evicted by capacity in this same update
                 assert g.question.id in buf or buf.evicted > 0
         buf.sample(3)
-    twin = ReplayBuffer()
+    twin = ReplayBuffer(capacity=capacity)  # a resumed run builds its buffer from the same config
     twin.load_state_dict(pickle.loads(pickle.dumps(buf.state_dict())))
     assert twin.state_dict() == buf.state_dict()
     assert [q.id for q in twin.sample(5)] == [q.id for q in buf.sample(5)]

@@ -144,13 +144,23 @@ def test_fate_counters_and_graduate_at_round_trip_through_the_state():
     qs = [question(f"q{i}") for i in range(4)]
     buf.update([_k_of_8(q, i) for i, q in enumerate(qs)])
     buf.update([_k_of_8(qs[2], 3)])
-    twin = ReplayBuffer()
+    twin = ReplayBuffer(capacity=2, tau=0.5, seed=5, graduate_at=0.625)  # the run's config, as on a resume
     twin.load_state_dict(pickle.loads(pickle.dumps(buf.state_dict())))
-    assert twin.graduate_at == 0.625 and twin.fate_tables() == buf.fate_tables()
+    assert twin.fate_tables() == buf.fate_tables()
     for b in (buf, twin):  # the re-sample counts and best accuracies came along too
         b.update([_k_of_8(qs[2], 5), _k_of_8(qs[3], 2)])
     assert twin.fate_tables() == buf.fate_tables() and twin.state_dict() == buf.state_dict()
     assert buf.fate_tables()["by_resamples"]["2"]["graduated"] == 1
+
+
+def test_the_thresholds_of_a_resumed_buffer_are_the_runs_not_the_checkpoints():
+    old = ReplayBuffer(capacity=10, tau=0.5)
+    q = question("q")
+    old.update([_k_of_8(q, 0)])
+    resumed = ReplayBuffer(capacity=10, tau=0.5, graduate_at=0.25)  # method.graduate_at set on the resume
+    resumed.load_state_dict(old.state_dict())
+    resumed.update([_k_of_8(q, 2)])  # 2/8 = 0.25: graduates under the run's threshold, not the checkpoint's
+    assert resumed.graduated == 1 and q.id not in resumed
 
 
 def test_a_version_1_state_loads_with_empty_fate_counters_and_graduation_at_tau():

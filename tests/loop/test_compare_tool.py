@@ -66,11 +66,11 @@ _FATE = {  # one seed's: 0% -> 1 graduated, 2 evicted, 1 held; 12.5% -> 1 gradua
 _AUDIT_STEPS = [  # 2 correct BCQ rollouts, all match the teacher; 4 NCQ, the teacher never ran (null rates)
     {"bcq_match_pos_correct": 1.0, "bcq_match_neg_correct": 0.0, "bcq_other_correct": 0.0, "bcq_audit_n_correct": 2,
      "bcq_match_pos_wrong": None, "bcq_match_neg_wrong": None, "bcq_other_wrong": None, "bcq_audit_n_wrong": 0,
-     "ncq_match_neg": 0.5, "ncq_match_pos": None, "ncq_other": 0.5, "ncq_audit_n": 4, "ncq_audit_n_teacher": 0,
+     "ncq_match_neg": 0.5, "ncq_match_pos": None, "ncq_other": 0.5, "ncq_audit_n": 4, "ncq_audit_n_teacher": 0, "ncq_audit_n_pos": 0,
      "t_rollout": 1.0, "t_train": 0.5, "t_step": 2.0},
     {"bcq_match_pos_correct": 0.5, "bcq_match_neg_correct": 0.25, "bcq_other_correct": 0.25, "bcq_audit_n_correct": 4,
      "bcq_match_pos_wrong": 0.0, "bcq_match_neg_wrong": 0.75, "bcq_other_wrong": 0.25, "bcq_audit_n_wrong": 4,
-     "ncq_match_neg": 0.25, "ncq_match_pos": 0.5, "ncq_other": 0.5, "ncq_audit_n": 4, "ncq_audit_n_teacher": 2,
+     "ncq_match_neg": 0.25, "ncq_match_pos": 0.5, "ncq_other": 0.5, "ncq_audit_n": 4, "ncq_audit_n_teacher": 2, "ncq_audit_n_pos": 4,
      "t_rollout": 3.0, "t_train": 0.5, "t_step": 4.0}]
 
 
