@@ -213,7 +213,7 @@ def make_teacher(cfg: Config, tmpl: PromptTemplates) -> Teacher | None:
         return None
     engine = make_engine(cfg.teacher, "teacher", cfg.run.seed + 1)
     sampling = SamplingParams(cfg.teacher.temperature, cfg.teacher.top_p, max_new_tokens=cfg.rollout.max_new_tokens)
-    return Teacher(engine, make_encoder(cfg.teacher.hf_path), tmpl, sampling)
+    return Teacher(engine, make_encoder(cfg.teacher.hf_path), tmpl, sampling, cfg.method.zppo.summary_max_tokens)
 
 
 def make_data(cfg: Config) -> tuple[QuestionStream, dict]:

@@ -16,9 +16,11 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 from megatron_zppo.core.answers import wrong_answer_list
 from megatron_zppo.core.prompts import PromptTemplates
+from megatron_zppo.config_io import Range
 from megatron_zppo.core.records import TEACHER, Group, PromptKind, Question, Sample
 
 
@@ -29,6 +31,7 @@ class ZppoConfig:
     bcq: bool = True  # a hard question the teacher solves becomes a BCQ prompt
     ncq: bool = True  # a hard question becomes an NCQ prompt (wrong answers listed)
     compression: bool = True  # the teacher summarises candidates before they enter a prompt
+    summary_max_tokens: Annotated[int, Range(ge=1)] = 512  # compression: the summary's length limit (greedy)
 
 
 def fraction_count(rho: float, n: int) -> int:
