@@ -14,6 +14,7 @@ from megatron_zppo import build
 from megatron_zppo.config import Config
 from megatron_zppo.evaluate import evaluate
 from megatron_zppo.loop import RolloutPhase, Rollouts, rollout_metrics
+from megatron_zppo.core.audit import AUDIT_N, audit_counts, audit_rates
 from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
 from megatron_zppo.overlap import versions_behind
 
@@ -101,9 +102,13 @@ class Report:
             entry.update(after=r["accuracy"], ci95_after=r["ci95"], correct_after=r["correct"])  # per question
         self.summary["steps"] = self.cfg.run.steps
         self.summary["buffer_fate"] = self.phase.buffer.fate_tables()  # docs/analyses.md
+        metrics = read_metrics(self.dir / "metrics.jsonl") if (self.dir / "metrics.jsonl").exists() else []
+        counts = audit_counts(metrics)
+        if any(counts[n] for n in AUDIT_N):  # the candidate-match audit, over the run's steps (ZPPO)
+            self.summary["candidate_audit"] = audit_rates(counts)
         (self.dir / "summary.json").write_text(json.dumps(finite(self.summary), indent=2))
-        if (self.dir / "metrics.jsonl").exists():
-            plot(read_metrics(self.dir / "metrics.jsonl"), self.dir / "curves.png")
+        if metrics:
+            plot(metrics, self.dir / "curves.png")
         print(summary_table(self.summary))
         print(f"run directory: {self.dir}\n  metrics: {self.dir / 'metrics.jsonl'}\n  plot: {self.dir / 'curves.png'}"
               f"\n  tensorboard: tensorboard --logdir {self.dir / 'tensorboard'}")

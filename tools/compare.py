@@ -132,30 +132,7 @@ def buffer_stats(metrics: list[dict]) -> dict[str, float]:
             "ncq_repeats_listed_answer": mean("ncq_repeats_listed_answer"), "t_step": mean("t_step")}
 
 
-# Candidate-match audit metrics (core/audit.py) and the metric holding each one's denominator.
-MATCHES = ("match_pos", "match_neg", "other")
-AUDIT = {**{f"bcq_{m}_{g}": f"bcq_audit_n_{g}" for g in ("correct", "wrong") for m in MATCHES},
-         "ncq_match_neg": "ncq_audit_n", "ncq_match_pos": "ncq_audit_n_pos", "ncq_other": "ncq_audit_n"}
-AUDIT_N = tuple(dict.fromkeys(AUDIT.values()))
 EXTRAS = ("buffer", "fate", "audit", "times")  # a row's keys that are not evaluation families
-
-
-def audit_counts(metrics: list[dict]) -> dict[str, float]:
-    """The audit's counts summed over a run's steps: each step's rate times its denominator."""
-    out = dict.fromkeys([*AUDIT, *AUDIT_N], 0.0)
-    for m in metrics:
-        for k, n in AUDIT.items():
-            if m.get(n) and m.get(k) is not None:
-                out[k] += m[k] * m[n]
-        for n in AUDIT_N:
-            out[n] += m.get(n) or 0
-    return out
-
-
-def audit_rates(counts: dict[str, float]) -> dict[str, float]:
-    """Pooled rates (NaN where nothing was counted) and the denominators."""
-    return {**{k: counts[k] / counts[n] if counts[n] else float("nan") for k, n in AUDIT.items()},
-            **{n: counts[n] for n in AUDIT_N}}
 
 
 def phase_times(metrics: list[dict]) -> dict[str, float]:
@@ -179,6 +156,8 @@ def fate_sum(tables: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
 
 def method_extras(summaries: list[dict], metrics: list[list[dict]]) -> dict:
     """A method's buffer statistics, fate tables, audit and phase times over its seeds' runs."""
+    from megatron_zppo.core.audit import audit_counts, audit_rates
+
     bufs = [buffer_stats(m) for m in metrics]
     counts = [audit_counts(m) for m in metrics]
     times = [phase_times(m) for m in metrics]
@@ -289,6 +268,8 @@ def resample_lines(results: dict) -> list[str]:
 
 
 def audit_lines(results: dict) -> list[str]:
+    from megatron_zppo.core.audit import AUDIT_N, MATCHES
+
     lines = ["", "**Candidate-match audit** (final answers against the candidates shown; pooled over steps and "
              "seeds; %; n = rollouts)", "",
              "| student | method | BCQ correct n | pos | neg | other | BCQ wrong n | pos | neg | other | NCQ n | "

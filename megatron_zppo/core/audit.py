@@ -135,3 +135,29 @@ def audit_metrics(bcq: Mapping[str, int], ncq: Mapping[str, int]) -> dict[str, f
 
 def _rate(k: int, n: int) -> float:
     return k / n if n else math.nan
+
+
+# -- a run's audit, pooled over its steps (summary.json, tools/compare.py) --------------------
+# Each audit metric and the metric holding its denominator.
+MATCHES = ("match_pos", "match_neg", "other")
+AUDIT = {**{f"bcq_{m}_{g}": f"bcq_audit_n_{g}" for g in ("correct", "wrong") for m in MATCHES},
+         "ncq_match_neg": "ncq_audit_n", "ncq_match_pos": "ncq_audit_n_pos", "ncq_other": "ncq_audit_n"}
+AUDIT_N = tuple(dict.fromkeys(AUDIT.values()))
+
+
+def audit_counts(metrics: list[dict]) -> dict[str, float]:
+    """The audit's counts summed over a run's metrics lines: each step's rate times its denominator."""
+    out = dict.fromkeys([*AUDIT, *AUDIT_N], 0.0)
+    for m in metrics:
+        for k, n in AUDIT.items():
+            if m.get(n) and m.get(k) is not None:
+                out[k] += m[k] * m[n]
+        for n in AUDIT_N:
+            out[n] += m.get(n) or 0
+    return out
+
+
+def audit_rates(counts: dict[str, float]) -> dict[str, float]:
+    """Pooled rates (NaN where nothing was counted) and the denominators."""
+    return {**{k: counts[k] / counts[n] if counts[n] else math.nan for k, n in AUDIT.items()},
+            **{n: counts[n] for n in AUDIT_N}}

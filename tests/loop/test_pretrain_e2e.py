@@ -67,6 +67,11 @@ def test_single_process_run_writes_the_whole_contract(four_steps):
     _check_contract(metrics)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval"]["chain_sum"]["n"] == 6 and {"before", "after"} <= set(summary["eval"]["chain_sum"])
+    fate = summary["buffer_fate"]  # the paper's buffer analyses (docs/analyses.md): every admission is counted
+    assert sum(sum(c.values()) for c in fate["by_entry_accuracy"].values()) == metrics[-1]["buffer_admitted"]
+    audit = summary["candidate_audit"]  # and its candidate-match audit, pooled over the steps
+    assert audit["ncq_audit_n"] == sum(m["ncq_audit_n"] for m in metrics) > 0
+    assert audit["ncq_match_neg"] + audit["ncq_other"] + (audit["ncq_match_pos"] or 0) == pytest.approx(1)
     assert (run / "curves.png").stat().st_size > 1000 and (run / "config.yaml").exists()
     assert any((run / "tensorboard").iterdir())
     assert (run / "checkpoints" / "latest").read_text() == "step_000004"
