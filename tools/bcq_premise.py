@@ -7,8 +7,11 @@ wrong candidate (a BCQ prompt). For each question this samples `rollout.group_si
 from the student; on the hard ones (plain accuracy < method.tau) it takes a correct answer from
 `rollout.teacher_group_size` teacher samples and one of the student's wrong answers, builds the BCQ
 prompt exactly as a run does (prompt templates, random candidate order), and samples the student
-again. Sampling and grading are the run's (student/teacher temperature, reward.grader). Writes
-`premise.json` (per question) and prints example texts and the figures, last.
+again. It also builds the NCQ prompt of every hard question from the student's wrong answers (raw,
+without the run's candidate compression) and samples the student on it. The figures are reported
+for the hard questions and, separately, for the hardest (plain accuracy <= --hardest). Sampling and
+grading are the run's (student/teacher temperature, reward.grader). Writes `premise.json` (per
+question) and prints example texts and the figures, last.
 """
 
 from __future__ import annotations
@@ -48,10 +51,15 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--questions", type=int, default=16, help="questions from the first data.eval set")
     ap.add_argument("--out", default="runs/premise")
+    ap.add_argument("--hardest", type=float, default=0.1, help="plain accuracy at or below which a question is hardest")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    from megatron_zppo import upstream_log
+
+    upstream_log.route(args.out)  # model loading's progress bars and warnings: <out>/upstream.log
     from megatron_zppo import build
     from megatron_zppo.config import load_config
+    from megatron_zppo.core.answers import wrong_answer_list
     from megatron_zppo.data import load_questions
     from megatron_zppo.rollout.engine import SamplingParams
 
@@ -84,16 +92,30 @@ def main(argv=None) -> int:
         bcq_rows.append((i, tmpl.bcq_prompt(questions[i].text, shown)))
     bcq = sample(student, encode, [p for _, p in bcq_rows], n, s_params)
     bcq_scores = graded(graders, bcq, [questions[i] for i, _ in bcq_rows])
+    ncq_rows = []
+    for i in hard:
+        wrong = [t for t, s in zip(plain[i], plain_scores[i]) if s == 0.0]
+        ncq_rows.append((i, tmpl.ncq_prompt(questions[i].text, wrong, wrong_answer_list(wrong))))
+    ncq = sample(student, encode, [p for _, p in ncq_rows], n, s_params)
+    ncq_scores = graded(graders, ncq, [questions[i] for i, _ in ncq_rows])
     graders.close()
 
     per_q = [{"id": q.id, "question": q.text, "answer": q.answer, "plain": plain[i], "plain_acc": mean(plain_scores[i])}
              for i, q in enumerate(questions)]
     for (i, prompt), texts, scores in zip(bcq_rows, bcq, bcq_scores):
         per_q[i].update(bcq_prompt=prompt, bcq=texts, bcq_acc=mean(scores))
+    for (i, prompt), texts, scores in zip(ncq_rows, ncq, ncq_scores):
+        per_q[i].update(ncq_prompt=prompt, ncq=texts, ncq_acc=mean(scores))
     figures = {"questions": len(questions), "samples_per_prompt": n, "plain_accuracy": mean(mean(s) for s in plain_scores),
                "hard_questions": len(hard), "hard_with_teacher_answer": len(bcq_rows),
                "plain_accuracy_on_those": mean(per_q[i]["plain_acc"] for i, _ in bcq_rows),
-               "bcq_accuracy_on_those": mean(mean(s) for s in bcq_scores)}
+               "bcq_accuracy_on_those": mean(mean(s) for s in bcq_scores),
+               "ncq_accuracy_on_hard": mean(mean(s) for s in ncq_scores)}
+    hardest = [q for q in per_q if "bcq_acc" in q and q["plain_acc"] <= args.hardest]
+    figures.update({f"hardest_questions (plain <= {args.hardest})": len(hardest),
+                    "plain_accuracy_on_hardest": mean(q["plain_acc"] for q in hardest),
+                    "bcq_accuracy_on_hardest": mean(q["bcq_acc"] for q in hardest),
+                    "ncq_accuracy_on_hardest": mean(q["ncq_acc"] for q in hardest)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "premise.json").write_text(json.dumps({"figures": figures, "questions": per_q}, indent=2))

@@ -132,7 +132,7 @@ def buffer_stats(metrics: list[dict]) -> dict[str, float]:
             "ncq_repeats_listed_answer": mean("ncq_repeats_listed_answer"), "t_step": mean("t_step")}
 
 
-EXTRAS = ("buffer", "fate", "audit", "times")  # a row's keys that are not evaluation families
+EXTRAS = ("buffer", "fate", "graduation", "audit", "times")  # a row's keys that are not evaluation families
 
 
 def phase_times(metrics: list[dict]) -> dict[str, float]:
@@ -154,6 +154,24 @@ def fate_sum(tables: list[dict]) -> dict[str, dict[str, dict[str, int]]]:
     return out
 
 
+def graduation_intervals(fates: list[dict]) -> dict[str, dict]:
+    """Graduation rate (graduated / admitted, entries still in the buffer count as not graduated) of
+    the questions admitted at 0% accuracy and of all, with a 95% bootstrap interval over seeds and
+    entries; `fates` are the seeds' summary.json `buffer_fate` tables. Seeds that admitted none are left out."""
+    out = {}
+    for name, keep in (("from_zero", lambda acc: float(acc) == 0.0), ("all", lambda acc: True)):
+        per_seed = []
+        for f in fates:
+            cells = [c for acc, c in f.get("by_entry_accuracy", {}).items() if keep(acc)]
+            n, g = sum(sum(c.values()) for c in cells), sum(c.get("graduated", 0) for c in cells)
+            if n:
+                per_seed.append([[1.0] * g + [0.0] * (n - g)])
+        if per_seed:
+            mean, lo, hi = bootstrap(per_seed)
+            out[name] = {"mean": mean, "lo": lo, "hi": hi, "admitted": sum(len(s[0]) for s in per_seed)}
+    return out
+
+
 def method_extras(summaries: list[dict], metrics: list[list[dict]]) -> dict:
     """A method's buffer statistics, fate tables, audit and phase times over its seeds' runs."""
     from megatron_zppo.core.audit import audit_counts, audit_rates
@@ -165,6 +183,7 @@ def method_extras(summaries: list[dict], metrics: list[list[dict]]) -> dict:
     fates = [s["buffer_fate"] for s in summaries if s.get("buffer_fate")]  # runs from before it: none
     return {"buffer": {k: _nanmean([b[k] for b in bufs]) for k in bufs[0]},
             "fate": fate_sum(fates) if fates else {},
+            "graduation": graduation_intervals(fates),
             "audit": audit_rates({k: sum(c[k] for c in counts) for k in counts[0]}),
             "times": {k: _nanmean([t.get(k, float("nan")) for t in times]) for k in phases}}
 
@@ -225,7 +244,7 @@ def markdown(results: dict, plan: Plan) -> str:
                              f"{_pct(b['graduation_from_zero'])} | {_pct(b['acc_bcq'])} | {_pct(b['acc_ncq'])} | "
                              f"{_pct(b['ncq_repeats_listed_answer'])} | {_pct(b['acc_hint'])} | "
                              f"{_pct(b['acc_prefix'])} | {b['t_step']:.2f} |")
-    lines += fate_lines(results) + resample_lines(results) + audit_lines(results) + time_lines(results)
+    lines += graduation_lines(results) + fate_lines(results) + resample_lines(results) + audit_lines(results) + time_lines(results)
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +254,19 @@ def _with_buffer(results: dict):
         for m, r in rows.items():
             if any(sum(c.values()) for c in r.get("fate", {}).get("by_entry_accuracy", {}).values()):
                 yield st, m, r["fate"]
+
+
+def graduation_lines(results: dict) -> list[str]:
+    rows = [(st, m, r["graduation"]) for st, rows in results.items() for m, r in rows.items() if r.get("graduation")]
+    if not rows:
+        return []
+    lines = ["", "**Graduation rate with 95% intervals** (graduated / admitted, %; over seeds and buffer entries)", "",
+             "| student | method | admitted at 0% | graduated | admitted, all | graduated |", "|---" * 6 + "|"]
+    for st, m, g in rows:
+        cells = [f"{g[k]['admitted']} | {100 * g[k]['mean']:.1f} [{100 * g[k]['lo']:.1f}, {100 * g[k]['hi']:.1f}]"
+                 if k in g else "0 | -" for k in ("from_zero", "all")]
+        lines.append(f"| {st} | {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def fate_lines(results: dict) -> list[str]:

@@ -20,7 +20,8 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+import traceback
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -34,10 +35,16 @@ class ModelRecipe:
     batch: int = 32
     lr: float = 3e-3
     knows_rl_questions: bool = False  # the teacher's mix includes the RL training questions
+    candidate_share: float = 0.35  # of the mix: BCQ/NCQ/compression-format examples (toy.corpus.corpus)
+    rl_share: float = 0.6  # of the plain examples: the RL task's family
+
+    def mix(self) -> tuple[bool, float, float]:
+        return self.knows_rl_questions, self.candidate_share, self.rl_share
 
 
 @dataclass(frozen=True)
 class Recipe:
+    world: str = "chain_sum"  # megatron_zppo.toy.corpus.WORLDS
     corpus_size: int = 12000
     vocab_size: int = 512
     templates: str = "examples/cpu_toy/templates"
@@ -49,6 +56,17 @@ class Recipe:
         ModelRecipe("student_tiny", "tiny", 250, lr=5e-3),
     )
     eval_questions: int = 64
+
+
+RECIPES = {
+    "chain_sum": Recipe(),  # the CPU demo
+    # The effect experiment: a student that saw many candidate-format examples (80% of its mix) and
+    # few plain pair sums (10% of its plain examples), so that it checks candidates well and finds
+    # pairs badly (docs/toy-models.md).
+    "pair_sum": Recipe(world="pair_sum", demo_config="examples/pair_sum/zppo.yaml", models=(
+        ModelRecipe("teacher", "medium", 1200, lr=5e-3, knows_rl_questions=True),
+        ModelRecipe("student_tiny", "tiny", 5000, lr=5e-3, candidate_share=0.8, rl_share=0.1))),
+}
 
 
 def recipe_hash(r: Recipe) -> str:
@@ -95,19 +113,20 @@ def train_one(m: ModelRecipe, out: Path, tok_dir: Path, pairs, seed: int) -> Non
     trainer.close()
 
 
-def measure(path: Path, templates, n: int) -> dict[str, dict[str, float]]:
+def measure(path: Path, templates, n: int, world) -> dict[str, dict[str, float]]:
     """Greedy and sampled (8 per question) accuracy per task family, on evaluation seeds."""
     from megatron_zppo.build import make_encoder
     from megatron_zppo.evaluate import evaluate
     from megatron_zppo.grader_pool import GraderPool
     from megatron_zppo.rollout.engine import SamplingParams
     from megatron_zppo.rollout.hf_engine import HFEngine
-    from megatron_zppo.toy.corpus import HELD_OUT, RL_TASK, questions
+    from megatron_zppo.toy.corpus import questions
 
-    engine, encode, graders = HFEngine(str(path)), make_encoder(str(path)), GraderPool("task", workers=1)
+    engine, encode, graders = HFEngine(str(path)), make_encoder(str(path)), GraderPool("auto", workers=1)
     out = {}
-    sets = [(f"{RL_TASK.task}_train", RL_TASK, 0), (RL_TASK.task, RL_TASK, 1),
-            *((name, cfg, 1) for name, cfg in HELD_OUT.items())]  # seed 0: RL training questions
+    task = world.rl_task
+    sets = [(f"{world.task}_train", task, 0), (world.task, task, 1),
+            *((name, cfg, 1) for name, cfg in world.held_out.items())]  # seed 0: RL training questions
     for fam, cfg, seed in sets:
         qs = questions(cfg, seed, n)
         greedy = evaluate(engine, encode, templates, qs, graders, SamplingParams(temperature=0, max_new_tokens=48))
@@ -133,6 +152,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="toy_models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world", default="chain_sum", choices=sorted(RECIPES),
+                    help="chain_sum: the CPU demo's models; pair_sum: the effect experiment's")
+    ap.add_argument("--smoke", action="store_true",
+                    help="the same pipeline at a few examples and steps (CI's check that it runs; the models learn nothing)")
     ap.add_argument("--verbose", action="store_true", help="show upstream logs on the terminal too")
     args = ap.parse_args(argv)
     from megatron_zppo import upstream_log
@@ -143,10 +166,13 @@ def main(argv=None) -> int:
 
     cpu_compat.enable()  # the toy models are trained by the Megatron trainer, on CPU too
     from megatron_zppo.core.prompts import PromptTemplates, encode_prompt
-    from megatron_zppo.toy.corpus import corpus
+    from megatron_zppo.toy.corpus import WORLDS, corpus
     from megatron_zppo.toy.models import build_tokenizer
 
-    recipe, out = Recipe(), Path(args.out)
+    recipe, out = RECIPES[args.world], Path(args.out)
+    if args.smoke:
+        recipe = replace(recipe, corpus_size=200, eval_questions=4, models=tuple(replace(m, steps=2) for m in recipe.models))
+    world = WORLDS[recipe.world]
     manifest = out / "MANIFEST.json"
     key = recipe_hash(recipe) + f"-seed{args.seed}"
     if manifest.exists() and json.loads(manifest.read_text()).get("recipe") == key:
@@ -156,20 +182,21 @@ def main(argv=None) -> int:
     templates = PromptTemplates.load(recipe.templates)
     rl_train, rl_eval = demo_questions(recipe.demo_config)
     reserved = frozenset(q.text for q in rl_train + rl_eval)
-    mixes = {known: corpus(templates, recipe.corpus_size, seed=args.seed, reserved=reserved,
-                           known=rl_train if known else ()) for known in (False, True)}
+    mixes = {(known, cs, rs): corpus(templates, recipe.corpus_size, seed=args.seed, reserved=reserved,
+                                     known=rl_train if known else (), world=world, candidate_share=cs, rl_share=rs)
+             for known, cs, rs in sorted({m.mix() for m in recipe.models})}
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "tokenizer"
     texts = (t for mix in mixes.values() for e in mix for t in (e.prompt, e.response))
     tok = build_tokenizer(tok_dir, texts, recipe.vocab_size)
-    pairs = {known: [(encode_prompt(tok, e.prompt), tok(e.response)["input_ids"] + [tok.eos_token_id])
-                     for e in mix] for known, mix in mixes.items()}
+    pairs = {key: [(encode_prompt(tok, e.prompt), tok(e.response)["input_ids"] + [tok.eos_token_id])
+                     for e in mix] for key, mix in mixes.items()}
     print(f"toy models: {recipe.corpus_size} supervised examples per model, vocabulary {len(tok)}")
     results = {}
     for i, m in enumerate(recipe.models):
-        train_one(m, out, tok_dir, pairs[m.knows_rl_questions], seed=args.seed * 100 + i)
+        train_one(m, out, tok_dir, pairs[m.mix()], seed=args.seed * 100 + i)
         results[m.name] = {"size": m.size, "sft_steps": m.steps, "accuracy": measure(out / m.name, templates,
-                                                                                      recipe.eval_questions)}
+                                                                                      recipe.eval_questions, world)}
         print(f"  {m.name}: {json.dumps(results[m.name]['accuracy'])}", flush=True)
     manifest.write_text(json.dumps({"recipe": key, "models": results, "recipe_detail": asdict(recipe),
                                     "seconds": round(time.perf_counter() - t0)}, indent=2))
@@ -178,4 +205,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Exception:  # on the terminal: torch's own excepthook would send it to the upstream log
+        traceback.print_exc()
+        sys.exit(1)

@@ -88,10 +88,14 @@ def test_fate_tables_sum_over_seeds_the_audit_pools_over_steps_and_phase_times_a
     assert z["fate"]["by_entry_accuracy"] == {"0.0": {"graduated": 2, "evicted": 4, "in_buffer": 2},
                                               "0.125": {"graduated": 2, "evicted": 0, "in_buffer": 0}}
     assert z["fate"]["by_resamples"]["2"] == {**_ZERO, "improved": 2}
+    g = z["graduation"]  # graduated / admitted, entries still in the buffer not graduated
+    assert (g["from_zero"]["admitted"], g["from_zero"]["mean"], g["all"]["mean"]) == (8, 0.25, 0.4)
+    assert g["from_zero"]["lo"] < 0.25 < g["from_zero"]["hi"] and res["s"]["grpo_buffer"]["graduation"] == {}
     assert z["audit"]["bcq_match_pos_correct"] == pytest.approx(4 / 6) and z["audit"]["ncq_match_pos"] == 0.5
     assert z["audit"]["ncq_match_neg"] == pytest.approx(3 / 8) and z["audit"]["bcq_audit_n_wrong"] == 8
     assert z["times"] == {"t_rollout": 2.0, "t_train": 0.5, "t_step": 3.0} and res["s"]["grpo_buffer"]["fate"] == {}
     table = compare.markdown(res, plan)
+    assert "| s | zppo | 8 | 25.0 [" in table and "| 10 | 40.0 [" in table
     for line in ["| s | zppo | 0% | 8 | 2 | 4 | 2 | 33.3 | 66.7 |", "| s | zppo | 12.5% | 2 | 2 | 0 | 0 | 100.0 | 0.0 |",
                  "| s | zppo | all | 10 | 4 | 4 | 2 | 50.0 | 50.0 |",
                  "| s | zppo | 0 | 0 (0.0) | 0 (0.0) | 2 (100.0) | 2 |", "| s | zppo | 1 | 4 (100.0) | 0 (0.0) | 0 (0.0) | 0 |",
@@ -111,3 +115,14 @@ def test_a_plan_naming_an_unknown_method_is_refused(tmp_path):
     p.write_text("config: c.yaml\nmethods: [zppo, dpo]\nstudents: [{name: s, hf_path: p}]\n")
     with pytest.raises(ConfigError, match=r"methods \['dpo'\] unknown"):
         compare.load_plan(str(p))
+
+
+def test_the_checked_in_plans_and_their_configs_load():
+    from megatron_zppo.config import load_config
+
+    plans = sorted(ROOT.glob("examples/*/compare/plan.yaml"))
+    assert len(plans) == 2  # the chain-sum comparison and the pair-sum effect experiment
+    for path in plans:
+        plan = compare.load_plan(str(path))
+        cfg = load_config(str(ROOT / plan.config), [])
+        assert cfg.data.held_out and set(cfg.data.held_out) < set(cfg.data.eval), path
