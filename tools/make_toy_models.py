@@ -69,9 +69,12 @@ RECIPES = {
 }
 
 
-def recipe_hash(r: Recipe) -> str:
-    src = Path(__file__).parent.parent / "megatron_zppo" / "toy" / "corpus.py"
-    blob = json.dumps(asdict(r), sort_keys=True) + src.read_text() + Path(r.demo_config).read_text()
+def recipe_hash(r: Recipe, reserved: frozenset[str]) -> str:
+    """What the models depend on: the recipe, the corpus code and the RL run's questions (not the
+    rest of its config: a change of method settings must not rebuild the models)."""
+    toy = Path(__file__).parent.parent / "megatron_zppo" / "toy"
+    blob = (json.dumps(asdict(r), sort_keys=True) + (toy / "corpus.py").read_text() + (toy / "pair_sum.py").read_text()
+            + "\n".join(sorted(reserved)))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -174,14 +177,14 @@ def main(argv=None) -> int:
         recipe = replace(recipe, corpus_size=200, eval_questions=4, models=tuple(replace(m, steps=2) for m in recipe.models))
     world = WORLDS[recipe.world]
     manifest = out / "MANIFEST.json"
-    key = recipe_hash(recipe) + f"-seed{args.seed}"
+    rl_train, rl_eval = demo_questions(recipe.demo_config)
+    reserved = frozenset(q.text for q in rl_train + rl_eval)
+    key = recipe_hash(recipe, reserved) + f"-seed{args.seed}"
     if manifest.exists() and json.loads(manifest.read_text()).get("recipe") == key:
         print(f"toy models: cached in {out} (recipe {key})")
         return 0
     t0 = time.perf_counter()
     templates = PromptTemplates.load(recipe.templates)
-    rl_train, rl_eval = demo_questions(recipe.demo_config)
-    reserved = frozenset(q.text for q in rl_train + rl_eval)
     mixes = {(known, cs, rs): corpus(templates, recipe.corpus_size, seed=args.seed, reserved=reserved,
                                      known=rl_train if known else (), world=world, candidate_share=cs, rl_share=rs)
              for known, cs, rs in sorted({m.mix() for m in recipe.models})}
