@@ -65,7 +65,7 @@ def run(args) -> int:
     build.check_inputs(cfg)
 
     cpu_compat.enable()  # the GPU-less shims, once per process, before anything imports Megatron-Bridge
-    stop = StopRequest()
+    stop = StopRequest(cfg.run.stop_timeout_s, cfg.run.dir)
     trainer = build.make_trainer(cfg)  # initialises torch.distributed and Megatron's parallel groups
     run_dir = Path(cfg.run.dir)
     phase = None

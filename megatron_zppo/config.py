@@ -88,6 +88,9 @@ class RunConfig:
     eval_every: Annotated[int, Range(ge=0)] = 0  # evaluate every this many steps; 0: before and after training only
     algorithm: str = "zppo"  # preset: the defaults of method.* and buffer.enabled it sets (PRESETS)
     load: str = ""  # a checkpoint directory, or "auto" for the latest one under dir/checkpoints
+    # after SIGTERM the step in progress gets this long to finish (then the checkpoint); past it the step
+    # is abandoned and the run exits 143 on its last complete checkpoint. Keep it inside Slurm's signal lead.
+    stop_timeout_s: Annotated[float, Range(gt=0)] = 300.0
     # rollout_only: generate and write rollouts to dir/rollouts, no training.
     # train_only: train on rollouts read back from `rollouts_from` (for debugging the trainer).
     mode: str = "train"

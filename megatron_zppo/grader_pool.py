@@ -2,8 +2,8 @@
 
 A grader is arbitrary code on arbitrary text (sympy on a huge expression, a user's module), so it
 runs where it can be killed. Each worker is a small supervisor holding one grading process that
-it forked after importing the graders: a grade that overruns its limit gets that process stopped
-(SIGTERM, SIGKILL after a short grace) and a fresh fork in its place within milliseconds, while
+it forked after importing the graders: a grade that overruns its limit gets that process killed
+(SIGKILL: it holds nothing to clean up) and a fresh fork in its place within milliseconds, while
 the other workers go on, so W workers time out W grades at once. The limit counts from when a
 ready worker takes the grade: starting workers (importing the graders) is not charged to it. A
 grade that times out, raises or kills its process scores 0 and is counted (`stats`; the loop logs
@@ -13,7 +13,7 @@ the run with its name, the question and the value — in training and evaluation
 Workers are plain `python -m megatron_zppo.grader_pool` subprocesses speaking length-prefixed
 pickles over their stdin/stdout (not multiprocessing: its spawn start re-imports the main script,
 torch included, in every worker, and its resource tracker outlives a killed parent). Every process
-dies with its parent: PR_SET_PDEATHSIG on Linux, and a watchdog thread that polls the parent pid.
+dies with its parent (die_with_parent.py).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from megatron_zppo.core.records import Question
+from megatron_zppo.die_with_parent import die_with_parent
 from megatron_zppo.rewards import GRADERS, GraderError, resolve_grader
 
 JUDGE = "judge"  # free-form answers: graded by the teacher as an LLM judge, not in a worker
@@ -238,30 +238,6 @@ class GraderPool:
         self.close()
 
 
-def _die_with_parent(parent: int) -> None:
-    """The kernel kills us when the parent dies (Linux: PR_SET_PDEATHSIG; strictly, when the
-    parent's thread that started us ends: workers are started by the thread calling `grade`);
-    elsewhere a watchdog thread polls the parent pid. No process survives its run, even one
-    killed with SIGKILL. Ctrl-C is the parent's to handle: it reaches the whole process group."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) == 0:  # PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # it died before the call
-                os._exit(1)
-            return
-    except (OSError, AttributeError):
-        pass
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 class _Grader:
     """The forked process that runs graders, one grade at a time, for its supervisor."""
 
@@ -273,7 +249,7 @@ class _Grader:
         if self.pid == 0:  # the child: grade until the pipe closes
             os.close(self._jobs)
             os.close(self._results)
-            _die_with_parent(supervisor)
+            die_with_parent(supervisor)
             read, out = os.fdopen(jobs_r, "rb", buffering=0).read, os.fdopen(results_w, "wb", buffering=0)
             while (job := _receive(read)) is not None:
                 name, response, question = job
@@ -308,15 +284,11 @@ class _Grader:
         return f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not gone within the grace (a grader may ignore SIGTERM)."""
-        os.kill(self.pid, signal.SIGTERM)
-        end = time.monotonic() + KILL_GRACE_S
-        while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > end:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                break
-            time.sleep(0.01)
+        """SIGKILL at once: this process is a fork made to run graders and holds nothing to clean up,
+        and a SIGTERM grace would add itself to every timed-out grade of a grader that ignores or
+        handles SIGTERM: limit + grace per grade instead of the limit."""
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
         self._close()
 
     def _close(self) -> None:
@@ -327,7 +299,7 @@ class _Grader:
 def _serve(parent: int) -> None:
     """A worker: imports the graders once, then forks the process that runs them, again after
     every grade that had to be stopped or that killed it."""
-    _die_with_parent(parent)
+    die_with_parent(parent)
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # a grader's prints go to stderr, never into the protocol
     read = sys.stdin.buffer.raw.read

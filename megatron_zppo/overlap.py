@@ -95,7 +95,7 @@ class RolloutFeed:
             raise RuntimeError(f"rollouts for step {self._pending[0]} are still in flight; join them first")
         if self._thread is None:
             # One thread for the whole run, not one per step: grader workers die with the thread
-            # that started them (grader_pool._die_with_parent), so it must outlive every step.
+            # that started them (die_with_parent.py), so it must outlive every step.
             self._thread = threading.Thread(target=self._serve, daemon=True, name="rollouts-ahead")
             self._thread.start()
         self._pending = (step, {}, threading.Event())

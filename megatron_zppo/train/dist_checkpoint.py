@@ -23,12 +23,14 @@ script that saves needs an ``if __name__ == "__main__":`` guard.
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from megatron_zppo.die_with_parent import die_with_parent
 from megatron_zppo.run_checkpoint import CheckpointError, DamagedCheckpoint
 from megatron_zppo.train.model import Policy
 
@@ -196,7 +198,25 @@ def save_checkpoint(policy: Policy, optimizer, scheduler, directory: str, extra:
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     state["extra"] = dict(extra or {})
+    _start_writer_queue()
     dist_checkpointing.save(state, str(path), content_metadata=SHARDING_METADATA)
+
+
+def _start_writer_queue() -> None:
+    """Megatron's checkpoint writer collects its results through a queue served by a multiprocessing
+    Manager process that it starts on the first save and keeps for the process's life. Started by
+    Megatron, that process outlives a parent killed with SIGKILL (and keeps multiprocessing's
+    resource tracker alive with it); started here, the same kind of Manager first asks the kernel
+    to kill it with us. Megatron reuses the queue it finds in `_results_queue`."""
+    import multiprocessing
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if getattr(filesystem_async, "_results_queue", None) is None:
+        manager = SyncManager(ctx=multiprocessing.get_context("spawn"))  # Megatron's own context
+        manager.start(initializer=die_with_parent, initargs=(os.getpid(),))
+        filesystem_async._results_queue = manager.Queue()
 
 
 # What reading damaged files raises: torch's CheckpointException (a BaseException wrapping each

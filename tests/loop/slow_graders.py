@@ -69,3 +69,13 @@ def sometimes_raises(response, question):
     if len(response) % 3 == 0:
         raise ValueError("cannot parse this answer")
     return float(len(response) % 2 == 0)
+
+
+def hang_once_armed(response, question):
+    """Right, until the file named by $ZPPO_TEST_ARM exists: then every grade hangs (first writing
+    $ZPPO_TEST_ARM + '.hanging', so a test knows a grade is stuck)."""
+    arm = os.environ["ZPPO_TEST_ARM"]
+    if os.path.exists(arm):
+        open(arm + ".hanging", "w").close()
+        time.sleep(3600)
+    return 1.0

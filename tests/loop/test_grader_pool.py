@@ -116,3 +116,16 @@ def _descendants(pid: int):
     import psutil
 
     return psutil.Process(pid).children(recursive=True)
+
+
+def test_a_grader_that_ignores_sigterm_costs_its_limit_per_grade_not_limit_plus_a_grace(tmp_path):
+    # 12 hung grades on 2 workers at 0.2 s: 6 limits one after another, 1.2 s. A SIGTERM grace of
+    # 0.5 s before the SIGKILL made it 6 x 0.7 = 4.2 s at the very least; the bound sits between,
+    # far enough above 1.2 s for a loaded machine (this bounds a cost that sleeps, not a speed).
+    with GraderPool("tests.loop.slow_graders:stubborn", workers=2, timeout_s=0.2) as pool:
+        assert pool.grade(["ok", "ok"], [Q, Q]) == [1.0, 1.0]  # the workers are up: start-up is not charged
+        t0 = time.monotonic()
+        assert pool.grade([f"STUBBORN:{tmp_path / str(i)}" for i in range(12)], [Q] * 12) == [0.0] * 12
+        took = time.monotonic() - t0
+    assert pool.stats.timeouts == 12 and took < 3.0, took
+    assert _wait_dead([int((tmp_path / str(i)).read_text()) for i in range(12)], limit_s=5.0) == []

@@ -17,8 +17,8 @@ from tests.loop.test_pretrain_e2e import ROOT, _overrides
 pytestmark = pytest.mark.timeout(600)
 
 
-def _start(args) -> subprocess.Popen:
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONPATH": str(ROOT)}
+def _start(args, **env_extra) -> subprocess.Popen:
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONPATH": str(ROOT), **env_extra}
     return subprocess.Popen([sys.executable, "pretrain_zppo.py", "--config", "examples/cpu_toy/zppo.yaml", *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -102,6 +102,32 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_that_resumes(toy_world, 
 
 
 @pytest.mark.slow
+def test_sigterm_during_a_step_that_cannot_finish_exits_within_the_bound_on_the_last_checkpoint(toy_world, tmp_path):
+    # Once armed, every grade hangs to its 20 s limit: the step would need 16 rollouts x 20 s. The
+    # bound gives it 2 s after SIGTERM; then the run leaves without saving, on the last complete
+    # checkpoint, which resumes.
+    run, arm = tmp_path / "run", tmp_path / "arm"
+    args = _overrides(toy_world, run, 40, ["run.save_every=1", "run.stop_timeout_s=2", "reward.timeout_s=20",
+                                           "reward.grader=tests.loop.slow_graders:hang_once_armed"])
+    proc = _start(args, ZPPO_TEST_ARM=str(arm))
+    _wait_for(lambda: (run / "checkpoints" / "latest").exists(), proc)
+    arm.touch()
+    _wait_for(lambda: (tmp_path / "arm.hanging").exists(), proc)
+    k = int((run / "checkpoints" / "latest").read_text().split("_")[1])  # no save can start while grading hangs
+    workers = _descendants(proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = _finish(proc, limit_s=120)  # would be minutes, were the step waited for
+    assert code == 143, err[-3000:]
+    assert "did not finish within run.stop_timeout_s=2 s of SIGTERM: abandoned; last complete checkpoint: " \
+        f"{run / 'checkpoints' / f'step_{k:06d}'}; resume with --load auto" in err.strip().splitlines()[-1]
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{k:06d}" and _all_gone(workers)
+    arm.unlink()
+    code, out, err = _finish(_start(args[:1] + [f"run.steps={k + 1}"] + args[2:] + ["--load", "auto"],
+                                    ZPPO_TEST_ARM=str(arm)))
+    assert code == 0 and f"at step {k}" in out, err[-3000:]
+
+
+@pytest.mark.slow
 def test_sigint_ends_in_one_line_and_leaves_no_process_behind(toy_world, tmp_path):
     run = tmp_path / "run"
     proc = _start(_overrides(toy_world, run, 40))
@@ -112,3 +138,15 @@ def test_sigint_ends_in_one_line_and_leaves_no_process_behind(toy_world, tmp_pat
     assert code == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("pretrain_zppo: interrupted (SIGINT)")
     assert workers and _all_gone(workers)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_main_job_leaves_no_process_behind(toy_world, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(_overrides(toy_world, run, 40))  # a checkpoint every 2 steps
+    _wait_for(lambda: (run / "checkpoints" / "latest").exists(), proc)  # Megatron's writer has started its helper
+    children = _descendants(proc)  # grader workers, their grading processes, the checkpoint writer's helper
+    names = {p: " ".join(psutil.Process(p).cmdline())[:120] for p in children}
+    proc.send_signal(signal.SIGKILL)  # what the OOM killer does: no handler, no finally, no atexit
+    proc.wait(30)
+    assert children and _all_gone(children, limit_s=10.0), {p: n for p, n in names.items() if psutil.pid_exists(p)}

@@ -79,7 +79,7 @@ def _run(servers, model_dir, run_dir, overlap, steps=4, load=""):
         "rollout.n_new=4", "rollout.group_size=2", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
         "method.rho_aug=0.5", "buffer.rho_replay=0.5", "reward.grader=task", "reward.workers=1",
         f"data.train=[{CHAIN}]", "data.eval={}"])
-    trainer, ctx, stop = RecordingTrainer(), build.make_rollout_phase(cfg), StopRequest()
+    trainer, ctx, stop = RecordingTrainer(), build.make_rollout_phase(cfg), StopRequest(60.0, cfg.run.dir)
     try:
         assert train(cfg, trainer, ctx, stop, Path(run_dir)) == 0
     finally:
