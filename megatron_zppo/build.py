@@ -72,7 +72,8 @@ def make_engine(cfg: EngineConfig, name: str, seed: int) -> RolloutEngine:
                    for i, u in enumerate(urls)]
         # The student's one sync over all of its servers (one process group, or one each with
         # weight_sync.fanout=per_server); the teacher's weights never change, so it gets none.
-        return policy_engine(engines, name, cfg.weight_sync if isinstance(cfg, StudentConfig) else None)
+        return policy_engine(engines, name, cfg.weight_sync if isinstance(cfg, StudentConfig) else None,
+                             cfg.fault_tolerance)
     from megatron_zppo.rollout.hf_engine import HFEngine
 
     return HFEngine(cfg.hf_path, name=name, seed=seed)

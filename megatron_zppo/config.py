@@ -16,6 +16,7 @@ from megatron_zppo.config_io import ConfigError, Range, dump_yaml, from_dict, lo
 from megatron_zppo.data import SourceConfig
 from megatron_zppo.core.loss import LossConfig
 from megatron_zppo.overlap import DEFAULT_TIS_CAP, OVERLAPS
+from megatron_zppo.rollout.pool import FaultToleranceConfig
 from megatron_zppo.core.reformulate import ZppoConfig
 from megatron_zppo.core.replay_buffer import BufferConfig
 from megatron_zppo.core.advantages import AdvantageConfig
@@ -170,6 +171,8 @@ class EngineConfig:
     admin_api_key: str = ""  # SGLang's --admin-api-key (weight updates, cache, abort); default api_key
     temperature: Annotated[float, Range(ge=0)] = 1.0  # rollout sampling temperature
     top_p: Annotated[float, Range(gt=0, le=1)] = 1.0  # rollout nucleus sampling
+    # several servers: lose one and go on with the rest (rollout/pool.py)
+    fault_tolerance: FaultToleranceConfig = field(default_factory=FaultToleranceConfig)
 
     def __post_init__(self):
         if self.engine not in ("embedded", "sglang"):

@@ -17,9 +17,12 @@ import time
 def die_with_parent(parent: int) -> None:
     """The kernel kills us when the parent dies (Linux: PR_SET_PDEATHSIG; strictly, when the
     parent's thread that started us ends, so start helpers from a thread that lives as long as
-    they should); elsewhere a watchdog thread polls the parent pid. Ctrl-C is the parent's to
-    handle: it reaches the whole process group, so helpers ignore it."""
+    they should); elsewhere a watchdog thread polls the parent pid. SIGINT and SIGTERM are the
+    parent's to handle: Ctrl-C reaches the whole process group, and so does torchrun's SIGTERM
+    to each rank, which must not take away the checkpoint writer or the graders the rank needs
+    for its last step and checkpoint. So helpers ignore both, and are stopped with SIGKILL."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         import ctypes
 

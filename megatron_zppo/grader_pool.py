@@ -37,7 +37,6 @@ from megatron_zppo.die_with_parent import die_with_parent
 from megatron_zppo.rewards import GRADERS, GraderError, resolve_grader
 
 JUDGE = "judge"  # free-form answers: graded by the teacher as an LLM judge, not in a worker
-KILL_GRACE_S = 0.5  # after SIGTERM, before SIGKILL
 START_TIMEOUT_S = 120.0  # a worker that cannot even import the graders in this long is broken
 BACKSTOP_S = 30.0  # a worker silent this long past a grade's limit is itself stuck: replaced
 _HEADER = struct.Struct("<I")
@@ -96,14 +95,11 @@ class _Worker:
         return self.proc.stdout.fileno()
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not gone within the grace (a grader may ignore SIGTERM)."""
+        """SIGKILL: a worker ignores SIGTERM (die_with_parent.py) and holds nothing to clean up; its
+        grading process dies with it."""
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(KILL_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.kill()
+            self.proc.wait()
         for stream in (self.proc.stdin, self.proc.stdout):
             stream.close()
 

@@ -29,6 +29,8 @@ from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import PromptSpec, generate_groups
 from megatron_zppo.overlap import accepted_versions, version_name
 from megatron_zppo.rollout.engine import SamplingParams
+from megatron_zppo.rollout.pool import ServersChanged
+from megatron_zppo.shutdown import any_rank
 
 if TYPE_CHECKING:
     from megatron_zppo.rollout.engine import StudentEngine
@@ -168,8 +170,20 @@ class UpdatePhase:
     def sync(self, version: str) -> None:
         """The trainer's weights into the engine as `version` (also at the start of a run, when a
         co-located server holds all its memory). Every rank drains the export (it gathers shards
-        collectively); the rank holding the engine feeds it."""
-        self.engine.update_weights(self.trainer.export_hf(), version)
+        collectively); the rank holding the engine feeds it. A pool that lost a server during the
+        update (fault tolerance) asks for it again: every rank exports again, and the pool's
+        `min_servers` bounds how often that can happen."""
+        again = True
+        while again:
+            export = self.trainer.export_hf()
+            try:
+                self.engine.update_weights(export, version)
+                again = False
+            except ServersChanged:
+                for _ in export:  # the other ranks' export goes on to its end: so must ours
+                    pass
+                again = True
+            again = any_rank(again)
 
 
 class NoUpdate(UpdatePhase):

@@ -43,6 +43,8 @@ class Report:
         m.update({f"t_{k}": times.get(k, 0.0) for k in TIMES})
         m.update(self.periodic_evals(r.step))
         m.update(p.student.sync_metrics())  # SGLang students: sync_s, sync_bytes, sync_gb_per_s, sync_servers
+        if hasattr(p.student, "fault_metrics"):  # a pool of servers: losses, returns, resubmitted requests
+            m.update({f"student_{k}": v for k, v in p.student.fault_metrics().items()})
         m["rollout_versions_behind"] = versions_behind(r, r.step)
         if "overlap_wait" in times:  # one_step: how long the trainer waited for the next rollouts
             m["t_overlap_wait"] = times["overlap_wait"]

@@ -56,14 +56,8 @@ class StopRequest:
 
     def stop_now(self) -> bool:
         """True on every rank if any rank was asked to stop (a collective: call it on all ranks)."""
-        flag = self.signal_name is not None
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            on_gpu = torch.distributed.get_backend() == "nccl"  # NCCL reduces GPU tensors only
-            t = torch.tensor([int(flag)], device=torch.cuda.current_device() if on_gpu else "cpu")
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(t.item())
-            self.signal_name = self.signal_name or ("SIGTERM" if flag else None)
+        flag = any_rank(self.signal_name is not None)
+        self.signal_name = self.signal_name or ("SIGTERM" if flag else None)
         if flag and self._deadline is not None:  # the step finished in time: its checkpoint follows
             self._deadline.cancel()
         return flag
@@ -72,3 +66,14 @@ class StopRequest:
         if self._deadline is not None:
             self._deadline.cancel()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (a collective: call it on all ranks)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        on_gpu = torch.distributed.get_backend() == "nccl"  # NCCL reduces GPU tensors only
+        t = torch.tensor([int(flag)], device=torch.cuda.current_device() if on_gpu else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+    return flag

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what is needed (first run only), then run the whole test suite, slow tests included.
 # ZPPO_SGLANG_LANE=1 also runs tests_live/ against a real SGLang server on the CPU (installs SGLang
-# into .venv-sglang first, ~11 GB, while the suite runs); CI sets it.
+# into .venv-sglang first, ~11 GB, while the suite runs); CI sets it. ZPPO_SLURM_LANE=1 then runs the real
+# zppo.sbatch under a single-host Slurm (scripts/slurm_lane.sh: installs Debian's Slurm, needs root; CI sets it).
 # The suite runs in ZPPO_TEST_WORKERS pytest-xdist processes (default 2, one per core; 0 runs it in
 # this process), each file in one worker, every torch process at one thread (docs/testing.md).
 set -euo pipefail
@@ -29,5 +30,8 @@ if [ "$lane" = "1" ]; then
   phase "waiting for the SGLang install after the suite"
   [ "$status" = "0" ] || exit "$status"
   bash scripts/sglang_cpu_lane.sh || status=$?  # its own last line says how long it took
+fi
+if [ "${ZPPO_SLURM_LANE:-0}" = "1" ] && [ "$status" = "0" ]; then
+  bash scripts/slurm_lane.sh || status=$?  # its own last line says how long it took
 fi
 exit "$status"

@@ -3,7 +3,8 @@
 SGLang cannot share the trainer's Python environment (it pins another transformers: requirements-sglang.txt), so every server
 runs as `<--python> -m sglang.launch_server ...` from its own environment. The launcher waits for
 each server's `/health_generate`, writes `{"student": [urls], "student_router": url|null,
-"teacher": url|null}` where the trainer reads it, and stops every server on SIGINT/SIGTERM.
+"teacher": url|null}` where the trainer reads it, and stops every server on SIGINT/SIGTERM. A server
+that exits later stops them all, or with `--restart N` is started again (up to N times each).
 
     python tools/launch_sglang.py --python /envs/sglang/bin/python --student-model Qwen/Qwen3-4B \
         --teacher-model Qwen/Qwen3-32B --num-students 3 --router --student-gpus 0,1,2 \
@@ -179,18 +180,22 @@ class Launcher:
         self.log_dir = log_dir
         self.api_key = api_key  # kept out of the plan so printed plans never carry it
         self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}  # by server name: how often it was started again
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.plan["processes"]:
-            env = {**os.environ, **spec["env"]}
-            if "PYTHONPATH" in spec["env"] and os.environ.get("PYTHONPATH"):
-                env["PYTHONPATH"] = spec["env"]["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
-            log = open(self.log_dir / f"{spec['name']}.log", "ab")
-            # A new session per server lets stop() signal the server and every child it forked.
-            self.procs[spec["name"]] = subprocess.Popen(spec["cmd"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                        start_new_session=True)
-            log.close()
+            self._start(spec)
+
+    def _start(self, spec: dict) -> None:
+        env = {**os.environ, **spec["env"]}
+        if "PYTHONPATH" in spec["env"] and os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = spec["env"]["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
+        log = open(self.log_dir / f"{spec['name']}.log", "ab")
+        # A new session per server lets stop() signal the server and every child it forked.
+        self.procs[spec["name"]] = subprocess.Popen(spec["cmd"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                    start_new_session=True)
+        log.close()
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -204,10 +209,23 @@ class Launcher:
                 raise TimeoutError(f"not healthy after {timeout_s:.0f} s: {sorted(pending)} (logs in {self.log_dir})")
             time.sleep(1.0 if pending else 0)
 
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}")
+    def check_alive(self, restarts: int = 0) -> None:
+        """A server that exited is started again (same command, same port), up to `restarts` times
+        each; the trainer's pool notices it answering again (student.fault_tolerance) and gives it
+        the current weights before it serves. Past that, or with 0, it takes the rest down."""
+        for spec in self.plan["processes"]:
+            name, proc = spec["name"], self.procs[spec["name"]]
+            if proc.poll() is None:
+                continue
+            done = self.restarts.get(name, 0)
+            if done >= restarts:
+                again = f" (restarted {done} time(s) already)" if done else ""
+                raise RuntimeError(f"{name} exited with code {proc.returncode}{again}; see "
+                                   f"{self.log_dir / (name + '.log')}")
+            self.restarts[name] = done + 1
+            print(f"launch_sglang: {name} exited with code {proc.returncode}; starting it again "
+                  f"({done + 1} of {restarts})", flush=True)
+            self._start(spec)
 
     def stop(self, grace_s: float = 30.0) -> None:
         for proc in self.procs.values():
@@ -260,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[LaunchConfig, argparse.Na
     p.add_argument("--addresses-out", default="sglang_addresses.json")
     p.add_argument("--log-dir", default="sglang_logs")
     p.add_argument("--health-timeout-s", type=float, default=900.0)
+    p.add_argument("--restart", type=int, default=0, metavar="N",
+                   help="start a server that exits again, up to N times each (0: it stops every server)")
     p.add_argument("--dry-run", action="store_true")
     a = p.parse_args(argv)
     cfg = LaunchConfig(
@@ -294,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         launcher.wait_healthy(args.health_timeout_s)
         write_addresses(plan["addresses"], Path(args.addresses_out))
         print(f"launch_sglang: healthy; addresses in {args.addresses_out}", flush=True)
-        while True:  # serve until signalled; a dead server takes the rest down with it
-            launcher.check_alive()
+        while True:  # serve until signalled; a dead server is restarted, or takes the rest down with it
+            launcher.check_alive(args.restart)
             time.sleep(2.0)
     except KeyboardInterrupt:
         return 0

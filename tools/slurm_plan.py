@@ -160,6 +160,11 @@ def plan(nodes: int, gpus_per_node: int = 8, student_gpus: int = 6, teacher_gpus
     }
 
 
+# A server that dies is started again this often (the trainer's pool takes it out meanwhile and gives it
+# the current weights when it is back: student.fault_tolerance in the recipes).
+RESTARTS = 3
+
+
 def _launch_args(cfg, addresses_out: str, log_dir: str) -> list[str]:
     """tools/launch_sglang.py's command-line arguments for one node (without the interpreter)."""
     args = ["--python", cfg.python, "--student-model", cfg.student_model, "--teacher-model", cfg.teacher_model,
@@ -168,7 +173,7 @@ def _launch_args(cfg, addresses_out: str, log_dir: str) -> list[str]:
             "--teacher-gpus", ",".join(map(str, cfg.teacher_gpus)), "--host", cfg.host,
             "--advertise-host", cfg.advertise_host, "--port", str(cfg.base_port),
             "--mem-fraction-static", str(cfg.mem_fraction_static), "--addresses-out", addresses_out,
-            "--log-dir", log_dir]
+            "--log-dir", log_dir, "--restart", str(RESTARTS)]
     if cfg.teacher_quantization:
         args += ["--teacher-quantization", cfg.teacher_quantization]
     # "--server-arg=VALUE": a value starting with "--" would otherwise be read as a flag.

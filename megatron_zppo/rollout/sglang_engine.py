@@ -303,10 +303,11 @@ class SGLangEngine:
         async with self._sem:
             return await self._request("POST", "/generate", payload, rid=rid, parse=parse)
 
-    def health(self) -> bool:
+    def health(self, timeout_s: float | None = None) -> bool:
         try:
             resp = self._loop.run(self._client.get(
-                self.base_url + "/health_generate", headers=self._headers(False), timeout=min(self.timeout_s, 30.0)))
+                self.base_url + "/health_generate", headers=self._headers(False),
+                timeout=timeout_s or min(self.timeout_s, 30.0)))
         except httpx.HTTPError:
             return False
         return resp.status_code == 200

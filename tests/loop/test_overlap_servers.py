@@ -8,6 +8,7 @@ carry differ. That lets the test compare the buffer's admissions of both, fed th
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,14 +67,17 @@ def model_dir(toy_world, tmp_path):
     return str(d)
 
 
-def _run(servers, model_dir, run_dir, overlap, steps=4, load=""):
+def _run(servers, model_dir, run_dir, overlap, steps=4, load="", students=()):
+    """`students`: several student servers (a pool, fault tolerant) instead of the one in `servers`."""
     from pretrain_zppo import train
 
     student, teacher = servers
+    pool = [f"student.urls=[{', '.join(s.url for s in students)}]", "student.fault_tolerance.min_servers=1",
+            "student.fault_tolerance.health_interval_s=0.2", "student.fault_tolerance.first_wait_s=0"]
     cfg = load_config("examples/cpu_toy/zppo.yaml", [
         f"run.dir={run_dir}", f"run.steps={steps}", "run.save_every=2", "run.updates_per_step=2",
         f"run.overlap={overlap}", f"run.load={load}",
-        f"student.hf_path={model_dir}", "student.engine=sglang", f"student.url={student.url}",
+        f"student.hf_path={model_dir}", "student.engine=sglang", *(pool if students else [f"student.url={student.url}"]),
         "student.weight_sync.strategy=disk", f"student.weight_sync.disk_dir={run_dir}/weights",
         f"teacher.hf_path={model_dir}", "teacher.engine=sglang", f"teacher.url={teacher.url}",
         "rollout.n_new=4", "rollout.group_size=2", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
@@ -84,6 +88,7 @@ def _run(servers, model_dir, run_dir, overlap, steps=4, load=""):
         assert train(cfg, trainer, ctx, stop, Path(run_dir)) == 0
     finally:
         ctx.graders.close()
+        ctx.student.shutdown()  # a pool's health monitor stops with it
         stop.restore()
     return trainer.trained, ctx.buffer.question_ids(), read_metrics(Path(run_dir) / "metrics.jsonl")
 
@@ -115,3 +120,30 @@ def test_a_resumed_one_step_run_trains_on_the_rollouts_in_flight_at_the_checkpoi
     _run(servers, model_dir, tmp_path / "split", "one_step", steps=2)
     resumed, *_ = _run(servers, model_dir, tmp_path / "split", "one_step", load="auto")
     assert resumed == straight  # step 2's rollouts, made by step-1 weights before the stop, trained on after it
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_student_server_killed_mid_step_and_restarted_changes_nothing_the_run_trains_on(servers, model_dir,
+                                                                                            tmp_path):
+    with FakeSGLang() as a, FakeSGLang() as b, FakeSGLang() as c:
+        clean, clean_buffer, _ = _run(servers, model_dir, tmp_path / "clean", "none", students=(a, b, c), steps=6)
+    with FakeSGLang() as a, FakeSGLang() as b, FakeSGLang() as c:
+        b.set_faults(die_after_generates=4)  # dies on its 5th request, with requests in flight
+        restart = threading.Timer(6.0, b.restart)  # ... and its launcher brings it back a few seconds later
+        restart.start()
+        try:
+            trained, buffer, metrics = _run(servers, model_dir, tmp_path / "faulty", "none", students=(a, b, c),
+                                            steps=6)
+        finally:
+            restart.join()
+        log = b.log()  # the restarted server's own log
+    # The same rollouts (the stand-ins are deterministic), each step on the trainer's current weights
+    # (the loop refuses a sample of other weights: the restarted server's answers to requests its
+    # client retried into it were thrown away by the pool and sent elsewhere).
+    assert trained == clean and buffer == clean_buffer
+    assert [t["versions"] for t in trained] == [[f"step-{k}"] for k in range(6)]
+    last = metrics[-1]
+    assert last["student_servers_lost"] == 1 and last["student_requests_resubmitted"] >= 1
+    assert last["student_servers_back"] == 1 and last["student_servers_live"] == 3
+    assert "/generate" in log[log.index("/update_weights_from_disk"):]  # back in service, on current weights

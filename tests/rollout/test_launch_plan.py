@@ -7,6 +7,7 @@ shutdown all run for real without SGLang.
 
 import importlib.util
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -111,7 +112,8 @@ serve_forever(int(args[args.index("--port") + 1]))
 
 
 def free_base_port(count: int) -> int:
-    for base in range(34000, 60000, 97):
+    start = 34000 + random.randrange(97) * 97  # tests running at once (pytest-xdist) start at different ports
+    for base in [*range(start, 60000, 97), *range(34000, start, 97)]:
         try:
             for port in range(base, base + count):
                 with socket.socket() as s:
@@ -157,3 +159,43 @@ def test_launcher_fails_fast_when_a_server_dies_during_start_up(tmp_path):
     assert proc.wait(timeout=30) == 1
     assert "student0 exited with code 3" in proc.stderr.read()
     assert not (tmp_path / "addr.json").exists()
+
+
+def test_launcher_restarts_a_server_that_dies_up_to_n_times_then_stops_them_all(tmp_path):
+    import psutil
+
+    base = free_base_port(2)
+    proc = start_launcher(tmp_path, "--student-model", "S", "--num-students", "2", "--port", str(base),
+                          "--restart", "1")
+    try:
+        deadline = time.monotonic() + 40
+        while not (tmp_path / "addr.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{base + 1}"
+
+        def kill_student1():
+            server = [c for c in psutil.Process(proc.pid).children() if str(base + 1) in c.cmdline()]
+            assert len(server) == 1
+            server[0].kill()
+            return server[0].pid
+
+        first = kill_student1()
+        deadline = time.monotonic() + 40
+        while True:  # the launcher notices within its 2 s poll and starts it again, on the same port
+            try:
+                if httpx.get(url + "/health_generate", timeout=2).status_code == 200 and not psutil.pid_exists(first):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "not restarted"
+            time.sleep(0.2)
+        kill_student1()  # the second death is past --restart 1: every server stops
+        assert proc.wait(timeout=30) == 1
+        out, err = proc.communicate()
+        assert "student1 exited with code -9; starting it again (1 of 1)" in out
+        assert "student1 exited with code -9 (restarted 1 time(s) already)" in err
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{base}/health_generate", timeout=2)
+    finally:
+        proc.kill()

@@ -1,7 +1,7 @@
 """How new weights reach the student's SGLang servers: one `ServerSync` over all of them, built once.
 
-`policy_engine` is the one place it is built: a student of one server keeps it, several share it
-through their pool; the teacher's servers get none (its weights never change).
+`policy_engine` builds it: a student of one server keeps it, several share it through their pool
+(which may `regroup` it after losing a server); the teacher's servers get none.
 
 Every strategy runs the same frame over all of its servers at once: pause and flush each, send,
 check each server's `weight_version`, resume each. They differ only in how the bytes travel:
@@ -15,8 +15,7 @@ check each server's `weight_version`, resume each. They differ only in how the b
 - `DiskSync`: one safetensors directory per version, written once; every server loads that same directory.
 - `IpcSync`: CUDA-IPC handles to co-located servers (GPU only).
 
-A sync that fails anywhere leaves every server of it unusable (each may hold a mix of old and new
-weights, or be paused) until a later sync succeeds; the error names the server that failed.
+A failed sync leaves its servers unusable (mixed weights, or paused) until one succeeds; it names the culprit (`failed`).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_zppo.rollout.pool import EnginePool
+from megatron_zppo.rollout.pool import EnginePool, FaultToleranceConfig
 from megatron_zppo.rollout.sglang_engine import SGLangEngine, SGLangError, WeightSyncError
 from megatron_zppo.rollout.sync import groups
 from megatron_zppo.rollout.sync.buckets import NamedTensor, bucketed
@@ -90,7 +89,14 @@ class ServerSync:
         self.cfg, self.servers = cfg, list(servers)
         self.phase = ""
         self.last: SyncReport | None = None  # the last successful update
+        self.failed: SGLangEngine | None = None  # the server the last failed update names, if any
         self._threads = ThreadPoolExecutor(len(self.servers), thread_name_prefix="weight-sync")
+
+    def regroup(self, servers: Sequence[SGLangEngine]) -> None:
+        """The servers the next update goes to (a pool lost one, or has one back): what was joined
+        with the old set is dropped; a fresh frame (distributed: fresh group names) joins the new."""
+        self.shutdown()
+        self.__init__(self.cfg, servers)
 
     def each(self, fn: Callable[[SGLangEngine], object]) -> list:
         """`fn` on every server at once; the first server (in order) that failed is named."""
@@ -131,6 +137,7 @@ class ServerSync:
 
     def _fail(self, old: list[str], version: str, err: Exception) -> WeightSyncError:
         culprit = err.server if isinstance(err, ServerFailed) else self._unreachable()
+        self.failed = culprit
         cause = describe(err.error if isinstance(err, ServerFailed) else err)
         if self.phase in _NOTHING_SENT:
             state = "no weights were sent"
@@ -194,9 +201,8 @@ class DistributedSync(ServerSync):
         super().__init__(cfg, servers)
         self.device = torch.device("cuda" if cfg.backend == "nccl" else "cpu")
         self._groups: list[tuple[str, object, list[SGLangEngine]]] = []  # (name, process group, members)
-        # A server keeps a group until told to drop it, and refuses a second one of the same name: a
-        # trainer restarted against servers still up (a resume) would never join. So each trainer
-        # process's groups get their own name.
+        # A server keeps a group until told to drop it and refuses a second of the same name (a resumed
+        # trainer against servers still up would never join): so each frame's groups get their own name.
         self.prefix = f"{cfg.group_name}_{uuid.uuid4().hex[:8]}"
 
     def layout(self) -> list[tuple[str, int, list[tuple[SGLangEngine, int]], int]]:
@@ -381,13 +387,14 @@ def make_sync(cfg: WeightSyncConfig, servers: Sequence[SGLangEngine]) -> ServerS
     return STRATEGIES[cfg.strategy](cfg, servers)
 
 
-def policy_engine(servers: Sequence[SGLangEngine], name: str,
-                  weight_sync: WeightSyncConfig | None) -> SGLangEngine | EnginePool:
+def policy_engine(servers: Sequence[SGLangEngine], name: str, weight_sync: WeightSyncConfig | None,
+                  tolerance: FaultToleranceConfig = FaultToleranceConfig()) -> SGLangEngine | EnginePool:
     """The servers of one policy as one engine: the server itself, or a pool of several. With
     `weight_sync` (the student) it gets the one `ServerSync` that updates all of them, built here
-    and nowhere else; without (the teacher) none, and `update_weights` refuses."""
+    and nowhere else; without (the teacher) none, and `update_weights` refuses. `tolerance`: what
+    the pool does when one of them is lost."""
     sync = make_sync(weight_sync, servers) if weight_sync is not None else None
     if len(servers) == 1:
         servers[0].sync = sync
         return servers[0]
-    return EnginePool(servers, name, sync=sync)
+    return EnginePool(servers, name, sync=sync, tolerance=tolerance)
