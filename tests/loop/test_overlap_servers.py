@@ -8,7 +8,7 @@ carry differ. That lets the test compare the buffer's admissions of both, fed th
 
 import json
 import shutil
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +67,7 @@ def model_dir(toy_world, tmp_path):
     return str(d)
 
 
-def _run(servers, model_dir, run_dir, overlap, steps=4, load="", students=()):
+def _run(servers, model_dir, run_dir, overlap, steps=4, load="", students=(), trainer=None):
     """`students`: several student servers (a pool, fault tolerant) instead of the one in `servers`."""
     from pretrain_zppo import train
 
@@ -83,7 +83,7 @@ def _run(servers, model_dir, run_dir, overlap, steps=4, load="", students=()):
         "rollout.n_new=4", "rollout.group_size=2", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
         "method.rho_aug=0.5", "buffer.rho_replay=0.5", "reward.grader=task", "reward.workers=1",
         f"data.train=[{CHAIN}]", "data.eval={}"])
-    trainer, ctx, stop = RecordingTrainer(), build.make_rollout_phase(cfg), StopRequest(60.0, cfg.run.dir)
+    trainer, ctx, stop = trainer or RecordingTrainer(), build.make_rollout_phase(cfg), StopRequest(60.0, cfg.run.dir)
     try:
         assert train(cfg, trainer, ctx, stop, Path(run_dir)) == 0
     finally:
@@ -122,6 +122,25 @@ def test_a_resumed_one_step_run_trains_on_the_rollouts_in_flight_at_the_checkpoi
     assert resumed == straight  # step 2's rollouts, made by step-1 weights before the stop, trained on after it
 
 
+class RestartingTrainer(RecordingTrainer):
+    """Brings `server` back during step 1's update, as its launcher would, and goes on once the
+    pool's health monitor has seen it answer (its second health check comes after the first)."""
+
+    def __init__(self, server):
+        super().__init__()
+        self.server = server
+
+    def update(self, minibatches, loss):
+        if len(self.trained) == 1:
+            assert not self.server.process.is_alive()  # it died on its first request, in step 0
+            self.server.restart()
+            end = time.monotonic() + 60
+            while self.server.log().count("/health_generate") < 2:
+                assert time.monotonic() < end, "the pool's health monitor never asked the restarted server"
+                time.sleep(0.05)
+        return super().update(minibatches, loss)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_student_server_killed_mid_step_and_restarted_changes_nothing_the_run_trains_on(servers, model_dir,
@@ -129,21 +148,16 @@ def test_a_student_server_killed_mid_step_and_restarted_changes_nothing_the_run_
     with FakeSGLang() as a, FakeSGLang() as b, FakeSGLang() as c:
         clean, clean_buffer, _ = _run(servers, model_dir, tmp_path / "clean", "none", students=(a, b, c), steps=6)
     with FakeSGLang() as a, FakeSGLang() as b, FakeSGLang() as c:
-        b.set_faults(die_after_generates=4)  # dies on its 5th request, with requests in flight
-        restart = threading.Timer(6.0, b.restart)  # ... and its launcher brings it back a few seconds later
-        restart.start()
-        try:
-            trained, buffer, metrics = _run(servers, model_dir, tmp_path / "faulty", "none", students=(a, b, c),
-                                            steps=6)
-        finally:
-            restart.join()
+        b.set_faults(die_after_generates=0)  # dies on its first request, in step 0's plain rollouts
+        trained, buffer, metrics = _run(servers, model_dir, tmp_path / "faulty", "none", students=(a, b, c),
+                                        steps=6, trainer=RestartingTrainer(b))
         log = b.log()  # the restarted server's own log
     # The same rollouts (the stand-ins are deterministic), each step on the trainer's current weights
-    # (the loop refuses a sample of other weights: the restarted server's answers to requests its
-    # client retried into it were thrown away by the pool and sent elsewhere).
+    # (the loop refuses a sample of other weights): b's share of step 0 went to the others, and b
+    # served again only after the update that followed its return.
     assert trained == clean and buffer == clean_buffer
     assert [t["versions"] for t in trained] == [[f"step-{k}"] for k in range(6)]
     last = metrics[-1]
     assert last["student_servers_lost"] == 1 and last["student_requests_resubmitted"] >= 1
     assert last["student_servers_back"] == 1 and last["student_servers_live"] == 3
-    assert "/generate" in log[log.index("/update_weights_from_disk"):]  # back in service, on current weights
+    assert "/generate" in log and log.index("/update_weights_from_disk") < log.index("/generate")
