@@ -9,6 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 phase() { echo "test.sh: $1 took $((SECONDS / 60))m$((SECONDS % 60))s"; SECONDS=0; }
 SECONDS=0
+# Fail now, not 25 minutes in, on a disk that cannot hold what follows (GB: the suite's largest tests at once
+# on two workers, and each environment not yet installed).
+need=4; [ -d .venv ] || need=$((need + 7))
+[ "${ZPPO_SGLANG_LANE:-0}" = "1" ] && [ ! -d .venv-sglang ] && need=$((need + 12))
+for dir in . "${TMPDIR:-/tmp}"; do
+  free=$(df -Pk "$dir" | awk 'NR == 2 {print int($4 / 1048576)}')
+  if [ "$free" -lt "$need" ]; then
+    echo "test.sh: $(cd "$dir" && pwd) has $free GB free; the tests need about $need GB there" >&2
+    exit 1
+  fi
+done
 bash scripts/install.sh
 phase install
 lane=${ZPPO_SGLANG_LANE:-0}
