@@ -24,7 +24,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # Megatron's compiled kernels
 from megatron_zppo import build, run_checkpoint, upstream_log
 from megatron_zppo.config import Config, dump_config, load_config
 from megatron_zppo.errors import RunError
-from megatron_zppo.loop import RolloutPhase
+from megatron_zppo.loop import RolloutPhase, tokens_generated
 from megatron_zppo.overlap import rollouts_in_flight, version_name
 from megatron_zppo.report import make_report
 from megatron_zppo.shutdown import StopRequest
@@ -95,14 +95,19 @@ def train(cfg: Config, trainer, phase: RolloutPhase | None, stop: StopRequest, r
         times = dict(rollouts.times)
         stats = update(rollouts, source, times)  # the method's updates, then the weight sync
         report.step(rollouts, stats, times, t_start)
+        summary["steps"] = step + 1
+        summary["tokens_generated"] = summary.get("tokens_generated", 0) + tokens_generated(rollouts.groups)
+        done = step + 1 == cfg.run.steps or 0 < cfg.run.token_budget <= summary["tokens_generated"]
         stopping = stop.stop_now()
-        if (step + 1) % cfg.run.save_every == 0 or step + 1 == cfg.run.steps or stopping:
+        if (step + 1) % cfg.run.save_every == 0 or done or stopping:
             saved = run_checkpoint.save(run_dir, step + 1, trainer,
                                         {"step": step + 1, "summary": summary, **source.state_dict()})
-        if stopping and step + 1 < cfg.run.steps:
+        if stopping and not done:
             report.stopped(stop.signal_name, step + 1, saved)
             trainer.close()
             return 143  # 128 + SIGTERM: the run did not finish
+        if done:
+            break
 
     report.finish()
     trainer.close()

@@ -20,6 +20,7 @@ from megatron_zppo.rollout.pool import FaultToleranceConfig
 from megatron_zppo.core.reformulate import ZppoConfig
 from megatron_zppo.core.replay_buffer import BufferConfig
 from megatron_zppo.core.advantages import AdvantageConfig
+from megatron_zppo.core.dynamic_sampling import DynamicSamplingConfig
 from megatron_zppo.methods.distill import JsdDistillConfig, LogitDistillConfig, SampledTokenDistillConfig
 from megatron_zppo.methods.prefix import PrefixConfig
 from megatron_zppo.rollout.sync import WeightSyncConfig
@@ -61,6 +62,9 @@ PRESETS: dict[str, dict[str, object]] = {
     "sampled_token_distill": {"method.name": "sampled_token_distill", "buffer.enabled": False},
     "sampled_token_distill_buffer": {"method.name": "sampled_token_distill", "buffer.enabled": True},
     "logit_distill": {"method.name": "logit_distill", "buffer.enabled": False},
+    # beyond the paper: dynamic sampling after reformulation (core/dynamic_sampling.py); on GRPO it is DAPO's filter
+    "zppo_ds": {"method.name": "zppo", "buffer.enabled": True, "rollout.dynamic_sampling.enabled": True},
+    "grpo_buffer_ds": {"method.name": "grpo", "buffer.enabled": True, "rollout.dynamic_sampling.enabled": True},
 }
 # Presets renamed on 2026-12-07, when they took the paper's row names: old -> what to use now.
 _SFT = "teacher_sft (what it ran before: cross-entropy on the teacher's correct responses)"
@@ -84,6 +88,9 @@ class RunConfig:
     dir: str = "runs/zppo"  # outputs: resolved config, logs, metrics, checkpoints, dumped rollouts
     seed: Annotated[int, Range(ge=0)] = 0  # seeds question order, sampling, the replay buffer and Megatron's RNG
     steps: Annotated[int, Range(ge=0)] = 200  # rollout steps in all (a resumed run continues up to it)
+    # stop after the step that brings the student's generated tokens (the run's, all steps) to this; 0: off.
+    # Compares methods at equal generation cost (rollout.dynamic_sampling draws more per step)
+    token_budget: Annotated[int, Range(ge=0)] = 0
     updates_per_step: Annotated[int, Range(ge=1)] = 4  # I: mini-batches (optimizer steps) per rollout step
     save_every: Annotated[int, Range(ge=1)] = 50  # checkpoint every this many steps, and after the last one
     eval_every: Annotated[int, Range(ge=0)] = 0  # evaluate every this many steps; 0: before and after training only
@@ -209,6 +216,8 @@ class RolloutConfig:
     max_new_tokens: Annotated[int, Range(ge=1)] = 12288  # response length limit of student and teacher rollouts
     max_prompt_tokens: Annotated[int, Range(ge=1)] = 4096  # plain prompts; longer questions are skipped and counted
     max_reformulated_prompt_tokens: Annotated[int, Range(ge=1)] = 16384  # BCQ/NCQ carry candidates, so they may be longer
+    # keep drawing until the step holds enough groups with a gradient, filtered after reformulation
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,9 @@ class Config:
         if self.run.overlap != "none" and self.student.release_memory:
             raise ValueError(f"run.overlap={self.run.overlap!r} generates while the trainer trains, but "
                              "student.release_memory gives the server's GPU memory to the trainer then; turn one off")
+        if self.rollout.dynamic_sampling.enabled and not methods.uses_group_advantages(self.method.name):
+            raise ValueError(f"rollout.dynamic_sampling keeps groups whose rewards differ, for a policy gradient on "
+                             f"group-centred advantages; method.name={self.method.name!r} trains on none (turn it off)")
         if self.method.needs_teacher and not self.teacher.hf_path and self.teacher.engine == "embedded":
             raise ValueError(f"method.name={self.method.name!r} (run.algorithm={self.run.algorithm!r}) uses the teacher "
                              "but teacher.hf_path is empty")

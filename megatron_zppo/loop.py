@@ -22,6 +22,9 @@ from megatron_zppo.config import RolloutConfig
 from megatron_zppo.data import QuestionStream
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.methods import Grade, HardPrompts, Objective, Phase, pre_capped, step_seed, timed
+from megatron_zppo.core.dynamic_sampling import (
+    in_question_order, informative, informative_fraction, next_round_size, surplus_groups,
+)
 from megatron_zppo.core.prompts import PromptTemplates
 from megatron_zppo.core.records import Group, PromptKind, Sample
 from megatron_zppo.core.reformulate import fraction_count, select_hard
@@ -62,10 +65,21 @@ class Rollouts:
     method_data: dict[str, Any] = field(default_factory=dict)
     grade_failures: dict[str, int] = field(default_factory=dict)  # this step's timeouts, errors, crashes
     dropped: list[str] = field(default_factory=list)  # why prompts were dropped, for the terminal
+    # rollout.dynamic_sampling: the ids of the groups not trained (every group is kept for the
+    # buffer and the logs), the rounds drawn, and the tokens the first round alone generated
+    filtered: frozenset[str] = frozenset()
+    rounds: int = 1
+    first_round_tokens: int | None = None
 
     @property
     def groups(self) -> list[Group]:
+        """Every group rolled out (the logs, the buffer's plain groups)."""
         return self.plain + self.reformulated
+
+    @property
+    def trained(self) -> list[Group]:
+        """The groups the policy gradient trains on: all, or those dynamic sampling kept."""
+        return [g for g in self.groups if g.id not in self.filtered]
 
     def __setstate__(self, state: dict) -> None:
         """Rollouts pickled before `method_data` existed (a one_step checkpoint's rollouts in
@@ -75,7 +89,48 @@ class Rollouts:
             data.setdefault("ncq_listed", state.pop("ncq_listed"))
         if "sft_pairs" in state:
             data.setdefault("sft_targets", state.pop("sft_pairs"))
+        state.setdefault("filtered", frozenset())  # and before dynamic sampling
+        state.setdefault("rounds", 1)
+        state.setdefault("first_round_tokens", None)
         self.__dict__.update(state)
+
+
+@dataclass
+class Round:
+    """One draw of a step's rollouts (RolloutPhase._round)."""
+
+    plain: list[Group]
+    reformulated: list[Group]
+    n_new: int
+    n_replay: int
+    n_hard: int
+    teacher_acc: float
+    dropped_long: int
+    data: dict[str, Any]
+    dropped: list[str]
+
+    @property
+    def groups(self) -> list[Group]:
+        return self.plain + self.reformulated
+
+
+ROUND_SEED = 104_729  # a further round's sampling seeds: the step's, shifted by this per round
+
+
+def merge_method_data(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The method data of several rounds as one: the methods keep maps by group id (methods/zppo.py),
+    and group ids differ between rounds."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key in out and not (isinstance(out[key], dict) and isinstance(value, dict)):
+                raise TypeError(f"method data {key!r}: cannot merge a {type(value).__name__} from two rounds")
+            out[key] = {**out[key], **value} if key in out else value
+    return out
+
+
+def tokens_generated(groups: Iterable[Group]) -> int:
+    return sum(len(s.response_ids) for g in groups for s in g.samples)
 
 
 @dataclass
@@ -101,34 +156,78 @@ class RolloutPhase:
     pre_cap: str = "hardest"  # method.pre_cap: the cap before the teacher runs, or among the admissible
 
     def __call__(self, step: int) -> Rollouts:
-        times, graded_before, n_new = {}, dataclasses.replace(self.graders.stats), self.rollout.n_new
+        times, graded_before, ds = {}, dataclasses.replace(self.graders.stats), self.rollout.dynamic_sampling
+        rounds = [self._round(step, 0, self.rollout.n_new, set(), times)]
+        if ds.enabled:  # more rounds until the step holds its target of informative groups
+            target = ds.target_groups or rounds[0].n_new + rounds[0].n_replay
+            kept = sum(map(informative, rounds[0].groups))
+            while kept < target and len(rounds) < ds.max_rounds:
+                drawn = sum(r.n_new + r.n_replay for r in rounds)
+                size = next_round_size(target - kept, kept, drawn, self.rollout.n_new, ds.margin)
+                rounds.append(self._round(step, len(rounds), size, {g.question.id for r in rounds for g in r.plain},
+                                          times))
+                kept += sum(map(informative, rounds[-1].groups))
+        plain = [g for r in rounds for g in r.plain]
+        reformulated = [g for r in rounds for g in r.reformulated]
+        filtered, notes = self._filter(rounds, target, ds) if ds.enabled else ([], [])
+        trained_plain = [g for g in plain if g.id not in filtered]
+        trained_reform = [g for g in reformulated if g.id not in filtered]
+        data = merge_method_data([r.data for r in rounds] + [self.objective.prepare(trained_plain, trained_reform, step,
+                                                                                     times)])
+        hard = sum(r.n_hard for r in rounds)
+        teacher_acc = sum(r.teacher_acc * r.n_hard for r in rounds) / hard if hard else float("nan")
+        return Rollouts(step, plain, reformulated, sum(r.n_new for r in rounds), sum(r.n_replay for r in rounds),
+                        hard, teacher_acc, sum(r.dropped_long for r in rounds), times, data,
+                        self.graders.stats.since(graded_before), [d for r in rounds for d in r.dropped] + notes,
+                        filtered=frozenset(filtered), rounds=len(rounds),
+                        first_round_tokens=tokens_generated(rounds[0].groups) if ds.enabled else None)
+
+    def _round(self, step: int, round_: int, n_new: int, drawn: set[str], times: dict[str, float]) -> Round:
+        """One draw of questions rolled out, graded and reformulated (a step is one round, unless
+        rollout.dynamic_sampling asks for more: each further round draws new questions and replays
+        not drawn yet, with seeds of its own)."""
         new = self.stream.next(n_new)
         replay = self.buffer.sample(fraction_count(self.rho_replay, n_new),
-                                    exclude={q.id for q in new})  # a new question is rolled out anyway
+                                    exclude=drawn | {q.id for q in new})  # a new question is rolled out anyway
         specs = [PromptSpec(q, PromptKind.PLAIN, f"{step}:{q.id}", self.templates.plain(q.text)) for q in new + replay]
-        plain, long_plain = self._roll_out(specs, step, Phase.PLAIN_ROLLOUTS, self.rollout.max_prompt_tokens, times)
-
+        plain, long_plain = self._roll_out(specs, step, round_, Phase.PLAIN_ROLLOUTS, self.rollout.max_prompt_tokens,
+                                           times)
         cap = fraction_count(self.rho_aug, n_new)
         all_hard = select_hard(plain, self.tau, len(plain))
         hard = self.hard_prompts(pre_capped(all_hard, cap, self.pre_cap), cap, step, times)
-        reformulated, long_reform = self._roll_out(hard.specs, step, Phase.REFORMULATED_ROLLOUTS,
+        reformulated, long_reform = self._roll_out(hard.specs, step, round_, Phase.REFORMULATED_ROLLOUTS,
                                                    self.rollout.max_reformulated_prompt_tokens, times)
-        data = {**hard.data, **self.objective.prepare(plain, reformulated, step, times)}
         dropped = [f"{len(long)} of {len(long) + len(kept)} {what} prompts longer than rollout.{key}={limit}"
                    for long, kept, what, key, limit in (
                        (long_plain, plain, "plain", "max_prompt_tokens", self.rollout.max_prompt_tokens),
                        (long_reform, reformulated, "reformulated", "max_reformulated_prompt_tokens",
                         self.rollout.max_reformulated_prompt_tokens)) if long]
-        return Rollouts(step, plain, reformulated, len(new), len(replay), len(all_hard), hard.teacher_acc,
-                        len(long_plain) + len(long_reform), times, data,
-                        self.graders.stats.since(graded_before), dropped)
+        return Round(plain, reformulated, len(new), len(replay), len(all_hard), hard.teacher_acc,
+                     len(long_plain) + len(long_reform), hard.data, dropped)
 
-    def _roll_out(self, specs: list[PromptSpec], step: int, phase: Phase, max_prompt_tokens: int,
+    def _filter(self, rounds: list[Round], target: int, ds) -> tuple[list[str], list[str]]:
+        """The ids of the groups the step does not train (uniform ones; with `surplus: drop`, the last
+        round's informative groups beyond the target), and what the terminal should say."""
+        groups = [g for r in rounds for g in r.groups]
+        kept_before = sum(map(informative, (g for r in rounds[:-1] for g in r.groups)))
+        last = in_question_order(rounds[-1].plain, rounds[-1].reformulated)
+        surplus = surplus_groups(last, kept_before, target) if ds.surplus == "drop" else []
+        filtered = [g.id for g in groups if not informative(g)] + [g.id for g in surplus]
+        kept = len(groups) - len(filtered)
+        if kept == 0:  # nothing has a gradient: train the step unfiltered (no update moves), as without the filter
+            return [], [f"dynamic sampling: no informative group in {len(rounds)} rounds; training the step unfiltered"]
+        if kept < target:
+            return filtered, [f"dynamic sampling: {kept} of {target} informative groups after {len(rounds)} rounds "
+                              f"(rollout.dynamic_sampling.max_rounds={ds.max_rounds}); training on them"]
+        return filtered, []
+
+    def _roll_out(self, specs: list[PromptSpec], step: int, round_: int, phase: Phase, max_prompt_tokens: int,
                   times: dict[str, float]) -> tuple[list[Group], list[PromptSpec]]:
         """The student's graded rollouts on `specs`, and the specs dropped for length."""
         if not specs:
             return [], []
-        params = dataclasses.replace(self.sampling, seed=step_seed(self.seed, step, phase))
+        params = dataclasses.replace(self.sampling, seed=(step_seed(self.seed, step, phase) + ROUND_SEED * round_)
+                                     % 2**31)
         with timed(times, "rollout"):
             groups, too_long = generate_groups(self.student, self.encode, specs, self.rollout.group_size, params,
                                                max_prompt_tokens)
@@ -224,8 +323,15 @@ def rollout_metrics(r: Rollouts, buffer: ReplayBuffer) -> dict[str, float]:
         **{f"acc_{k.value}": acc(k) for k in PromptKind},
         "teacher_acc_hard": r.teacher_acc_hard,
         "reward_mean": sum(all_rewards) / len(all_rewards) if all_rewards else float("nan"),
-        "tokens_generated": sum(len(s.response_ids) for g in r.groups for s in g.samples),
+        "tokens_generated": tokens_generated(r.groups),
         "dropped_long_prompts": r.dropped_long,
+        # the share of samples with a gradient, rolled out and trained (they differ under dynamic sampling)
+        "informative_fraction_before": informative_fraction(r.groups),
+        "informative_fraction_after": informative_fraction(r.trained),
+        **({"ds_rounds": r.rounds, "ds_groups_filtered": len(r.filtered),
+            "ds_groups_surplus_dropped": sum(informative(g) for g in r.groups if g.id in r.filtered),
+            "ds_extra_tokens": tokens_generated(r.groups) - r.first_round_tokens}
+           if r.first_round_tokens is not None else {}),
         **r.grade_failures,
     }
 

@@ -102,18 +102,19 @@ class Report:
         for name, r in self.evals().items():
             entry = self.summary["eval"].setdefault(name, {"family": r["family"], "n": r["n"], "before": None})
             entry.update(after=r["accuracy"], ci95_after=r["ci95"], correct_after=r["correct"])  # per question
-        self.summary["steps"] = self.cfg.run.steps
         self.summary["buffer_fate"] = self.phase.buffer.fate_tables()  # docs/analyses.md
         metrics = read_metrics(self.dir / "metrics.jsonl") if (self.dir / "metrics.jsonl").exists() else []
         counts = audit_counts(metrics)
         if any(counts[n] for n in AUDIT_N):  # the candidate-match audit, over the run's steps (ZPPO)
             self.summary["candidate_audit"] = audit_rates(counts)
+        self.summary["informative"] = informative_summary(metrics)
         (self.dir / "summary.json").write_text(json.dumps(finite(self.summary), indent=2))
         if metrics:
             plot(metrics, self.dir / "curves.png")
         print(summary_table(self.summary))
         print(f"run directory: {self.dir}\n  metrics: {self.dir / 'metrics.jsonl'}\n  plot: {self.dir / 'curves.png'}"
               f"\n  tensorboard: tensorboard --logdir {self.dir / 'tensorboard'}")
+        print(" ".join(f"{k}={v:.3f}" for k, v in self.summary["informative"].items()))
         self.logger.close()
 
 
@@ -128,6 +129,21 @@ class Silent:
 
     def finish(self) -> None:
         pass
+
+
+def informative_summary(metrics: list[dict]) -> dict[str, float]:
+    """The run's share of samples with a gradient, rolled out and trained (the step means), and
+    under dynamic sampling its rounds per step and the tokens its further rounds added."""
+    def mean(key):
+        xs = [m[key] for m in metrics if m.get(key) is not None]  # NaN is written as null
+        return sum(xs) / len(xs) if xs else float("nan")
+
+    out = {k: mean(k) for k in ("informative_fraction_before", "informative_fraction_after")}
+    if any("ds_rounds" in m for m in metrics):
+        out["rounds_per_step"] = mean("ds_rounds")
+        out["extra_tokens_fraction"] = sum(m["ds_extra_tokens"] for m in metrics) / max(
+            sum(m["tokens_generated"] - m["ds_extra_tokens"] for m in metrics), 1)
+    return out
 
 
 def finite(x):

@@ -20,7 +20,7 @@ from megatron_zppo.methods.zppo import ZppoPrompts
 
 __all__ = ["Grade", "HardPrompts", "HardPromptSet", "METHODS", "Objective", "Phase", "build_hard_prompts",
            "build_objective", "needs_teacher", "pre_capped", "step_seed", "timed", "trainer_teacher",
-           "uses_teacher_tokens"]
+           "uses_group_advantages", "uses_teacher_tokens"]
 
 # method.name -> (what its hard questions become, what the trainer optimises); docs/method.md,
 # "Baselines", says which are the paper's and which depart from it.
@@ -49,6 +49,11 @@ def uses_teacher_tokens(name: str) -> bool:
     """Teacher token ids go into the student's prompts or loss: the tokenizers must be one."""
     hard, objective = METHODS[name]
     return hard.teacher_tokens or objective.teacher_tokens
+
+
+def uses_group_advantages(name: str) -> bool:
+    """The method trains a policy gradient on group-centred advantages (what dynamic sampling filters for)."""
+    return METHODS[name][1].group_advantages
 
 
 def build_hard_prompts(cfg, teacher, templates, decode, grade: Grade) -> HardPrompts:

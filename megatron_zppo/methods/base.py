@@ -69,6 +69,7 @@ class HardPrompts(Protocol):
 
 class Objective(Protocol):
     teacher_tokens: bool  # teacher token ids go into the student's loss
+    group_advantages: bool  # a policy gradient on group-centred advantages (rollout.dynamic_sampling filters for it)
 
     @staticmethod
     def needs_teacher(knobs) -> bool:

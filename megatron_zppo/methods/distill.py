@@ -58,6 +58,7 @@ class Distillation(PolicyGradient):
     """What every distillation shares: the teacher's tokens or distributions in the loss."""
 
     teacher_tokens = True
+    group_advantages = False  # its own advantages (or none): rollout.dynamic_sampling does not apply
 
     @staticmethod
     def needs_teacher(knobs) -> bool:

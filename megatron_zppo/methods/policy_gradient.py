@@ -12,6 +12,7 @@ from megatron_zppo.train.losses import PolicyGradientLoss
 
 class PolicyGradient:
     teacher_tokens = False
+    group_advantages = True
 
     @staticmethod
     def needs_teacher(knobs) -> bool:
@@ -33,7 +34,7 @@ class PolicyGradient:
         return {}
 
     def minibatches(self, rollouts, weight_version, rng):
-        samples = training_samples(rollouts.groups, weight_version)
+        samples = training_samples(rollouts.trained, weight_version)
         if not samples:
             dropped = rollouts.dropped
             raise RunError(f"step {rollouts.step}: nothing to train on: no prompt was rolled out"
