@@ -108,6 +108,7 @@ def test_presets_set_the_method_its_switches_and_the_buffer_and_explicit_values_
         "sampled_token_distill": ("sampled_token_distill", False, None),
         "sampled_token_distill_buffer": ("sampled_token_distill", True, None),
         "logit_distill": ("logit_distill", False, None),
+        "zppo_ds": ("zppo", True, (True, True, True)), "grpo_buffer_ds": ("grpo", True, None),
     }
     normalize = {"zppo_no_norm": "none", "zppo_norm_with_zero": "including_zero"}
     assert set(PRESETS) == set(expected)
@@ -117,6 +118,7 @@ def test_presets_set_the_method_its_switches_and_the_buffer_and_explicit_values_
         assert (c.method.name, c.buffer.enabled) == (method, buffer), name
         assert switches is None or (z.bcq, z.ncq, z.compression) == switches, name
         assert c.advantage.normalize == normalize.get(name, "excluding_zero"), name
+        assert c.rollout.dynamic_sampling.enabled == name.endswith("_ds"), name
         dump_config(c, tmp_path / f"{name}.yaml")  # what a run writes to its directory loads back as it was,
         assert load_config(str(tmp_path / f"{name}.yaml"), []) == c, name
         dumped = yaml.safe_load((tmp_path / f"{name}.yaml").read_text())["method"]  # with the knobs it read only

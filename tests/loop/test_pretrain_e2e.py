@@ -138,3 +138,27 @@ def test_a_run_with_packed_micro_batches_keeps_the_contract_and_logs_its_padding
         # of similar lengths: sorted into micro-batches, next to no padding is left).
         assert 0.9 <= m["padding_efficiency"] <= 1.0
         assert m["dp_imbalance"] == pytest.approx(1.0)  # one rank
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dynamic_sampling_and_a_token_budget_through_the_main_job(toy_world, tmp_path):
+    """The wiring: the untrained toy student answers nothing right, so every step draws all its rounds
+    and trains unfiltered (which groups are kept is tests/loop/test_dynamic_sampling.py's)."""
+    run, budget = tmp_path / "run", 900  # about two steps of two rounds
+    proc = _run(["--config", "examples/cpu_toy/zppo.yaml"] + _overrides(toy_world, run, 4, [
+        "rollout.dynamic_sampling.enabled=true", "rollout.dynamic_sampling.max_rounds=2",
+        f"run.token_budget={budget}"]))
+    metrics = read_metrics(run / "metrics.jsonl")
+    spent = [sum(m["tokens_generated"] for m in metrics[:i + 1]) for i in range(len(metrics))]
+    assert spent[-1] >= budget and len(spent) >= 2 and all(s < budget for s in spent[:-1])  # the step reaching it ends
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == len(metrics) < 4 and summary["tokens_generated"] == spent[-1]
+    assert (run / "checkpoints" / "latest").read_text() == f"step_{len(metrics):06d}"
+    for m in metrics:
+        assert 1 <= m["ds_rounds"] <= 2 and m["ds_extra_tokens"] >= 0
+        informative = m["informative_fraction_before"] > 0
+        assert m["informative_fraction_after"] == (1.0 if informative else 0.0)
+        assert m["ds_rounds"] == 2 or informative  # one round is enough only if it found a group with a gradient
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("informative_fraction_before=") and "rounds_per_step=" in last
