@@ -132,7 +132,7 @@ def buffer_stats(metrics: list[dict]) -> dict[str, float]:
             "ncq_repeats_listed_answer": mean("ncq_repeats_listed_answer"), "t_step": mean("t_step")}
 
 
-EXTRAS = ("buffer", "fate", "graduation", "audit", "times")  # a row's keys that are not evaluation families
+EXTRAS = ("buffer", "generation", "fate", "graduation", "audit", "times")  # a row's keys that are not evaluation families
 
 
 def phase_times(metrics: list[dict]) -> dict[str, float]:
@@ -172,6 +172,18 @@ def graduation_intervals(fates: list[dict]) -> dict[str, dict]:
     return out
 
 
+GENERATION = ("steps", "tokens_generated", "informative_fraction_before", "informative_fraction_after", "ds_rounds")
+
+
+def generation_stats(metrics: list[dict]) -> dict[str, float]:
+    """A run's steps and generated tokens, and its step means of the informative fractions and rounds."""
+    def mean(key):
+        return _nanmean([m[key] if m.get(key) is not None else float("nan") for m in metrics])
+
+    return {"steps": len(metrics), "tokens_generated": sum(m.get("tokens_generated") or 0 for m in metrics),
+            **{k: mean(k) for k in GENERATION[2:]}}
+
+
 def method_extras(summaries: list[dict], metrics: list[list[dict]]) -> dict:
     """A method's buffer statistics, fate tables, audit and phase times over its seeds' runs."""
     from megatron_zppo.core.audit import audit_counts, audit_rates
@@ -182,6 +194,7 @@ def method_extras(summaries: list[dict], metrics: list[list[dict]]) -> dict:
     phases = dict.fromkeys(k for t in times for k in t)
     fates = [s["buffer_fate"] for s in summaries if s.get("buffer_fate")]  # runs from before it: none
     return {"buffer": {k: _nanmean([b[k] for b in bufs]) for k in bufs[0]},
+            "generation": {k: _nanmean([generation_stats(m)[k] for m in metrics]) for k in GENERATION},
             "fate": fate_sum(fates) if fates else {},
             "graduation": graduation_intervals(fates),
             "audit": audit_rates({k: sum(c[k] for c in counts) for k in counts[0]}),
@@ -244,7 +257,7 @@ def markdown(results: dict, plan: Plan) -> str:
                              f"{_pct(b['graduation_from_zero'])} | {_pct(b['acc_bcq'])} | {_pct(b['acc_ncq'])} | "
                              f"{_pct(b['ncq_repeats_listed_answer'])} | {_pct(b['acc_hint'])} | "
                              f"{_pct(b['acc_prefix'])} | {b['t_step']:.2f} |")
-    lines += graduation_lines(results) + fate_lines(results) + resample_lines(results) + audit_lines(results) + time_lines(results)
+    lines += generation_lines(results) + graduation_lines(results) + fate_lines(results) + resample_lines(results) + audit_lines(results) + time_lines(results)
     return "\n".join(lines) + "\n"
 
 
@@ -314,6 +327,21 @@ def audit_lines(results: dict) -> list[str]:
                        for g in ("correct", "wrong")]
                 ncq = " | ".join(_pct(a[k]) for k in ("ncq_match_neg", "ncq_match_pos", "ncq_other"))
                 lines.append(f"| {st} | {m} | {' | '.join(bcq)} | {a['ncq_audit_n']:.0f} | {ncq} |")
+    return lines
+
+
+def generation_lines(results: dict) -> list[str]:
+    lines = ["", "**Generation** (mean over seeds): steps run, student tokens generated, the share of samples "
+             "in groups with a gradient, rolled out and trained (step means), rounds per step (dynamic sampling)",
+             "", "| student | method | steps | tokens generated | informative, rolled out | informative, trained "
+             "| rounds per step |", "|---" * 7 + "|"]
+    for st, rows in results.items():
+        for m, r in rows.items():
+            if g := r.get("generation"):
+                rounds = "-" if g["ds_rounds"] != g["ds_rounds"] else f"{g['ds_rounds']:.2f}"
+                lines.append(f"| {st} | {m} | {g['steps']:.1f} | {g['tokens_generated']:,.0f} | "
+                             f"{_pct(g['informative_fraction_before'])} | {_pct(g['informative_fraction_after'])} | "
+                             f"{rounds} |")
     return lines
 
 

@@ -35,10 +35,16 @@ def test_aggregate_builds_the_method_by_student_table_with_buffer_statistics(tmp
                         seeds=[0, 1])
     m_zppo = [{"buffer_admitted": 4, "buffer_graduated": 1, "buffer_admitted_at_zero": 2,
                "buffer_graduated_from_zero": 1, "acc_bcq": 0.5, "acc_ncq": None, "ncq_repeats_listed_answer": 0.2,
-               "t_step": 2.0}]
+               "t_step": 2.0, "tokens_generated": 300, "informative_fraction_before": 0.25,
+               "informative_fraction_after": 1.0, "ds_rounds": 3},
+              {"buffer_admitted": 4, "buffer_graduated": 1, "buffer_admitted_at_zero": 2,
+               "buffer_graduated_from_zero": 1, "acc_bcq": 0.5, "acc_ncq": None, "ncq_repeats_listed_answer": 0.2,
+               "t_step": 2.0, "tokens_generated": 100, "informative_fraction_before": 0.75,
+               "informative_fraction_after": 1.0, "ds_rounds": 1}]
     m_grpo = [{"buffer_admitted": 5, "buffer_graduated": 0, "buffer_admitted_at_zero": 0,
                "buffer_graduated_from_zero": 0, "acc_bcq": None, "acc_ncq": None, "ncq_repeats_listed_answer": None,
-               "t_step": 1.0}]
+               "t_step": 1.0, "tokens_generated": 50, "informative_fraction_before": 0.5,
+               "informative_fraction_after": 0.5}]
     before = {"a": ("in_corpus", [0.0, 0.0, 1.0, 1.0]), "b": ("held_out", [0.0, 1.0]), "c": ("held_out", [1.0])}
     for seed in (0, 1):
         _fake_run(compare.run_dir(tmp_path, "s", "zppo", seed), before,
@@ -55,6 +61,8 @@ def test_aggregate_builds_the_method_by_student_table_with_buffer_statistics(tmp
     assert b["acc_ncq"] != b["acc_ncq"]  # no NCQ prompt in any step: undefined, not 0
     table = compare.markdown(compare.aggregate(plan, tmp_path), plan)
     assert "| zppo | 100.0 [100.0, 100.0] |" in table and "| s | zppo | 4 | 25.0 | 50.0 | 50.0 | - | 20.0 | - | - | 2.00 |" in table
+    # generation: steps, tokens summed over a run's steps, the fractions and rounds averaged over them
+    assert "| s | zppo | 2.0 | 400 | 50.0 | 100.0 | 2.00 |" in table and "| s | grpo_buffer | 1.0 | 50 | 50.0 | 50.0 | - |" in table
 
 
 _ZERO = {"graduated": 0, "improved": 0, "never_improved": 0, "in_buffer": 0}
@@ -120,8 +128,8 @@ def test_a_plan_naming_an_unknown_method_is_refused(tmp_path):
 def test_the_checked_in_plans_and_their_configs_load():
     from megatron_zppo.config import load_config
 
-    plans = sorted(ROOT.glob("examples/*/compare/plan.yaml"))
-    assert len(plans) == 2  # the chain-sum comparison and the pair-sum effect experiment
+    plans = sorted(ROOT.glob("examples/*/compare/plan*.yaml"))
+    assert len(plans) == 3  # the chain-sum comparison, the pair-sum effect experiment, its dynamic-sampling plan
     for path in plans:
         plan = compare.load_plan(str(path))
         cfg = load_config(str(ROOT / plan.config), [])
