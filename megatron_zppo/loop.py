@@ -70,6 +70,7 @@ class Rollouts:
     filtered: frozenset[str] = frozenset()
     rounds: int = 1
     first_round_tokens: int | None = None
+    notes: list[str] = field(default_factory=list)  # what else the terminal should say of this step
 
     @property
     def groups(self) -> list[Group]:
@@ -92,6 +93,7 @@ class Rollouts:
         state.setdefault("filtered", frozenset())  # and before dynamic sampling
         state.setdefault("rounds", 1)
         state.setdefault("first_round_tokens", None)
+        state.setdefault("notes", [])
         self.__dict__.update(state)
 
 
@@ -178,8 +180,8 @@ class RolloutPhase:
         teacher_acc = sum(r.teacher_acc * r.n_hard for r in rounds) / hard if hard else float("nan")
         return Rollouts(step, plain, reformulated, sum(r.n_new for r in rounds), sum(r.n_replay for r in rounds),
                         hard, teacher_acc, sum(r.dropped_long for r in rounds), times, data,
-                        self.graders.stats.since(graded_before), [d for r in rounds for d in r.dropped] + notes,
-                        filtered=frozenset(filtered), rounds=len(rounds),
+                        self.graders.stats.since(graded_before), [d for r in rounds for d in r.dropped],
+                        filtered=frozenset(filtered), rounds=len(rounds), notes=notes,
                         first_round_tokens=tokens_generated(rounds[0].groups) if ds.enabled else None)
 
     def _round(self, step: int, round_: int, n_new: int, drawn: set[str], times: dict[str, float]) -> Round:

@@ -91,6 +91,8 @@ class Report:
                   f"{self.phase.graders.stats.first_problem}", flush=True)
         for why in r.dropped:
             print(f"  warning: step {r.step}: dropped {why}", flush=True)
+        for note in r.notes:
+            print(f"  step {r.step}: {note}", flush=True)
 
     def stopped(self, signal_name: str, steps_done: int, checkpoint: Path) -> None:
         self.logger.close()

@@ -135,12 +135,12 @@ def test_the_round_cap_ends_the_step_with_what_it_has_and_says_so():
     r = p(1)
     assert r.rounds == 3 and len(student.seeds) == 6
     assert r.trained == r.groups  # nothing informative: the step trains unfiltered rather than stop the run
-    assert any("no informative group in 3 rounds" in d for d in r.dropped)
+    assert any("no informative group in 3 rounds" in n for n in r.notes)
     few = questions(["easy"], 44) + questions(["mixed"], 4)  # at most 4 informative groups to be had
     p, _ = phase(ds=DynamicSamplingConfig(enabled=True, max_rounds=2), drawn_from=few)
     r = p(1)
     assert r.rounds == 2 and 0 < len(r.trained) <= 4 and all(informative(g) for g in r.trained)
-    assert any(f"{len(r.trained)} of 8 informative groups after 2 rounds" in d for d in r.dropped)
+    assert any(f"{len(r.trained)} of 8 informative groups after 2 rounds" in n for n in r.notes)
 
 
 def test_surplus_drop_trains_exactly_the_target():

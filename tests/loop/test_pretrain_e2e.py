@@ -160,5 +160,6 @@ def test_dynamic_sampling_and_a_token_budget_through_the_main_job(toy_world, tmp
         informative = m["informative_fraction_before"] > 0
         assert m["informative_fraction_after"] == (1.0 if informative else 0.0)
         assert m["ds_rounds"] == 2 or informative  # one round is enough only if it found a group with a gradient
+    assert "step 0: dynamic sampling: no informative group in 2 rounds; training the step unfiltered" in proc.stdout
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("informative_fraction_before=") and "rounds_per_step=" in last
