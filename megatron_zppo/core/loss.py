@@ -8,6 +8,7 @@ then its share of the mini-batch mean, and summing the shares gives exactly that
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -17,6 +18,8 @@ from megatron_zppo.config_io import Range
 
 AGGREGATIONS = ("token_mean", "seq_mean")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+TIS_LEVELS = ("token", "sequence", "geometric")
+TIS_MODES = ("truncate", "mask")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ class LossConfig:
     kl_coef: Annotated[float, Range(ge=0)] = 0.0  # weight of a KL penalty to reference log-probs; the paper uses none
     kl_estimator: str = "k3"  # Schulman's estimator of KL(policy || reference), if kl_coef > 0
     tis_cap: Annotated[float | None, Range(gt=0)] = None  # truncated importance weight trainer/rollout-engine; None = off
+    # the weight's unit: each token's own ratio, a sequence's product of ratios, or their geometric mean
+    tis_level: str = "token"
+    # truncate: a weight above tis_cap is cut to it; mask: a token (sequence) whose weight is above it is left out
+    tis_mode: str = "truncate"
     check_finite: bool = True  # a NaN/inf input stops the step, naming the tensor
 
     def __post_init__(self):
@@ -35,6 +42,10 @@ class LossConfig:
             raise ValueError(f"loss.aggregation {self.aggregation!r} unknown; expected one of {AGGREGATIONS}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"loss.kl_estimator {self.kl_estimator!r} unknown; expected one of {KL_ESTIMATORS}")
+        if self.tis_level not in TIS_LEVELS:
+            raise ValueError(f"loss.tis_level {self.tis_level!r} unknown; expected one of {TIS_LEVELS}")
+        if self.tis_mode not in TIS_MODES:
+            raise ValueError(f"loss.tis_mode {self.tis_mode!r} unknown; expected one of {TIS_MODES}")
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -89,9 +100,10 @@ def policy_loss(
     if cfg.tis_cap is not None:
         if rollout_logprobs is None:
             raise ValueError("loss.tis_cap is set but no rollout_logprobs were given")
-        weight = torch.exp(old_logprobs - rollout_logprobs).clamp(max=cfg.tis_cap).detach()
+        weight, beyond = importance_weights(old_logprobs, rollout_logprobs, mask, cfg)
         per_token = per_token * weight
         stats["tis_weight_mean"] = _masked_mean(weight, mask)
+        stats["tis_beyond_cap_frac"] = _masked_mean(beyond.to(mask.dtype), mask)
     if cfg.kl_coef:
         if ref_logprobs is None:
             raise ValueError("loss.kl_coef is non-zero but no ref_logprobs were given")
@@ -110,6 +122,27 @@ def policy_loss(
         if entropy is not None:
             stats["entropy"] = _masked_mean(entropy.detach(), mask)
     return loss, stats
+
+
+def importance_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor,
+                       cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The off-policy correction: weights proximal / behaviour policy (the trainer's log-probs
+    before the update over the engine's that sampled the tokens), per token, or one per sequence
+    (the product of its tokens' ratios, or their geometric mean) given to each of its tokens; above
+    `tis_cap` cut to it or zeroed (`tis_mode`). Returns (weights [B, T], which were above the cap).
+    Computed in log space, so a long sequence's product does not overflow before the cap."""
+    log_w = ((old_logprobs - rollout_logprobs) * mask).detach()
+    if cfg.tis_level != "token":
+        log_w = log_w.sum(-1, keepdim=True)
+        if cfg.tis_level == "geometric":
+            log_w = log_w / mask.sum(-1, keepdim=True).clamp(min=1)
+        log_w = log_w.expand_as(old_logprobs)
+    log_cap = math.log(cfg.tis_cap)
+    beyond = log_w > log_cap
+    weight = torch.exp(log_w.clamp(max=log_cap))
+    if cfg.tis_mode == "mask":
+        weight = torch.where(beyond, torch.zeros_like(weight), weight)
+    return weight, beyond
 
 
 def importance_stats(log_ratio: torch.Tensor, cap: float | None) -> dict[str, float]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from megatron_zppo.config_io import from_dict
-from megatron_zppo.core.loss import LossConfig, kl_penalty, policy_loss
+from megatron_zppo.core.loss import LossConfig, importance_weights, kl_penalty, policy_loss
 
 OLD = torch.full((1, 3), -1.0, dtype=torch.float64)
 NEW = OLD + torch.log(torch.tensor([[1.5, 0.5, 1.0]], dtype=torch.float64))
@@ -107,6 +107,31 @@ def test_truncated_importance_weight_scales_and_caps():
     assert tis.item() == pytest.approx((-1.28 * 1 - 0.5 * 2 - 1.0 * 3) / 3)  # weights 1, 2, min(10, 3)
     with pytest.raises(ValueError, match="rollout_logprobs"):
         policy_loss(NEW, OLD, torch.tensor([1.0]), MASK, LossConfig(tis_cap=2.0))
+
+
+def test_sequence_and_geometric_weights_and_masking_instead_of_truncation():
+    rollout = OLD - torch.tensor([[0.0, math.log(2.0), math.log(10.0)]], dtype=torch.float64)  # token ratios 1, 2, 10
+    adv, unweighted = torch.tensor([1.0], dtype=torch.float64), (-1.28 - 0.5 - 1.0) / 3
+
+    def loss(**cfg):
+        value, stats = policy_loss(NEW, OLD, adv, MASK, LossConfig(**cfg), rollout_logprobs=rollout)
+        return value.item(), stats["tis_beyond_cap_frac"].item()
+
+    assert loss(tis_cap=3.0, tis_mode="mask") == pytest.approx(((-1.28 * 1 - 0.5 * 2) / 3, 1 / 3))  # 10 left out
+    assert loss(tis_cap=30.0, tis_level="sequence") == pytest.approx((20 * unweighted, 0.0))  # 1 x 2 x 10 each
+    assert loss(tis_cap=3.0, tis_level="sequence") == pytest.approx((3 * unweighted, 1.0))
+    assert loss(tis_cap=3.0, tis_level="sequence", tis_mode="mask") == pytest.approx((0.0, 1.0))
+    assert loss(tis_cap=3.0, tis_level="geometric") == pytest.approx((20 ** (1 / 3) * unweighted, 0.0))
+    # padding does not enter a sequence's weight; a long sequence's product is capped, not overflowed
+    padded_mask = torch.tensor([[1.0, 1.0, 0.0]])
+    cfg = LossConfig(tis_cap=30.0, tis_level="sequence")
+    w, _ = importance_weights(OLD, rollout, padded_mask, cfg)
+    assert w[0, :2].tolist() == pytest.approx([2.0, 2.0])
+    long = torch.zeros(1, 4000)
+    w, beyond = importance_weights(long, long - 1.0, torch.ones(1, 4000), cfg)  # e^4000
+    assert torch.isfinite(w).all() and w.max().item() == pytest.approx(30.0) and beyond.all()
+    with pytest.raises(ValueError, match="tis_level 'batch'"):
+        LossConfig(tis_level="batch")
 
 
 def test_non_finite_inputs_name_the_tensor():
