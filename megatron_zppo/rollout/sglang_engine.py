@@ -48,6 +48,11 @@ class MalformedResponse(SGLangError):
     pass
 
 
+class GenerationAborted(MalformedResponse):
+    """The server ended a generation with finish_reason "abort" (a pause or weight update that
+    aborts, an /abort_request): its partial response must not be trained as if it had ended."""
+
+
 class WeightSyncError(SGLangError):
     pass
 
@@ -167,7 +172,9 @@ class SGLangEngine:
         self.retries = retries
         self.backoff_s = backoff_s
         self.weight_version = weight_version
-        self.stats = EngineStats(extra={"http_retries": 0.0})
+        # partial_generations_lost: generations the server aborted, resubmitted from their prompt
+        self.stats = EngineStats(extra={"http_retries": 0.0, "partial_generations_lost": 0.0})
+        self._aborted_here: set[str] = set()  # request ids this client aborted (abort): their partials are wanted
         self._api_key = api_key
         self._admin_key = admin_api_key or api_key
         self._broken_sync: str | None = None  # set while the server may hold mixed weights
@@ -218,6 +225,9 @@ class SGLangEngine:
                 return resp
             try:
                 return parse(resp)
+            except GenerationAborted as err:  # nobody here asked for it: generate again, and count the loss
+                self.stats.extra["partial_generations_lost"] += 1
+                last, malformed = str(err), True
             except MalformedResponse as err:  # a proxy's error page, a server mid-restart, another model
                 last, malformed = f"malformed answer: {err}", True
         raise (MalformedResponse if malformed else SGLangError)(
@@ -265,8 +275,13 @@ class SGLangEngine:
             if not isinstance(items, list) or len(items) != req.n:
                 raise MalformedResponse(f"expected {req.n} generation(s), got {type(items).__name__} "
                                         f"of length {len(items) if isinstance(items, list) else '?'}")
-            return [parse_generation(item, params.max_new_tokens, f"generation {i}", self.vocab_size)
+            gens = [parse_generation(item, params.max_new_tokens, f"generation {i}", self.vocab_size)
                     for i, item in enumerate(items)]
+            aborted = [i for i, g in enumerate(gens) if g.finish_reason == "abort"]
+            if aborted and rid not in self._aborted_here:
+                raise GenerationAborted(f"the server aborted generation(s) {aborted} of request {rid!r} after "
+                                        f"{sum(len(gens[i].response_ids) for i in aborted)} token(s)")
+            return gens
 
         async with self._sem:
             return await self._request("POST", "/generate", payload, rid=rid, parse=parse)
@@ -313,7 +328,9 @@ class SGLangEngine:
         return resp.status_code == 200
 
     def abort(self, rid: str) -> None:
-        """SGLang aborts every request whose id starts with `rid`, so this covers all `n` samples."""
+        """SGLang aborts every request whose id starts with `rid`, so this covers all `n` samples;
+        their partial responses come back (finish_reason "abort"), as asked."""
+        self._aborted_here.add(rid)
         self._loop.run(self._admin("/abort_request", {"rid": rid}))
 
     def flush_cache(self, *, attempts: int = 20) -> None:

@@ -48,6 +48,9 @@ class _State:
         self.in_flight = 0
         self.busy_s, self.busy_since = 0.0, 0.0  # time with a generate request in flight (benchmarks)
         self.aborted: set[str] = set()
+        self.generating: set[str] = set()  # rids of the generations running now
+        self.update_aborted: set[str] = set()  # of those, the ones an update aborted (once: a resubmission runs)
+        self.update_aborts: list = []  # each weight-update request's abort_all_requests, as sent (None: unsaid)
         self.weight_version = "default"
         self.weights: dict = {}  # name -> torch tensor
         self.group = None
@@ -118,7 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"faults": self.state.faults})
 
     def h__fake_log(self, body):
-        self._send(200, {"log": self.state.log, "last_generate": self.state.last_generate})
+        self._send(200, {"log": self.state.log, "last_generate": self.state.last_generate,
+                         "generating": sorted(self.state.generating), "update_aborts": self.state.update_aborts})
 
     def h__fake_version(self, body):
         self._send(200, {"weight_version": self.state.weight_version})
@@ -213,9 +217,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _one(self, prompt, sample, max_new, stop_ids, rid):
         st, ids, finish = self.state, [], None
+        abort_at = 2 if st.fault_budget("abort_generations") else None  # as a pause in "abort" mode would
+        hold = st.fault_budget("hold_until_update")  # still running when the next update request arrives
+        with st.lock:
+            st.generating.add(rid)
         for pos in range(min(max_new, DEFAULT_LEN) + st.faults.get("overlong", 0)):
             time.sleep(st.faults.get("token_delay_s", 0))
-            if any(rid.startswith(a) for a in st.aborted):
+            if rid in st.update_aborted:
+                with st.lock:
+                    st.update_aborted.discard(rid)
+                finish = {"type": "abort", "message": "Abort request"}
+                break
+            if pos == abort_at or any(rid.startswith(a) for a in st.aborted):
                 finish = {"type": "abort", "message": "Abort request"}
                 break
             ids.append(fake_token(prompt, sample, pos))
@@ -225,6 +238,8 @@ class _Handler(BaseHTTPRequestHandler):
         if finish is None:
             full = len(ids) >= max_new
             finish = {"type": "length", "length": len(ids)} if full else {"type": "stop", "matched": EOS}
+        with st.lock:
+            st.generating.discard(rid)
         lps = [[fake_logprob(len(prompt) + i, t), t, None] for i, t in enumerate(ids)]
         if st.faults.get("short_logprobs"):
             lps = lps[:-1]
@@ -286,7 +301,16 @@ class _Handler(BaseHTTPRequestHandler):
     def h_end_weight_update(self, body):
         self._send(200, {"success": True, "message": "ended"})
 
+    def _abort_unless_told_not_to(self, body):
+        """An update aborts the generations running unless its request says abort_all_requests: false
+        (SGLang's default differs between its update requests: only an explicit value is safe)."""
+        with self.state.lock:
+            if body.get("abort_all_requests", True):
+                self.state.update_aborted |= self.state.generating
+            self.state.update_aborts.append(body.get("abort_all_requests"))
+
     def h_update_weights_from_distributed(self, body):
+        self._abort_unless_told_not_to(body)
         if "weights" in self.state.released:
             return self._send(400, {"success": False, "message": "weights are released"})
         import torch
@@ -305,6 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"success": True, "message": "Succeeded to update parameter online."})
 
     def h_update_weights_from_disk(self, body):
+        self._abort_unless_told_not_to(body)
         if "weights" in self.state.released:
             return self._send(400, {"success": False, "message": "weights are released"})
         from safetensors.torch import load_file
@@ -406,6 +431,14 @@ class FakeSGLang:
 
     def released(self) -> list[str]:
         return self._control("/_fake/memory")["released"]
+
+    def generating(self) -> list[str]:
+        """Request ids of the generations running now."""
+        return self._control("/_fake/log")["generating"]
+
+    def update_aborts(self) -> list:
+        """Each weight-update request's abort_all_requests as sent (None where it did not say)."""
+        return self._control("/_fake/log")["update_aborts"]
 
     def last_generate(self) -> dict:
         return self._control("/_fake/log")["last_generate"]

@@ -3,6 +3,8 @@
 import threading
 import time
 
+import httpx
+
 import pytest
 
 from megatron_zppo.build import eval_sampling
@@ -207,6 +209,32 @@ def test_abort_returns_the_partial_samples_with_abort_finish(server, make_engine
     [group] = result["g"]
     assert [g.finish_reason for g in group] == ["abort", "abort"]
     assert all(len(g.response_ids) < DEFAULT_LEN for g in group) and group[0].response_ids  # partial, kept
+
+
+def test_a_generation_the_server_aborts_unasked_is_generated_again_and_counted(server, make_engine):
+    engine = make_engine(server.url)
+    server.set_faults(abort_generations=2)  # the first two generations end "abort" after 2 tokens
+    [group] = engine.generate([GenerateRequest([3], n=1, request_id="r")], PARAMS)
+    assert [g.finish_reason for g in group] != ["abort"] and len(group[0].response_ids) > 2
+    assert server.log().count("/generate") == 3 and engine.stats.extra["partial_generations_lost"] == 2
+
+
+def test_an_update_request_that_does_not_say_aborts_the_running_generations(server, make_engine):
+    """What the fake does with an update that leaves abort_all_requests unsaid (SGLang's default is
+    True for /update_weight_version): the generation running then is aborted, and the client
+    generates it again and counts the loss. The sync always says False (test_weight_sync.py)."""
+    engine = make_engine(server.url)
+    server.set_faults(token_delay_s=0.2)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(g=engine.generate([GenerateRequest([3], request_id="g")],
+                                                                             PARAMS)))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not server.generating() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    httpx.post(server.url + "/update_weights_from_disk", json={"model_path": "/nonexistent"}, timeout=10)
+    worker.join(timeout=30)
+    assert result["g"][0][0].finish_reason != "abort" and engine.stats.extra["partial_generations_lost"] == 1
 
 
 def test_flush_cache_retries_while_busy_and_gives_up_loudly(server, make_engine):

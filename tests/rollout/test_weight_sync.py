@@ -129,6 +129,7 @@ def test_distributed_sync_delivers_bit_exact_weights_in_the_protocol_order(serve
     assert log == (["/pause_generation", "/flush_cache", "/init_weights_update_group", "/begin_weight_update"]
                    + ["/update_weights_from_distributed"] * updates
                    + ["/end_weight_update", "/model_info", "/continue_generation"])
+    assert server.update_aborts() == [False] * updates  # every bucket's request says it, not SGLang's default
 
     new = mixed_weights(2)
     engine.update_weights(iter(new), "v2")  # the group is reused, not re-joined
@@ -173,6 +174,7 @@ def test_disk_sync_loads_weights_and_keeps_only_the_current_version_on_disk(serv
         assert server.weights() == {n: tensor_digest(t) for n, t in weights}
     assert engine.weight_version == "v2" and [p.name for p in tmp_path.iterdir()] == ["v2"]
     assert "/update_weights_from_disk" in server.log()
+    assert server.update_aborts() == [False, False]  # said, never left to SGLang's default
 
 
 def test_disk_sync_rejected_by_the_server_is_a_weight_sync_error(server, make_engine, tmp_path):

@@ -40,6 +40,10 @@ from megatron_zppo.rollout.sync.config import WeightSyncConfig
 from megatron_zppo.rollout.sync.disk import write_safetensors_dir
 from megatron_zppo.rollout.sync.ipc import ipc_payloads
 
+# Said in every weight-update request, not left to SGLang's default (False for these requests in
+# 0.5.23, True for /update_weight_version): an update must never abort generations nobody stopped.
+KEEP_REQUESTS = {"abort_all_requests": False}
+
 # Sync phases that tell, after a failure, whether the servers' weights can have changed.
 _NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group", "begin_weight_update",
                  "write safetensors", "serialize"}
@@ -251,7 +255,7 @@ class DistributedSync(ServerSync):
             self.each(lambda s: s.call("/begin_weight_update").result(timeout=self.cfg.timeout_s))
         self.phase = f"update_weights_from_distributed (bucket {index})"
         payload = {**groups.bucket_payload(bucket), "weight_version": version if last else None,
-                   "load_format": self.cfg.load_format}  # the version rides on the last bucket only
+                   "load_format": self.cfg.load_format, **KEEP_REQUESTS}  # the version rides on the last bucket only
         return [self._start(name, group, members, payload, bucket) for name, group, members in self._groups]
 
     def _start(self, name, group, members, payload, bucket):
@@ -347,7 +351,7 @@ class DiskSync(ServerSync):
         path = write_safetensors_dir(
             named_tensors, cfg.disk_dir, version, shard_bytes=cfg.bucket_bytes, support_dir=cfg.disk_support_dir)
         self.phase = "update_weights_from_disk"
-        body = {"model_path": str(path), "weight_version": version, "flush_cache": True}
+        body = {"model_path": str(path), "weight_version": version, "flush_cache": True, **KEEP_REQUESTS}
         self.each(lambda s: s.call("/update_weights_from_disk", body).result(timeout=self.cfg.timeout_s))
         previous, self._current = self._current, path
         if previous is not None and previous != path:
@@ -371,7 +375,7 @@ class IpcSync(ServerSync):
                 self.each(lambda s: s.call("/begin_weight_update").result(timeout=cfg.timeout_s))
             self.phase = f"update_weights_from_tensor (bucket {index})"
             body = {"serialized_named_tensors": payloads, "flush_cache": last,
-                    "weight_version": version if last else None}
+                    "weight_version": version if last else None, **KEEP_REQUESTS}
             self.each(lambda s: s.call("/update_weights_from_tensor", body).result(timeout=cfg.timeout_s))
             sent += 1
         if not sent:
