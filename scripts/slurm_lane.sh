@@ -125,13 +125,15 @@ until [ -s "$metrics" ]; do
   sleep 1
 done
 timeout 15 scancel --batch --signal=TERM "$PREEMPTED"
-# A requeued job waits about 2 minutes before it may start again; the lane does not.
+# A requeued job waits about 2 minutes before it may start again; the lane does not, but it leaves a few
+# seconds: a start within the second its last run ended on the nodes is refused ("Job credential revoked"),
+# and the job fails (seen once in CI).
 end=$((SECONDS + 120))
 until timeout 15 scontrol show job -o "$PREEMPTED" | grep -q "JobState=PENDING.*Restarts=1"; do
   ((SECONDS < end)) || fail "job $PREEMPTED not requeued 120 s after the signal; see $LANE/preempted.out"
   sleep 1
 done
-timeout 15 scontrol update JobId="$PREEMPTED" StartTime=now
+timeout 15 scontrol update JobId="$PREEMPTED" StartTime=now+3
 wait_for "$PREEMPTED" 300
 echo "slurm_lane.sh: job $PREEMPTED (signalled, requeued) $(state "$PREEMPTED") after ${SECONDS}s"
 
