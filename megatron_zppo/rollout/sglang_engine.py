@@ -49,8 +49,7 @@ class MalformedResponse(SGLangError):
 
 
 class GenerationAborted(MalformedResponse):
-    """The server ended a generation with finish_reason "abort" (a pause or weight update that
-    aborts, an /abort_request): its partial response must not be trained as if it had ended."""
+    """An abort this client did not ask for (a pause or update that aborts): never trained as ended."""
 
 
 class WeightSyncError(SGLangError):

@@ -9,6 +9,11 @@ from megatron_zppo.config_io import Range
 from megatron_zppo.rollout.sync.buckets import DEFAULT_BUCKET_BYTES
 
 
+# Said in every weight-update request, not left to SGLang's default (False for these requests in
+# 0.5.23, True for /update_weight_version): an update must never abort generations nobody stopped.
+KEEP_REQUESTS = {"abort_all_requests": False}
+
+
 @dataclass(frozen=True)
 class WeightSyncConfig:
     """How the trainer pushes new weights into an inference server (chosen once at start-up)."""

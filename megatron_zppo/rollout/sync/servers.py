@@ -36,13 +36,9 @@ from megatron_zppo.rollout.pool import EnginePool, FaultToleranceConfig
 from megatron_zppo.rollout.sglang_engine import SGLangEngine, SGLangError, WeightSyncError
 from megatron_zppo.rollout.sync import groups
 from megatron_zppo.rollout.sync.buckets import NamedTensor, bucketed
-from megatron_zppo.rollout.sync.config import WeightSyncConfig
+from megatron_zppo.rollout.sync.config import KEEP_REQUESTS, WeightSyncConfig
 from megatron_zppo.rollout.sync.disk import write_safetensors_dir
 from megatron_zppo.rollout.sync.ipc import ipc_payloads
-
-# Said in every weight-update request, not left to SGLang's default (False for these requests in
-# 0.5.23, True for /update_weight_version): an update must never abort generations nobody stopped.
-KEEP_REQUESTS = {"abort_all_requests": False}
 
 # Sync phases that tell, after a failure, whether the servers' weights can have changed.
 _NOTHING_SENT = {"pause_generation", "flush_cache", "init_weights_update_group", "begin_weight_update",
