@@ -17,6 +17,7 @@ from megatron_zppo.config import Config, EngineConfig, EvalConfig, StudentConfig
 from megatron_zppo.config_io import ConfigError
 from megatron_zppo.data import QuestionStream, load_questions
 from megatron_zppo.errors import RunError
+from megatron_zppo.evaluation.judge import EvalJudge
 from megatron_zppo.grader_pool import GraderPool
 from megatron_zppo.images import is_vision_language
 from megatron_zppo.videos import VideoTokens, load_video_processor
@@ -119,6 +120,17 @@ def check_inputs(cfg: Config) -> None:
     check_precision(cfg.precision, te_version, capability, cuda_version=cuda, layer_spec=cfg.train.layer_spec)
     check_shared_tokenizer(cfg)
     check_vision_support(cfg)
+    if cfg.data.eval_suite:  # its files are found, its converters and protocols known, before training
+        from megatron_zppo.evaluation.suite import SuiteError, load_suite
+
+        try:
+            suite = load_suite(cfg.data.eval_suite, cfg.data.eval_data_root)
+        except SuiteError as e:
+            raise ConfigError(f"data.eval_suite: {e} (data.eval_data_root={cfg.data.eval_data_root!r}; "
+                              "data.eval_suite='' runs without the suite)") from None
+        both = sorted(set(suite.benchmarks) & set(cfg.data.eval))
+        if both:
+            raise ConfigError(f"data.eval and data.eval_suite={cfg.data.eval_suite} both name {both}; rename one")
 
 
 def model_paths(cfg: Config) -> list[tuple[str, str]]:
@@ -247,7 +259,8 @@ def make_rollout_phase(cfg: Config, student: RolloutEngine | None = None, questi
         methods.build_hard_prompts(cfg, teacher, tmpl, make_decoder(cfg.student.hf_path), grade),
         methods.build_objective(cfg, teacher, grade), r,
         SamplingParams(cfg.student.temperature, cfg.student.top_p, max_new_tokens=r.max_new_tokens),
-        cfg.method.tau, cfg.method.rho_aug, b.rho_replay if b.enabled else 0.0, cfg.run.seed, cfg.method.pre_cap)
+        cfg.method.tau, cfg.method.rho_aug, b.rho_replay if b.enabled else 0.0, cfg.run.seed, cfg.method.pre_cap,
+        eval_judge=EvalJudge(teacher.engine, teacher.encode) if teacher else None)
 
 
 def make_update(cfg: Config, trainer, phase: RolloutPhase | None) -> UpdatePhase:

@@ -234,6 +234,10 @@ class DataConfig:
     # name -> sources; names listed in `held_out` are task families never used in training.
     eval: dict[str, list[SourceConfig]] = field(default_factory=dict)
     held_out: list[str] = field(default_factory=list)  # eval names reported as held-out families
+    # A suite file (docs/evaluation.md; the paper's: examples/paper/eval/all.yaml) evaluated with the
+    # eval sets: its benchmarks and family averages go into the metrics and the summary.
+    eval_suite: str = ""
+    eval_data_root: str = ""  # the folder the suite's relative benchmark paths are under
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,9 +25,9 @@ from megatron_zppo.videos import video_problem
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One question source. `kind`: jsonl | parquet | hf | reasoning_gym."""
+    """One question source. `kind`: jsonl | parquet | hf | reasoning_gym | benchmark."""
 
-    kind: str  # jsonl | parquet | hf | reasoning_gym
+    kind: str  # jsonl | parquet | hf | reasoning_gym | benchmark (a benchmark's release: `task` names its converter)
     path: str = ""  # file for jsonl/parquet, dataset name or directory for hf
     split: str = "train"  # hf: the dataset split
     question_field: str = "question"  # record field: the question text
@@ -36,7 +36,7 @@ class SourceConfig:
     videos_field: str = "videos"  # record field: a video or a list of them (optional)
     id_field: str = "id"  # record field: the question id; missing: file stem and row
     grader: str = ""  # stored in metadata["grader"]; empty: the reward's default
-    task: str = ""  # reasoning_gym task name
+    task: str = ""  # reasoning_gym task name; benchmark: the converter (docs/evaluation.md)
     size: Annotated[int, Range(ge=0)] = 0  # reasoning_gym: number of questions
     seed: Annotated[int, Range(ge=0)] = 0  # reasoning_gym: generator seed
     task_config: dict[str, Any] = field(default_factory=dict)  # reasoning_gym: the task's generator options
@@ -44,8 +44,9 @@ class SourceConfig:
     check_images: bool = True  # decode every image and video once at load time (a bad one is a bad record)
 
     def __post_init__(self):
-        if self.kind not in ("jsonl", "parquet", "hf", "reasoning_gym"):
-            raise ValueError(f"data source kind {self.kind!r} unknown; expected jsonl, parquet, hf or reasoning_gym")
+        if self.kind not in ("jsonl", "parquet", "hf", "reasoning_gym", "benchmark"):
+            raise ValueError(f"data source kind {self.kind!r} unknown; expected jsonl, parquet, hf, reasoning_gym "
+                             "or benchmark")
 
 
 class DataError(RunError, ValueError):
@@ -56,6 +57,8 @@ def load_source(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
     """(questions, problems): problems name each skipped record and why."""
     if cfg.kind == "reasoning_gym":
         return _reasoning_gym(cfg), []
+    if cfg.kind == "benchmark":
+        return _benchmark(cfg)
     questions, problems = [], []
     for where, row, err in source_rows(cfg):
         try:
@@ -229,6 +232,21 @@ def _reasoning_gym(cfg: SourceConfig) -> list[Question]:
         out.append(Question(f"{cfg.task}/{cfg.seed}/{i}", e["question"], str(e["answer"]), source=cfg.task,
                             metadata={"grader": cfg.grader or "task", "entry": entry, "task": cfg.task}))
     return out
+
+
+def _benchmark(cfg: SourceConfig) -> tuple[list[Question], list[str]]:
+    """A benchmark's release through its converter; its media checked like any source's."""
+    from megatron_zppo.evaluation.benchmarks.registry import convert
+
+    questions, problems = [], []
+    for q in convert(cfg.task, cfg.path):
+        bad = [p for p in [*map(image_problem, q.images), *map(video_problem, q.videos)] if p] if cfg.check_images \
+            else []
+        if bad:
+            problems.append(f"{q.id}: {bad[0]}")
+            continue
+        questions.append(replace(q, metadata={**q.metadata, "grader": cfg.grader}) if cfg.grader else q)
+    return questions, problems
 
 
 def load_questions(sources: list[SourceConfig], log=print) -> list[Question]:

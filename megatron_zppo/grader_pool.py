@@ -108,13 +108,16 @@ class GraderPool:
     """Grades batches in `workers` worker processes, each grade under `timeout_s`.
 
     `grader` names one of rewards.GRADERS or an importable `module:function`, or "auto": each
-    question's metadata["grader"], else "math".
+    question's metadata["grader"], else "math". `fractional` (evaluation only): a grade may also be
+    any number in [0, 1] (a metric such as ANLS) or None (an evaluation rule that cannot decide,
+    evaluation/rules.py); training rewards are always 0 or 1.
     """
 
-    def __init__(self, grader: str = "auto", workers: int = 2, timeout_s: float = 10.0):
+    def __init__(self, grader: str = "auto", workers: int = 2, timeout_s: float = 10.0, fractional: bool = False):
         if grader not in ("auto", JUDGE):
             resolve_grader(grader)  # fail at start-up, not in a worker
         self.grader, self.n_workers, self.timeout_s = grader, workers, timeout_s
+        self.fractional = fractional
         self.stats = GradeStats()
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._workers: list[_Worker] = []
@@ -208,7 +211,10 @@ class GraderPool:
         name, _, q = job
         if isinstance(value, numbers.Real) and float(value) in (0.0, 1.0):
             return float(value)
-        raise GraderError(f"grader {name!r} returned {value!r} for question {q.id!r}; a grader must return 0 or 1")
+        if self.fractional and (value is None or isinstance(value, numbers.Real) and 0.0 <= float(value) <= 1.0):
+            return value if value is None else float(value)
+        expected = "a number in [0, 1] or None" if self.fractional else "0 or 1"
+        raise GraderError(f"grader {name!r} returned {value!r} for question {q.id!r}; a grader must return {expected}")
 
     def _fail(self, i: int, jobs, kind: str, why: str) -> None:
         setattr(self.stats, kind, getattr(self.stats, kind) + 1)

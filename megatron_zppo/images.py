@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from pathlib import Path
 
 URL_TIMEOUT_S = 30.0
@@ -43,6 +44,27 @@ def open_image(ref: str | bytes):
     img = Image.open(io.BytesIO(image_bytes(ref)))
     img.load()  # decode all of it now: a truncated file raises here
     return img.convert("RGB")
+
+
+def fit_pixels(ref: str | bytes, min_pixels: int = 0, max_pixels: int = 0) -> str | bytes:
+    """The image scaled (aspect kept) so that its area is within [min_pixels, max_pixels] (0: no
+    bound), as PNG bytes; an image already within the bounds is returned as given. Evaluation's
+    pixel bounds act here, on the data, so an in-process model and an SGLang server see the same
+    pixels whatever their processors' own bounds."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image_bytes(ref))) as img:
+        w, h = img.size
+        area = w * h
+        scale = (max_pixels / area) ** 0.5 if max_pixels and area > max_pixels else \
+            (min_pixels / area) ** 0.5 if min_pixels and area < min_pixels else 1.0
+        if scale == 1.0:
+            return ref
+        rounded = math.ceil if scale > 1 else math.floor  # so the new area is within the bound it meets
+        size = (max(1, rounded(w * scale)), max(1, rounded(h * scale)))
+        buf = io.BytesIO()
+        img.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(buf, format="PNG")
+        return buf.getvalue()
 
 
 def describe(ref: str | bytes) -> str:

@@ -156,6 +156,7 @@ class RolloutPhase:
     rho_replay: float  # replayed questions per step, the same way; 0 with the buffer off
     seed: int
     pre_cap: str = "hardest"  # method.pre_cap: the cap before the teacher runs, or among the admissible
+    eval_judge: object = None  # evaluation/judge.EvalJudge on the teacher's engine: a suite's judge protocols
 
     def __call__(self, step: int) -> Rollouts:
         times, graded_before, ds = {}, dataclasses.replace(self.graders.stats), self.rollout.dynamic_sampling

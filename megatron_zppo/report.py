@@ -31,10 +31,13 @@ class Report:
     def __init__(self, cfg: Config, phase: RolloutPhase, run_dir: Path, start: int, summary: dict):
         self.cfg, self.phase, self.dir, self.summary = cfg, phase, run_dir, summary
         self.logger = MetricsLogger(run_dir, cfg.run.steps, start)
+        self.families: dict[str, float] = {}  # the last suite evaluation's family averages
+        self.summary.setdefault("eval_families", {})
         if start == 0:
             self.summary["eval"] = {k: {"family": v["family"], "n": v["n"], "before": v["accuracy"],
                                         "ci95_before": v["ci95"], "correct_before": v["correct"]}
                                     for k, v in self.evals().items()}
+            self.summary["eval_families"] = {f: {"before": m} for f, m in self.families.items()}
 
     def step(self, r: Rollouts, stats: dict[str, float], times: dict[str, float], t_start: float) -> None:
         p = self.phase
@@ -63,6 +66,15 @@ class Report:
             r = evaluate(p.student, p.encode, p.templates, qs, p.graders, sampling, cfg.eval.samples_per_question)
             out[name] = {"accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high], "correct": list(r.correct),
                          "family": "held_out" if name in cfg.data.held_out else "in_corpus"}
+        if cfg.data.eval_suite:  # the suite's benchmarks, graded by their protocols; the teacher judges
+            from megatron_zppo.evaluation.suite import load_suite, run_suite
+
+            result = run_suite(load_suite(cfg.data.eval_suite, cfg.data.eval_data_root), p.student, p.encode,
+                               p.eval_judge, log=lambda *_: None)
+            for name, e in result["benchmarks"].items():
+                out[name] = {"accuracy": e["score"], "n": e["n"], "ci95": e["ci95"], "family": e["family"],
+                             "correct": [s for part in e["parts"] for s in part["scores"]]}
+            self.families = {f: v["mean"] for f, v in result["families"].items()}
         return out
 
     def periodic_evals(self, step: int) -> dict[str, float]:
@@ -76,6 +88,10 @@ class Report:
             out[f"eval_{name}"] = r["accuracy"]
             entry = self.summary["eval"].setdefault(name, {"family": r["family"], "n": r["n"], "before": None})
             entry.setdefault("during", []).append({"step": step + 1, "accuracy": r["accuracy"], "ci95": r["ci95"]})
+        for fam, mean in self.families.items():  # a suite's family averages (the paper's Avg columns)
+            out[f"eval_family_{fam}"] = mean
+            self.summary["eval_families"].setdefault(fam, {"before": None}).setdefault("during", []).append(
+                {"step": step + 1, "mean": mean})
         return out
 
     def problems(self, r: Rollouts) -> None:
@@ -104,6 +120,8 @@ class Report:
         for name, r in self.evals().items():
             entry = self.summary["eval"].setdefault(name, {"family": r["family"], "n": r["n"], "before": None})
             entry.update(after=r["accuracy"], ci95_after=r["ci95"], correct_after=r["correct"])  # per question
+        for fam, mean in self.families.items():
+            self.summary["eval_families"].setdefault(fam, {"before": None})["after"] = mean
         self.summary["buffer_fate"] = self.phase.buffer.fate_tables()  # docs/analyses.md
         metrics = read_metrics(self.dir / "metrics.jsonl") if (self.dir / "metrics.jsonl").exists() else []
         counts = audit_counts(metrics)

@@ -1,25 +1,18 @@
-"""Evaluate a checkpoint on a suite of benchmarks defined in YAML.
+"""Evaluate a checkpoint on a suite of benchmarks: the paper's 31 (`--suite vlm|llm|video|all`) or
+any suite file (docs/evaluation.md).
 
-    python tools/evaluate.py --model toy_models/student_small --suite examples/cpu_toy/eval_suite.yaml \
-        --out runs/eval_small
+    python tools/evaluate.py --model /ckpt/hf --suite all --data-root /data/benchmarks \
+        --sglang-url http://student:30000 --judge-url http://teacher:30000 --judge-model /ckpt/teacher_hf --out runs/eval
+    python tools/evaluate.py --model toy_models/student_small --suite examples/cpu_toy/eval_suite.yaml --out runs/eval
     python tools/evaluate.py --model toy_models/student_small --megatron runs/cpu_toy_zppo/checkpoints/step_000040 ...
-    python tools/evaluate.py --model /ckpt/hf --sglang-url http://127.0.0.1:30000 --suite ...
 
 `--model` is an HF checkpoint directory (tokenizer, config and, unless --megatron is given, the
-weights). `--megatron` loads the weights of a run checkpoint instead (through the Megatron
-trainer, then into the in-process engine). Suite file:
-
-    decoding: {temperature: 0.6, top_p: 0.95, top_k: 20, presence_penalty: 1.5, max_new_tokens: 2048,
-               samples_per_question: 1}
-    templates: examples/cpu_toy/templates       # optional; default: the package templates
-    benchmarks:
-      chain_sum:
-        family: arithmetic
-        grader: task                            # math | math_verify | exact | choice | task
-        sources: [{kind: reasoning_gym, task: chain_sum, seed: 1, size: 128}]
-
-Writes results.json and results.md to --out: accuracy per benchmark with n and a 95% bootstrap
-interval, and the macro average per family.
+weights). `--megatron` loads the weights of a run checkpoint instead (through the Megatron trainer,
+then into the in-process engine); `--sglang-url` evaluates through a server. The judge (protocols
+with `+judge` or `judge:`) is `--judge-url` (an SGLang server, e.g. the teacher's; `--judge-model`
+gives its tokenizer) or `--judge-model` alone (in process); `--no-judge` scores what would need it
+as 0 and counts it. Writes results.json, results.md (the paper's table layout) and families.png
+to --out; tools/eval_table.py lays several models' results side by side.
 """
 
 from __future__ import annotations
@@ -28,42 +21,19 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from megatron_zppo.config import EvalConfig  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    family: str = "default"
-    grader: str = "math"
-    sources: list = field(default_factory=list)
+PAPER_SUITES = ROOT / "examples" / "paper" / "eval"  # vlm.yaml, llm.yaml, video.yaml, all.yaml
 
 
-@dataclass(frozen=True)
-class Suite:
-    benchmarks: dict[str, Benchmark] = field(default_factory=dict)
-    decoding: EvalConfig = field(default_factory=EvalConfig)  # the main job's eval settings, same defaults
-    templates: str = ""
-    seed: int = 0
-
-
-def load_suite(path: str) -> Suite:
-    from megatron_zppo.config_io import from_dict, load_tree
-    from megatron_zppo.data import SourceConfig
-
-    suite = from_dict(Suite, load_tree(path, []))
-    for name, b in suite.benchmarks.items():
-        if not b.sources:
-            raise ValueError(f"{path}: benchmark {name!r} has no sources")
-        suite.benchmarks[name] = Benchmark(b.family, b.grader,
-                                           [from_dict(SourceConfig, s, f"benchmarks.{name}.sources[{i}]")
-                                            for i, s in enumerate(b.sources)])
-    return suite
+def suite_path(name: str) -> Path:
+    """A suite file, or the paper suite of that name."""
+    named = PAPER_SUITES / f"{name}.yaml"
+    return named if not Path(name).is_file() and named.is_file() else Path(name)
 
 
 def make_engine(args):
@@ -75,8 +45,8 @@ def make_engine(args):
 
     engine = HFEngine(args.model, name="eval")
     if args.megatron:  # weights from a run checkpoint, through the trainer that wrote it
-        from megatron_zppo.config import load_config
         from megatron_zppo import build
+        from megatron_zppo.config import load_config
         from megatron_zppo.train import cpu_compat
 
         cpu_compat.enable()  # only this path builds a Megatron model
@@ -88,54 +58,75 @@ def make_engine(args):
     return engine
 
 
+def make_judge(args, suite):
+    """The judge engine, or None; a suite whose protocols need one refuses to start without it."""
+    from megatron_zppo import build
+    from megatron_zppo.evaluation.judge import EvalJudge
+    from megatron_zppo.evaluation.protocols import Protocol
+
+    needs = sorted(n for n, b in suite.benchmarks.items()
+                   if any(Protocol.parse(s.grader or b.grader).judge for s in b.sources))
+    if not (args.judge_url or args.judge_model):
+        if needs and not args.no_judge:
+            raise SystemExit(f"evaluate: benchmarks {needs} are graded with a judge; give --judge-url/--judge-model, "
+                             "or --no-judge to score what needs it as 0")
+        return None
+    if not args.judge_model:
+        raise SystemExit("evaluate: --judge-url needs --judge-model (the judge's tokenizer and chat template)")
+    if args.judge_url:
+        from megatron_zppo.rollout.sglang_engine import SGLangEngine
+
+        engine = SGLangEngine(args.judge_url, name="judge")
+    else:
+        from megatron_zppo.rollout.hf_engine import HFEngine
+
+        engine = HFEngine(args.judge_model, name="judge")
+    return EvalJudge(engine, build.make_encoder(args.judge_model), suite.judge_max_new_tokens)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="HF checkpoint directory (tokenizer, config, weights)")
     ap.add_argument("--megatron", help="a run checkpoint directory (.../checkpoints/step_N) to take weights from")
     ap.add_argument("--sglang-url", help="evaluate through an SGLang server instead of in-process")
-    ap.add_argument("--suite", required=True)
+    ap.add_argument("--suite", required=True, help="a suite file, or vlm | llm | video | all (the paper's)")
+    ap.add_argument("--data-root", default="", help="folder that relative benchmark paths are under")
+    ap.add_argument("--judge-url", help="the judge's SGLang server (e.g. the teacher's)")
+    ap.add_argument("--judge-model", help="the judge's HF directory: its tokenizer, and its weights if in process")
+    ap.add_argument("--no-judge", action="store_true", help="score what needs a judge as 0 (counted)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     from megatron_zppo import build
-    from megatron_zppo.data import load_questions
-    from megatron_zppo.evaluate import evaluate
-    from megatron_zppo.core.prompts import DEFAULT_DIR, PromptTemplates
-    from megatron_zppo.grader_pool import GraderPool
+    from megatron_zppo.evaluation import table
+    from megatron_zppo.evaluation.suite import load_suite, run_suite
 
-    suite = load_suite(args.suite)
-    params = build.eval_sampling(suite.decoding, suite.seed)
-    templates = PromptTemplates.load(suite.templates or DEFAULT_DIR)
+    suite = load_suite(suite_path(args.suite), args.data_root)
+    judge = make_judge(args, suite)
     engine, encode = make_engine(args), build.make_encoder(args.model)
-    results = {}
-    for name, b in suite.benchmarks.items():
-        pool = GraderPool(b.grader)
-        try:
-            r = evaluate(engine, encode, templates, load_questions(b.sources, log=lambda *_: None), pool, params,
-                         suite.decoding.samples_per_question)
-        finally:
-            pool.close()
-        results[name] = {"family": b.family, "accuracy": r.accuracy, "n": r.n, "ci95": [r.ci_low, r.ci_high]}
-        print(f"{name}: {r.accuracy:.3f} (n={r.n}, 95% CI {r.ci_low:.3f}-{r.ci_high:.3f})", flush=True)
-    families: dict[str, list[float]] = {}
-    for r in results.values():
-        families.setdefault(r["family"], []).append(r["accuracy"])
-    macro = {f: sum(v) / len(v) for f, v in families.items()}
+    result = run_suite(suite, engine, encode, judge, log=lambda s: print(s, flush=True))
+    result.update(model=args.model, megatron=args.megatron, suite=str(suite_path(args.suite)),
+                  judge=args.judge_url or args.judge_model or None,
+                  judge_calls=judge.calls if judge else 0, judge_malformed=judge.malformed if judge else 0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"model": args.model, "megatron": args.megatron,
-                                                  "benchmarks": results, "family_macro": macro}, indent=2))
-    (out / "results.md").write_text(markdown(results, macro))
-    print(markdown(results, macro))
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    name = Path(args.megatron or args.model).name
+    md, _ = table.report({name: result}, n_boot=suite.n_boot)
+    (out / "results.md").write_text(md)
+    table.plot({name: result}, out / "families.png")
+    print(md, flush=True)
     return 0
 
 
-def markdown(results: dict, macro: dict) -> str:
-    lines = ["| benchmark | family | n | accuracy | 95% CI |", "|---|---|---|---|---|"]
-    lines += [f"| {k} | {r['family']} | {r['n']} | {r['accuracy']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} |"
-              for k, r in results.items()]
-    lines += ["", "| family | macro average |", "|---|---|"] + [f"| {f} | {v:.3f} |" for f, v in macro.items()]
-    return "\n".join(lines) + "\n"
+def run(argv=None) -> int:
+    from megatron_zppo.errors import RunError
+
+    try:
+        return main(argv)
+    except RunError as e:  # a bad suite, layout, template or protocol: one line naming it
+        print(f"evaluate: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

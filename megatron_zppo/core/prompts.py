@@ -142,8 +142,8 @@ class PromptEncoder:
         self.tokenizer, self.image_processor = tokenizer, image_processor
         self.video_processor, self.video_token_ids = video_processor, video_tokens
 
-    def __call__(self, text: str, n_images: int = 0, n_videos: int = 0) -> list[int]:
-        return encode_prompt(self.tokenizer, text, n_images, n_videos)
+    def __call__(self, text: str, n_images: int = 0, n_videos: int = 0, history=()) -> list[int]:
+        return encode_prompt(self.tokenizer, text, n_images, n_videos, history)
 
     def image_tokens(self, images) -> int:
         if not images or self.image_processor is None:
@@ -163,20 +163,21 @@ class PromptEncoder:
         return sum(map(len, video_inputs(self.video_processor, self.tokenizer, self.video_token_ids, videos)[1]))
 
 
-def encode_prompt(tokenizer, text: str, n_images: int = 0, n_videos: int = 0) -> list[int]:
+def encode_prompt(tokenizer, text: str, n_images: int = 0, n_videos: int = 0, history=()) -> list[int]:
     """Token ids of a user prompt ready for generation: the chat template when the tokenizer has one.
 
     With images, the user turn is the chat template's image entries then the text, so the ids hold
     the model's image placeholder once per image (the engine expands each to the image's patches);
-    videos likewise, after the images."""
-    if (n_images or n_videos) and not tokenizer.chat_template:
-        raise ValueError(f"a prompt with {n_images} image(s) and {n_videos} video(s) needs a chat template that "
-                         "places them; the tokenizer has none")
+    videos likewise, after the images. `history`: earlier turns of a conversation ({"role",
+    "content"} each), placed before it through the same template."""
+    if (n_images or n_videos or history) and not tokenizer.chat_template:
+        raise ValueError(f"a prompt with {n_images} image(s), {n_videos} video(s) and {len(history)} earlier turn(s) "
+                         "needs a chat template that places them; the tokenizer has none")
     if tokenizer.chat_template:
         media = [{"type": "image"}] * n_images + [{"type": "video"}] * n_videos
         content = text if not media else media + [{"type": "text", "text": text}]
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                            tokenize=True)
+        ids = tokenizer.apply_chat_template([*map(dict, history), {"role": "user", "content": content}],
+                                            add_generation_prompt=True, tokenize=True)
         return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
     return tokenizer(text)["input_ids"]
 
@@ -185,4 +186,6 @@ def encode_media(encode, text: str, question) -> list[int]:
     """`text` encoded with one placeholder per image and video of `question` (the count of videos
     is passed only when there are some: plain callables that encode text and images keep working)."""
     q = question
+    if getattr(q, "history", ()):  # a conversation: only encoders that take its turns are asked
+        return encode(text, len(q.images), len(q.videos), history=q.history)
     return encode(text, len(q.images), len(q.videos)) if q.videos else encode(text, len(q.images))

@@ -40,6 +40,9 @@ class Question:
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # Video references, as images are given (a Qwen3.5-VL student takes both in one prompt).
     videos: tuple[str | bytes, ...] = ()
+    # Earlier turns of a conversation, {"role": "system" | "user" | "assistant", "content": str} each;
+    # `text` is the last user turn (a multi-turn benchmark's item). Empty: one user turn.
+    history: tuple[dict[str, str], ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.id, str) or not self.id:
@@ -52,6 +55,13 @@ class Question:
             object.__setattr__(self, "images", tuple(self.images))
         if not isinstance(self.videos, tuple):
             object.__setattr__(self, "videos", tuple(self.videos))
+        if not isinstance(self.history, tuple):
+            object.__setattr__(self, "history", tuple(self.history))
+        for i, turn in enumerate(self.history):
+            if (not isinstance(turn, dict) or set(turn) != {"role", "content"} or not isinstance(turn["content"], str)
+                    or turn["role"] not in ("system", "user", "assistant")):
+                raise ValueError(f"Question {self.id!r}: history[{i}] must be {{'role': system|user|assistant, "
+                                 f"'content': str}}, got {turn!r:.80}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +70,7 @@ class Question:
             "answer": self.answer,
             "images": list(self.images),
             "videos": list(self.videos),
+            "history": [dict(t) for t in self.history],
             "source": self.source,
             "metadata": dict(self.metadata),
         }
@@ -72,6 +83,7 @@ class Question:
             answer=d["answer"],
             images=tuple(d.get("images", ())),
             videos=tuple(d.get("videos", ())),
+            history=tuple(d.get("history", ())),
             source=d.get("source", ""),
             metadata=dict(d.get("metadata", {})),
         )

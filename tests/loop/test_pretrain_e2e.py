@@ -29,6 +29,22 @@ def _overrides(toy, run_dir, steps, extra=()):
     ]
 
 
+def _small_paper_suite(tmp_path):
+    """MMLU (choice + judge) and MultiChallenge (its judge, conversations) of the paper's llm.yaml, on
+    fixture releases, decoded short."""
+    import yaml
+
+    from tests.evaluation.paper_fixtures import write_paper_data
+
+    write_paper_data(tmp_path / "benchmarks")
+    paper = yaml.safe_load((ROOT / "examples/paper/eval/llm.yaml").read_text())
+    paper["benchmarks"] = {k: paper["benchmarks"][k] for k in ("mmlu", "multichallenge")}
+    paper.update(decoding={"temperature": 0.0, "max_new_tokens": 6}, judge_max_new_tokens=8, n_boot=200,
+                 data_root=str(tmp_path / "benchmarks"))
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(paper))
+    return tmp_path / "suite.yaml"
+
+
 def _run(args, torchrun=0, timeout=600):
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "pretrain_zppo.py"] if not torchrun else [
@@ -146,9 +162,10 @@ def test_dynamic_sampling_and_a_token_budget_through_the_main_job(toy_world, tmp
     """The wiring: the untrained toy student answers nothing right, so every step draws all its rounds
     and trains unfiltered (which groups are kept is tests/loop/test_dynamic_sampling.py's)."""
     run, budget = tmp_path / "run", 900  # about two steps of two rounds
+    suite = _small_paper_suite(tmp_path)
     proc = _run(["--config", "examples/cpu_toy/zppo.yaml"] + _overrides(toy_world, run, 4, [
         "rollout.dynamic_sampling.enabled=true", "rollout.dynamic_sampling.max_rounds=2",
-        f"run.token_budget={budget}"]))
+        f"run.token_budget={budget}", f"data.eval_suite={suite}", "run.eval_every=1"]))
     metrics = read_metrics(run / "metrics.jsonl")
     spent = [sum(m["tokens_generated"] for m in metrics[:i + 1]) for i in range(len(metrics))]
     assert spent[-1] >= budget and len(spent) >= 2 and all(s < budget for s in spent[:-1])  # the step reaching it ends
@@ -163,3 +180,10 @@ def test_dynamic_sampling_and_a_token_budget_through_the_main_job(toy_world, tmp
     assert "step 0: dynamic sampling: no informative group in 2 rounds; training the step unfiltered" in proc.stdout
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("informative_fraction_before=") and "rounds_per_step=" in last
+    # data.eval_suite: two of the paper's language benchmarks on fixture releases, the teacher judging
+    fam = summary["eval_families"]["llm"]
+    # every step evaluates (run.eval_every=1; the budget, not run.steps, ends the run), then the final one
+    assert set(fam) == {"before", "during", "after"} and [d["step"] for d in fam["during"]] == list(range(1, len(metrics) + 1))
+    assert all(m["eval_family_llm"] == d["mean"] for m, d in zip(metrics, fam["during"]))
+    assert fam["after"] == pytest.approx((summary["eval"]["mmlu"]["after"] + summary["eval"]["multichallenge"]["after"]) / 2)
+    assert summary["eval"]["multichallenge"]["family"] == "llm" and summary["eval"]["mmlu"]["n"] == 2

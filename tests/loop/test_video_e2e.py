@@ -60,4 +60,4 @@ def test_a_zppo_run_on_video_questions_trains_and_evaluates(toy_world, tmp_path)
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert res["benchmarks"]["squares_in_video"]["n"] == 6 and "video" in res["family_macro"]
+    assert res["benchmarks"]["squares_in_video"]["n"] == 6 and "video" in res["families"]

@@ -91,7 +91,7 @@ def test_a_zppo_run_trains_the_vision_language_student_on_its_images(vl_world, t
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "ev" / "results.json").read_text())["benchmarks"]["dots"]
-    assert result["n"] == 8 and result["accuracy"] == summary["eval"]["dots"]["after"]
+    assert result["n"] == 8 and result["score"] == summary["eval"]["dots"]["after"]
 
 
 @pytest.mark.slow
