@@ -126,3 +126,36 @@ def test_main_job_with_overlapped_rollouts_trains_one_version_behind(live_server
     assert [m["rollout_versions_behind"] for m in metrics] == [0, 1, 1]
     assert metrics[0]["logprob_diff_mean"] < 1e-3  # step 0: made synchronously, by the trainer's own weights
     assert all(m["sync_bytes"] > 0 and m["is_ratio_min"] <= m["is_ratio_max"] for m in metrics)
+
+
+def test_the_paper_suite_evaluates_through_sglang_with_sglang_as_judge(live_server, toy_model, tmp_path):
+    """tools/evaluate.py with the student and the judge both behind the real server, on two of the
+    paper's language benchmarks (fixture releases): a choice+judge benchmark and MultiChallenge,
+    whose conversations go through the chat template to SGLang and whose criterion the judge reads."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from tests.evaluation.paper_fixtures import write_paper_data
+
+    root = Path(__file__).resolve().parents[1]
+    counts = write_paper_data(tmp_path / "benchmarks")
+    paper = yaml.safe_load((root / "examples/paper/eval/llm.yaml").read_text())
+    paper["benchmarks"] = {k: paper["benchmarks"][k] for k in ("mmlu", "multichallenge")}
+    paper.update(decoding={"temperature": 0.0, "max_new_tokens": 8}, judge_max_new_tokens=8, n_boot=200,
+                 data_root=str(tmp_path / "benchmarks"))
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(paper))
+    proc = subprocess.run([sys.executable, "tools/evaluate.py", "--model", toy_model, "--sglang-url", live_server,
+                           "--suite", str(tmp_path / "suite.yaml"), "--judge-url", live_server, "--judge-model",
+                           toy_model, "--out", str(tmp_path / "out")], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {k: v["n"] for k, v in res["benchmarks"].items()} == {"mmlu": counts["mmlu"],
+                                                                  "multichallenge": counts["multichallenge"]}
+    assert res["benchmarks"]["multichallenge"]["decided"]["judge"] == counts["multichallenge"]
+    assert res["judge_calls"] >= counts["multichallenge"] and "| model | MMLU | MultiCh | Avg |" in \
+        (tmp_path / "out" / "results.md").read_text()

@@ -17,10 +17,20 @@ from tests.loop.test_pretrain_e2e import ROOT, _overrides
 pytestmark = pytest.mark.timeout(600)
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """The main job's SIGINT as a terminal gives it: a suite started in the background of a
+    non-interactive shell (`cmd &`) has SIGINT ignored, children inherit that, and Python then
+    installs no KeyboardInterrupt handler (the SIGINT tests failed so, twice, when CI was started
+    with `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _start(args, **env_extra) -> subprocess.Popen:
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONPATH": str(ROOT), **env_extra}
     return subprocess.Popen([sys.executable, "pretrain_zppo.py", "--config", "examples/cpu_toy/zppo.yaml", *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
 
 
 def _finish(proc, limit_s=500) -> tuple[int, str, str]:
