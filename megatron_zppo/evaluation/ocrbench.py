@@ -26,16 +26,18 @@ read, not copied) family by family:
   literal, else `key: value` pairs; nothing readable scores 0.
 - handwritten answer extraction (ZH): short answers (choice letters) must appear, their characters
   joined by any of the official separators; "简答" (essay) items score like full-page OCR.
+- table parsing (EN, ZH) and chart parsing: TEDS with apted and lxml (evaluation/teds.py), as the
+  official. An HTML answer ("table parsing cn", or an EN question naming HTML) is cut from its
+  first "<body"/"<table" and wrapped, and one with neither scores 0; for an EN question naming
+  markdown both markdown tables become HTML tables; a chart's parsed dict and the gold's become
+  two-column (key, value) tables, as the official's dict_to_html. None uses structure-only TEDS.
 
 DEPARTURES, said here because they change the numbers:
 - full-page OCR, fine-grained text recognition, text translation and essay answers score the
   normalised edit-distance similarity 1 - d / max(len) (rapidfuzz) only; the official averages it
   with BLEU, METEOR and a token-set F-measure (nltk and jieba, not installed here).
-- table parsing, chart parsing and document parsing score the normalised edit-distance similarity
-  of a canonical text (tables: one line per row, cells joined by " | "; charts: one `key: value`
-  line per entry of the parsed dict); the official uses TEDS (apted, lxml: not installed) for
-  tables and charts, and a tree edit distance over the markdown headings for documents. A table
-  answer to an HTML question with no <table> (or <body>) scores 0, as in the official.
+- document parsing scores the normalised edit-distance similarity of the raw texts; the official
+  uses a tree edit distance (zss, not installed) over a tree of the markdown headings, not TEDS.
 - items the official marks "ignore" (a translation with an empty gold) are scored, not dropped.
 
 The prediction is the response's final answer (`rules.final_text`: its last \\boxed{}, else what
@@ -56,6 +58,7 @@ from rapidfuzz.distance import Levenshtein
 
 from megatron_zppo.core.records import Question
 from megatron_zppo.core.scores import anls
+from megatron_zppo.evaluation import teds
 from megatron_zppo.evaluation.rules import final_text
 
 METRIC_NAME = "ocrbench_v2"
@@ -254,34 +257,20 @@ def kie(pred: str, q: Question) -> float:
     return hits / len(keys)
 
 
-def table_text(text: str) -> str:
-    """A table (HTML or markdown) as one line per row, cells joined by " | "."""
-    if re.search(r"<t[dh]\b", text, re.I):
-        rows = re.split(r"</tr\s*>", text, flags=re.I)
-        cell = re.compile(r"<t[dh](?:\s[^>]*)?>(.*?)</t[dh]\s*>", re.S | re.I)
-        cells = [[re.sub(r"<[^>]+>", "", c).strip() for c in cell.findall(r)] for r in rows]
-    else:
-        lines = [ln.strip() for ln in text.splitlines() if "|" in ln and not re.fullmatch(r"[\s|:\-]+", ln)]
-        cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
-    return "\n".join(" | ".join(row) for row in cells if row)
-
-
 def table(pred: str, q: Question, html_only: bool) -> float:
-    if (html_only or "html" in q.text.lower()) and not re.search(r"<(table|body)", pred, re.I):
-        return 0.0
-    return similarity(table_text(pred), table_text(_golds(q)[0]))
-
-
-def _lines(d: Mapping, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        out += _lines(v, f"{prefix}{k} | ") if isinstance(v, Mapping) else [f"{prefix}{k}: {v}"]
-    return out
+    """TEDS of the prediction's table and the gold's: HTML for "table parsing cn" and for questions
+    naming HTML, markdown for those naming markdown (neither: as the gold is written)."""
+    gold, ask = _golds(q)[0], q.text.lower()
+    if not html_only and "html" not in ask and ("markdown" in ask or "<table" not in gold):
+        return teds.teds(teds.markdown_html(pred), teds.markdown_html(gold))
+    table_html = teds.html_table(pred)
+    return teds.teds(table_html, teds.wrap(gold.replace("\n", ""))) if table_html else 0.0
 
 
 def chart(pred: str, q: Question) -> float:
+    """TEDS of the two dicts written as two-column tables (the official's dict_to_html)."""
     got, gold = read_dict(pred, pairs=False), read_dict(_golds(q)[0], pairs=False)
-    return similarity("\n".join(_lines(got)), "\n".join(_lines(gold))) if got and gold else 0.0
+    return teds.teds(teds.dict_html(got), teds.dict_html(gold)) if got and gold else 0.0
 
 # ---------------------------------------------------------------- dispatch
 

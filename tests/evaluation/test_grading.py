@@ -14,6 +14,13 @@ from megatron_zppo.rewards import GraderError
 from megatron_zppo.rollout.engine import EngineStats, Generation
 
 
+@pytest.fixture(scope="module")
+def pool():
+    """One evaluation pool for the chain tests, as a suite shares one across its benchmarks."""
+    with evaluation_pool(workers=1) as p:
+        yield p
+
+
 def _q(answer="B", options=("red", "blue", "green", "black"), **meta):
     return Question("q1", "Which colour?", answer, metadata={"options": list(options), **meta} if options else meta)
 
@@ -91,15 +98,14 @@ class ScriptedJudge:
         return out
 
 
-def test_the_chain_lets_the_rule_decide_and_sends_only_the_rest_to_the_judge():
+def test_the_chain_lets_the_rule_decide_and_sends_only_the_rest_to_the_judge(pool):
     qs = [Question(f"q{i}", f"question {i}", "B", metadata={"options": ["x", "y", "z"]}) for i in range(4)]
     responses = [r"\boxed{B}", r"\boxed{A}", "<think>I pick the second option</think>",
                  "<think>no idea</think>"]
     engine = ScriptedJudge({"q2": '{"verdict": "correct"}', "q3": "correct!"})
     judge = EvalJudge(engine, lambda text: [ord(c) for c in text])
-    with evaluation_pool(workers=1) as pool:
-        grader = BenchmarkGrader("choice+judge", judge, pool)
-        scores = grader.grade(responses, qs)
+    grader = BenchmarkGrader("choice+judge", judge, pool)
+    scores = grader.grade(responses, qs)
     assert scores == [1.0, 0.0, 1.0, 0.0]
     assert len(engine.prompts) == 2  # the rule decided q0 and q1: the judge never saw them
     assert "question 2" in engine.prompts[0] and "I pick the second option" in engine.prompts[0]
@@ -108,22 +114,20 @@ def test_the_chain_lets_the_rule_decide_and_sends_only_the_rest_to_the_judge():
     assert (judge.calls, judge.malformed) == (2, 1)
 
 
-def test_without_a_judge_what_the_rule_cannot_decide_scores_zero_and_is_counted():
+def test_without_a_judge_what_the_rule_cannot_decide_scores_zero_and_is_counted(pool):
     q = Question("q", "?", "7")
-    with evaluation_pool(workers=1) as pool:
-        grader = BenchmarkGrader("exact+judge", None, pool)
-        assert grader.grade([r"\boxed{7}", r"\boxed{seven}"], [q, q]) == [1.0, 0.0]
+    grader = BenchmarkGrader("exact+judge", None, pool)
+    assert grader.grade([r"\boxed{7}", r"\boxed{seven}"], [q, q]) == [1.0, 0.0]
     assert (grader.counts.rule, grader.counts.undecided) == (1, 1)
 
 
-def test_metrics_and_benchmark_judges_and_per_item_rules_through_one_grader():
+def test_metrics_and_benchmark_judges_and_per_item_rules_through_one_grader(pool):
     qs = [Question("a", "?", "Paris", metadata={"answers": ["paris"], "grader": "anls"}),
           Question("b", "?", "3", metadata={"rule": "number"}),
           Question("c", "Describe", "a cat <AND> a dog", metadata={"grader": "judge:mmvet"})]
     engine = ScriptedJudge({"c": '{"score": 0.5}'})
-    with evaluation_pool(workers=1) as pool:
-        grader = BenchmarkGrader("rule+judge", EvalJudge(engine, lambda t: [ord(ch) for ch in t]), pool)
-        scores = grader.grade([r"\boxed{Pariss}", r"\boxed{3}", r"\boxed{a cat}"], qs)
+    grader = BenchmarkGrader("rule+judge", EvalJudge(engine, lambda t: [ord(ch) for ch in t]), pool)
+    scores = grader.grade([r"\boxed{Pariss}", r"\boxed{3}", r"\boxed{a cat}"], qs)
     assert scores == [pytest.approx(1 - 1 / 6), 1.0, 0.5]  # one edit in six characters
     assert (grader.counts.metric, grader.counts.rule, grader.counts.judge) == (1, 1, 1)
     assert grader.counts.by_protocol == {"anls": 1, "rule+judge": 1, "judge:mmvet": 1}

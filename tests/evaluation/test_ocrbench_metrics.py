@@ -5,7 +5,8 @@ import pytest
 
 from megatron_zppo.core.records import Question
 from megatron_zppo.evaluation import ocrbench
-from megatron_zppo.evaluation.ocrbench import bucket_mean, buckets, score, table_text
+from megatron_zppo.evaluation.ocrbench import bucket_mean, buckets, score
+from megatron_zppo.evaluation.teds import teds
 
 OFFICIAL_TYPES = [
     "APP agent en", "ASCII art classification en", "key information extraction en", "key information mapping en",
@@ -159,21 +160,71 @@ def test_kie_chinese_gold_is_a_python_literal():
     assert score(boxed('{"姓名": "张 三", "金额": "5.0"}'), q) == 1.0
 
 
-def test_table_parsing_compares_the_cells_of_html_and_markdown_tables():
-    html = "<table><thead><tr><th>a</th><th>b</th></tr></thead><tr><td>1</td><td>2</td></tr></table>"
-    assert table_text(html) == "a | b\n1 | 2"
-    q = item("table parsing en", [html], text="Convert the table to HTML.")
-    assert score(boxed(html.replace("<thead>", "").replace("</thead>", "")), q) == 1.0
+def doc(rows_html):
+    return f"<html><body><table>{rows_html}</table></body></html>"
+
+
+# Gold: 2 rows x 2 cells. Elements below <table>: 2 tr + 4 td = 6 (the official's node count).
+TEDS_GOLD = doc("<tr><td>ab</td><td>c</td></tr><tr><td>d</td><td>e</td></tr>")
+
+
+def test_teds_identical_tables_score_one():
+    assert teds(TEDS_GOLD, TEDS_GOLD) == 1.0
+
+
+def test_teds_one_cell_text_changed_costs_its_levenshtein_share():
+    # "ab" -> "ax": rename cost = Levenshtein 1 / max(2, 2) = 0.5; TEDS = 1 - 0.5 / 6 = 11/12.
+    pred = doc("<tr><td>ax</td><td>c</td></tr><tr><td>d</td><td>e</td></tr>")
+    assert teds(pred, TEDS_GOLD) == pytest.approx(11 / 12)
+    # an element inside a cell is a token pair: "<b>", "a", "b", "</b>" vs "a", "b": distance 2 / 4.
+    bold = doc("<tr><td><b>ab</b></td><td>c</td></tr><tr><td>d</td><td>e</td></tr>")
+    # 7 elements below the bold table (the <b> counted, as the official does): 1 - 0.5 / 7.
+    assert teds(bold, TEDS_GOLD) == pytest.approx(1 - 0.5 / 7)
+
+
+def test_teds_missing_row_costs_its_inserted_nodes():
+    # pred has 1 tr + 2 td = 3 elements; gold 6; inserting the tr and its 2 td costs 3: 1 - 3/6.
+    pred = doc("<tr><td>ab</td><td>c</td></tr>")
+    assert teds(pred, TEDS_GOLD) == pytest.approx(0.5)
+    assert teds(TEDS_GOLD, pred) == pytest.approx(0.5)  # deleting costs the same
+
+
+def test_teds_differing_colspan_is_a_rename_of_cost_one():
+    # 2 tr + 3 td = 5 elements each; the first td's colspan 2 vs 1 costs 1 (texts equal): 1 - 1/5.
+    gold = doc('<tr><td colspan="2">ab</td></tr><tr><td>c</td><td>d</td></tr>')
+    pred = doc("<tr><td>ab</td></tr><tr><td>c</td><td>d</td></tr>")
+    assert teds(pred, gold) == pytest.approx(0.8)
+    assert teds(gold.replace('colspan="2"', 'colspan="x"'), gold) == 0.0  # an unreadable span: 0
+
+
+def test_teds_without_a_table_scores_zero():
+    assert teds("<html><body><p>ab c d e</p></body></html>", TEDS_GOLD) == 0.0
+    assert teds("", TEDS_GOLD) == 0.0
+
+
+def test_table_parsing_scores_teds_of_html_and_markdown_tables():
+    gold = "<table><thead><tr><th>a</th><th>b</th></tr></thead><tr><td>1</td><td>2</td></tr></table>"
+    q = item("table parsing en", [gold], text="Convert the table to HTML.")
+    assert score(boxed(gold), q) == 1.0
+    assert score("<think>x</think>Here it is:\n" + gold + "\nDone.", q) == 1.0  # cut from "<table"
+    # without <thead>: 6 elements vs the gold's 7 (thead, 2 tr, 2 th, 2 td); deleting thead costs 1.
+    assert score(boxed(gold.replace("<thead>", "").replace("</thead>", "")), q) == pytest.approx(6 / 7)
     assert score(boxed("a b 1 2"), q) == 0.0  # no <table> for an HTML question
     md = item("table parsing en", ["| a | b |\n|---|---|\n| 1 | 2 |"], text="Give the table in markdown.")
-    assert score("<think>x</think>|a|b|\n|-|-|\n|1|3|", md) == pytest.approx(1 - 1 / 11)
-    assert score("", item("table parsing cn", [html])) == 0.0
+    # 2 tr + 4 td = 6 elements; "3" for "2" costs 1: 1 - 1/6.
+    assert score("<think>x</think>|a|b|\n|-|-|\n|1|3|", md) == pytest.approx(5 / 6)
+    assert score("", item("table parsing cn", [gold])) == 0.0
+    assert score(boxed(gold), item("table parsing cn", [gold])) == 1.0
 
 
-def test_chart_parsing_compares_the_parsed_dicts():
+def test_chart_parsing_scores_teds_of_the_dicts_as_two_column_tables():
     q = item("chart parsing en", ['{"2019": "5", "2020": "7"}'])
     assert score("<think>x</think>{'2019': 5, '2020': 7}", q) == 1.0
-    assert score("<think>x</think>{'2019': 5, '2020': 9}", q) == pytest.approx(1 - 1 / 15)
+    # 2 tr + 4 td = 6 elements; the value cell "9" vs "7" costs 1: 1 - 1/6.
+    assert score("<think>x</think>{'2019': 5, '2020': 9}", q) == pytest.approx(5 / 6)
+    # values' characters are joined by spaces (the official's dict_to_html): "1 2" vs "1 3" costs 1/3.
+    wide = item("chart parsing en", ['{"2019": "12"}'])
+    assert score("<think>x</think>{'2019': 13}", wide) == pytest.approx(1 - (1 / 3) / 3)
     assert score(boxed("a bar chart"), q) == 0.0
 
 
