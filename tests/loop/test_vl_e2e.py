@@ -148,3 +148,35 @@ def test_torchrun_two_processes_train_the_vision_language_student(vl_world, tmp_
     assert all(m["logprob_diff_mean"] < 1e-5 and m["grad_norm"] > 0 for m in metrics)
     if packed:  # nothing padded is computed
         assert all(m["padding_efficiency"] == 1.0 and m["real_tokens"] == m["computed_tokens"] for m in metrics)
+
+
+@pytest.mark.timeout(600)
+def test_the_papers_vision_and_video_families_through_a_vision_language_student_and_judge(vl_world, tmp_path):
+    """tools/evaluate.py on the paper's vlm.yaml and video.yaml (21 benchmarks, 24 converters) over
+    fixture releases: every image (MMMU-Pro's several per question, chart and document pictures)
+    scaled into the suite's pixel bounds, and every video, through the VL student's processors; the VL
+    teacher judging."""
+    import yaml
+
+    from tests.evaluation.paper_fixtures import write_paper_data
+
+    counts = write_paper_data(tmp_path / "benchmarks")
+    paper = yaml.safe_load((ROOT / "examples/paper/eval/vlm.yaml").read_text())
+    paper["benchmarks"].update(yaml.safe_load((ROOT / "examples/paper/eval/video.yaml").read_text())["benchmarks"])
+    paper.update(decoding={"temperature": 0.0, "max_new_tokens": 4}, judge_max_new_tokens=4, n_boot=200,
+                 pixels={"min_pixels": 32 * 32, "max_pixels": 64 * 64}, data_root=str(tmp_path / "benchmarks"))
+    (tmp_path / "vlm.yaml").write_text(yaml.safe_dump(paper))
+    proc = subprocess.run([sys.executable, "tools/evaluate.py", "--model", vl_world["student"], "--suite",
+                           str(tmp_path / "vlm.yaml"), "--judge-model", vl_world["teacher"], "--out",
+                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=580,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(res["benchmarks"]) == 21 and list(res["families"]) == ["vlm", "video"]
+    parts = {p["source"].split("/")[0]: p["n"] for e in res["benchmarks"].values() for p in e["parts"]}
+    ocr = sum(p["n"] for p in res["benchmarks"]["ocrbench_v2_en"]["parts"])
+    assert {k: v for k, v in parts.items() if not k.startswith("ocrbench")} == {
+        k: n for k, n in counts.items() if k in parts and not k.startswith("ocrbench")}
+    assert ocr == counts["ocrbench_v2_en"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert res["judge_calls"] > 0 and "| model | AI2D | BabyV | CharXiv |" in md and "| model | MMVU | MVBench |" in md
