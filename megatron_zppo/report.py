@@ -32,6 +32,7 @@ class Report:
         self.cfg, self.phase, self.dir, self.summary = cfg, phase, run_dir, summary
         self.logger = MetricsLogger(run_dir, cfg.run.steps, start)
         self.families: dict[str, float] = {}  # the last suite evaluation's family averages
+        self.suite_questions: dict = {}  # data.eval_suite's questions, converted once
         self.summary.setdefault("eval_families", {})
         if start == 0:
             self.summary["eval"] = {k: {"family": v["family"], "n": v["n"], "before": v["accuracy"],
@@ -70,7 +71,7 @@ class Report:
             from megatron_zppo.evaluation.suite import load_suite, run_suite
 
             result = run_suite(load_suite(cfg.data.eval_suite, cfg.data.eval_data_root), p.student, p.encode,
-                               p.eval_judge, log=lambda *_: None)
+                               p.eval_judge, log=lambda *_: None, loaded=self.suite_questions)
             for name, e in result["benchmarks"].items():
                 out[name] = {"accuracy": e["score"], "n": e["n"], "ci95": e["ci95"], "family": e["family"],
                              "correct": [s for part in e["parts"] for s in part["scores"]]}

@@ -122,9 +122,11 @@ def bounded(questions: list[Question], pixels: PixelBounds) -> list[Question]:
             if q.images else q for q in questions]
 
 
-def run_suite(suite: Suite, engine, encode, judge=None, log=print) -> dict:
+def run_suite(suite: Suite, engine, encode, judge=None, log=print, loaded: dict | None = None) -> dict:
     """Every benchmark of `suite` through `engine` (the student), graded by its protocol with
-    `judge` (evaluation/judge.EvalJudge, or None: what needs a judge is counted undecided, 0)."""
+    `judge` (evaluation/judge.EvalJudge, or None: what needs a judge is counted undecided, 0).
+    `loaded` keeps the converted questions between calls (the main job evaluates several times;
+    converting and checking 31 releases' images each time would cost minutes)."""
     from megatron_zppo import build
     from megatron_zppo.core.prompts import DEFAULT_DIR, PromptTemplates
     from megatron_zppo.data import load_questions
@@ -139,8 +141,13 @@ def run_suite(suite: Suite, engine, encode, judge=None, log=print) -> dict:
     with evaluation_pool() as pool:
         for name, b in suite.benchmarks.items():
             grader, parts = BenchmarkGrader(b.grader, judge, pool), []
-            for src in b.sources:
-                qs = bounded(load_questions([src], log=lambda *_: None), suite.pixels)
+            for i, src in enumerate(b.sources):
+                key = (name, i)
+                qs = loaded.get(key) if loaded is not None else None
+                if qs is None:
+                    qs = bounded(load_questions([src], log=lambda *_: None), suite.pixels)
+                    if loaded is not None:
+                        loaded[key] = qs
                 r = evaluate(engine, encode, templates, qs, grader, params, suite.decoding.samples_per_question)
                 parts += split_parts(src.task or src.path, qs, list(r.correct), b.parts_by)
             results[name] = benchmark_entry(b, parts, grader, suite.n_boot, suite.seed)
