@@ -47,6 +47,8 @@ class Report:
         m.update({f"t_{k}": times.get(k, 0.0) for k in TIMES})
         m.update(self.periodic_evals(r.step))
         m.update(p.student.sync_metrics())  # SGLang students: sync_s, sync_bytes, sync_gb_per_s, sync_servers
+        # generations a server aborted unasked and that were made again from their prompt, so far (0: none lost)
+        m["partial_generations_lost"] = p.student.stats.extra.get("partial_generations_lost", 0.0)
         if hasattr(p.student, "fault_metrics"):  # a pool of servers: losses, returns, resubmitted requests
             m.update({f"student_{k}": v for k, v in p.student.fault_metrics().items()})
         m["rollout_versions_behind"] = versions_behind(r, r.step)

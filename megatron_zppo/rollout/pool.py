@@ -130,8 +130,9 @@ class EnginePool:
 
     @property
     def stats(self) -> EngineStats:
-        total = EngineStats(extra=self.fault_metrics())
+        total = EngineStats(extra={**self.fault_metrics(), "partial_generations_lost": 0.0})
         for e in self.engines:
+            total.extra["partial_generations_lost"] += e.stats.extra.get("partial_generations_lost", 0.0)
             total.tokens_generated += e.stats.tokens_generated
             total.seconds_generating += e.stats.seconds_generating
             # one shared sync runs on every engine at once: its wall time, not the sum over engines

@@ -106,6 +106,7 @@ def test_one_step_trains_one_version_behind_on_the_rollouts_a_synchronous_run_ge
     assert [t["versions"] for t in sync_trained] == [["step-0"], ["step-1"], ["step-2"], ["step-3"]]
     assert [t["versions"] for t in trained] == [["step-0"], ["step-0"], ["step-1"], ["step-2"]]
     assert [m["rollout_versions_behind"] for m in metrics] == [0, 1, 1, 1]
+    assert [m["partial_generations_lost"] for m in metrics + sync_metrics] == [0.0] * 8  # no abort nobody asked for
     # Fed the same rollouts, the buffer admits, graduates and replays the same questions.
     assert [t["rollouts"] for t in trained] == [t["rollouts"] for t in sync_trained]
     assert sync_metrics[-1]["buffer_admitted"] > 0 and sum(m["n_replay"] for m in sync_metrics) > 0
@@ -160,4 +161,5 @@ def test_a_student_server_killed_mid_step_and_restarted_changes_nothing_the_run_
     last = metrics[-1]
     assert last["student_servers_lost"] == 1 and last["student_requests_resubmitted"] >= 1
     assert last["student_servers_back"] == 1 and last["student_servers_live"] == 3
+    assert last["partial_generations_lost"] == 0.0  # b died: its requests were resubmitted, not aborted
     assert "/generate" in log and log.index("/update_weights_from_disk") < log.index("/generate")
