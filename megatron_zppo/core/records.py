@@ -42,7 +42,7 @@ class Question:
     videos: tuple[str | bytes, ...] = ()
     # Earlier turns of a conversation, {"role": "system" | "user" | "assistant", "content": str} each;
     # `text` is the last user turn (a multi-turn benchmark's item). Empty: one user turn.
-    history: tuple[dict[str, str], ...] = ()
+    history: tuple[dict[str, str], ...] = field(default=(), hash=False)  # dicts: left out of the hash
 
     def __post_init__(self):
         if not isinstance(self.id, str) or not self.id:

@@ -172,5 +172,6 @@ def test_a_conversation_is_encoded_through_the_chat_template_with_its_earlier_tu
     want = list(want["input_ids"] if hasattr(want, "keys") else want)
     assert ids == want and ids != encode_prompt(toy_tokenizer, "and now?")
     assert Question.from_dict(json.loads(json.dumps(q.to_dict()))).history == history
+    assert len({q, Question("m", "and now?", "YES", history=history)}) == 1  # hashable, its turns being dicts
     with pytest.raises(ValueError, match="history\\[0\\] must be"):
         Question("m", "?", "1", history=({"role": "robot", "content": "x"},))
