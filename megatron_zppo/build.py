@@ -270,7 +270,8 @@ def make_update(cfg: Config, trainer, phase: RolloutPhase | None) -> UpdatePhase
     engine = phase.student if phase is not None else NoEngine()
     kind = NoUpdate if cfg.run.mode == "rollout_only" else UpdatePhase
     return kind(objective, trainer, engine, overlap=cfg.run.overlap, seed=cfg.run.seed,
-                colocated=cfg.student.release_memory, check_versions=cfg.run.mode != "train_only")
+                colocated=cfg.student.release_memory, check_versions=cfg.run.mode != "train_only",
+                max_staleness=cfg.run.max_staleness)
 
 
 def eval_sampling(e: EvalConfig, seed: int) -> SamplingParams:

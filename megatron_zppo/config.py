@@ -105,9 +105,14 @@ class RunConfig:
     rollouts_from: str = ""  # train_only: the run directory whose rollouts/ are read back
     dump_rollouts: bool = False  # in train mode too, write each step's rollouts to dir/rollouts (not train_only)
     # one_step: step k+1's rollouts are made while the trainer trains on step k, by weights one version
-    # behind (overlap.py); loss.tis_cap then defaults to overlap.DEFAULT_TIS_CAP. none: the synchronous loop.
+    # behind (overlap.py). async: the servers generate continuously, up to run.max_staleness steps ahead,
+    # generations in flight continued across weight syncs (stream.py). Both set loss.tis_cap's default to
+    # overlap.DEFAULT_TIS_CAP. none: the synchronous loop.
     overlap: str = "none"
-    overlap_timeout_s: Annotated[float, Range(gt=0)] = 3600.0  # one_step: wait at most this long after training
+    # async: the most weight versions a trained token may be behind the trainer (k; 0: synchronous)
+    max_staleness: Annotated[int, Range(ge=0)] = 2
+    # one_step: wait at most this long after training; async: for a step's batch, a pause, a checkpoint
+    overlap_timeout_s: Annotated[float, Range(gt=0)] = 3600.0
 
     def __post_init__(self):
         if self.algorithm not in PRESETS:
@@ -296,6 +301,9 @@ class Config:
         if self.run.overlap != "none" and self.student.release_memory:
             raise ValueError(f"run.overlap={self.run.overlap!r} generates while the trainer trains, but "
                              "student.release_memory gives the server's GPU memory to the trainer then; turn one off")
+        if self.run.overlap == "async" and self.rollout.dynamic_sampling.enabled:
+            raise ValueError("rollout.dynamic_sampling with run.overlap=async is not built: a further round draws "
+                             "questions while later steps' batches are in flight; use run.overlap=one_step or none")
         if self.rollout.dynamic_sampling.enabled and not methods.uses_group_advantages(self.method.name):
             raise ValueError(f"rollout.dynamic_sampling keeps groups whose rewards differ, for a policy gradient on "
                              f"group-centred advantages; method.name={self.method.name!r} trains on none (turn it off)")
@@ -358,7 +366,7 @@ def load_config(path: str | None, overrides: list[str]) -> Config:
         for section in sections:
             node = node.setdefault(section, {})
         node.setdefault(leaf, value)
-    if (tree.get("run") or {}).get("overlap") == "one_step":  # off-policy by one version: correct it, unless told
+    if (tree.get("run") or {}).get("overlap") in ("one_step", "async"):  # off-policy: correct it, unless told
         tree.setdefault("loss", {}).setdefault("tis_cap", DEFAULT_TIS_CAP)
     return from_dict(Config, tree)
 

@@ -27,6 +27,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -121,6 +122,7 @@ class GraderPool:
         self.stats = GradeStats()
         self._env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
 
     def wants_judge(self, q: Question) -> bool:
         return self.grader == JUDGE or (self.grader == "auto" and q.metadata.get("grader") == JUDGE)
@@ -133,6 +135,10 @@ class GraderPool:
         return name
 
     def grade(self, responses: Sequence[str], questions: Sequence[Question]) -> list[float]:
+        with self._lock:  # run.overlap=async grades from several threads; the workers take one call at a time
+            return self._grade(responses, questions)
+
+    def _grade(self, responses: Sequence[str], questions: Sequence[Question]) -> list[float]:
         if len(responses) != len(questions):
             raise ValueError(f"{len(responses)} responses for {len(questions)} questions")
         # Images never reach a grader: they would only make every message large.

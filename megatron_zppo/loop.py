@@ -26,7 +26,7 @@ from megatron_zppo.core.dynamic_sampling import (
     in_question_order, informative, informative_fraction, next_round_size, surplus_groups,
 )
 from megatron_zppo.core.prompts import PromptTemplates
-from megatron_zppo.core.records import Group, PromptKind, Sample
+from megatron_zppo.core.records import Group, PromptKind, Question, Sample
 from megatron_zppo.core.reformulate import fraction_count, select_hard
 from megatron_zppo.core.replay_buffer import ReplayBuffer
 from megatron_zppo.rollout.collect import PromptSpec, generate_groups
@@ -160,6 +160,7 @@ class RolloutPhase:
 
     def __call__(self, step: int) -> Rollouts:
         times, graded_before, ds = {}, dataclasses.replace(self.graders.stats), self.rollout.dynamic_sampling
+        target = 0
         rounds = [self._round(step, 0, self.rollout.n_new, set(), times)]
         if ds.enabled:  # more rounds until the step holds its target of informative groups
             target = ds.target_groups or rounds[0].n_new + rounds[0].n_replay
@@ -170,9 +171,15 @@ class RolloutPhase:
                 rounds.append(self._round(step, len(rounds), size, {g.question.id for r in rounds for g in r.plain},
                                           times))
                 kept += sum(map(informative, rounds[-1].groups))
+        filtered, notes = self._filter(rounds, target, ds) if ds.enabled else ([], [])
+        return self.assemble(step, rounds, times, self.graders.stats.since(graded_before), filtered, notes,
+                             tokens_generated(rounds[0].groups) if ds.enabled else None)
+
+    def assemble(self, step: int, rounds: list[Round], times: dict[str, float], grade_failures: dict[str, int],
+                 filtered=(), notes=(), first_round_tokens: int | None = None) -> Rollouts:
+        """A step's rollouts from its rounds, and what the objective prepares from the groups it trains."""
         plain = [g for r in rounds for g in r.plain]
         reformulated = [g for r in rounds for g in r.reformulated]
-        filtered, notes = self._filter(rounds, target, ds) if ds.enabled else ([], [])
         trained_plain = [g for g in plain if g.id not in filtered]
         trained_reform = [g for g in reformulated if g.id not in filtered]
         data = merge_method_data([r.data for r in rounds] + [self.objective.prepare(trained_plain, trained_reform, step,
@@ -180,26 +187,43 @@ class RolloutPhase:
         hard = sum(r.n_hard for r in rounds)
         teacher_acc = sum(r.teacher_acc * r.n_hard for r in rounds) / hard if hard else float("nan")
         return Rollouts(step, plain, reformulated, sum(r.n_new for r in rounds), sum(r.n_replay for r in rounds),
-                        hard, teacher_acc, sum(r.dropped_long for r in rounds), times, data,
-                        self.graders.stats.since(graded_before), [d for r in rounds for d in r.dropped],
-                        filtered=frozenset(filtered), rounds=len(rounds), notes=notes,
-                        first_round_tokens=tokens_generated(rounds[0].groups) if ds.enabled else None)
+                        hard, teacher_acc, sum(r.dropped_long for r in rounds), times, data, grade_failures,
+                        [d for r in rounds for d in r.dropped], filtered=frozenset(filtered), rounds=len(rounds),
+                        notes=list(notes), first_round_tokens=first_round_tokens)
+
+    def draw(self, n_new: int, drawn: set[str]) -> tuple[list[Question], list[Question]]:
+        """A round's questions: `n_new` new ones, and replays from the buffer not among `drawn`."""
+        new = self.stream.next(n_new)
+        replay = self.buffer.sample(fraction_count(self.rho_replay, n_new),
+                                    exclude=drawn | {q.id for q in new})  # a new question is rolled out anyway
+        return new, replay
 
     def _round(self, step: int, round_: int, n_new: int, drawn: set[str], times: dict[str, float]) -> Round:
         """One draw of questions rolled out, graded and reformulated (a step is one round, unless
         rollout.dynamic_sampling asks for more: each further round draws new questions and replays
         not drawn yet, with seeds of its own)."""
-        new = self.stream.next(n_new)
-        replay = self.buffer.sample(fraction_count(self.rho_replay, n_new),
-                                    exclude=drawn | {q.id for q in new})  # a new question is rolled out anyway
-        specs = [PromptSpec(q, PromptKind.PLAIN, f"{step}:{q.id}", self.templates.plain(q.text)) for q in new + replay]
-        plain, long_plain = self._roll_out(specs, step, round_, Phase.PLAIN_ROLLOUTS, self.rollout.max_prompt_tokens,
+        return self.roll_round(step, round_, *self.draw(n_new, drawn), times, {})
+
+    def roll_round(self, step: int, round_: int, new: list[Question], replay: list[Question],
+                   times: dict[str, float], memo: dict[str, Any]) -> Round:
+        """Drawn questions rolled out, graded and reformulated. `memo` keeps each stage's result
+        once reached: run.overlap=async checkpoints rounds part-way, and a resumed round goes on
+        from the stage it had reached (stream.py)."""
+        if "plain" not in memo:
+            specs = [PromptSpec(q, PromptKind.PLAIN, f"{step}:{q.id}", self.templates.plain(q.text))
+                     for q in new + replay]
+            memo["plain"] = self._roll_out(specs, step, round_, Phase.PLAIN_ROLLOUTS, self.rollout.max_prompt_tokens,
                                            times)
-        cap = fraction_count(self.rho_aug, n_new)
+        plain, long_plain = memo["plain"]
+        cap = fraction_count(self.rho_aug, len(new))
         all_hard = select_hard(plain, self.tau, len(plain))
-        hard = self.hard_prompts(pre_capped(all_hard, cap, self.pre_cap), cap, step, times)
-        reformulated, long_reform = self._roll_out(hard.specs, step, round_, Phase.REFORMULATED_ROLLOUTS,
-                                                   self.rollout.max_reformulated_prompt_tokens, times)
+        if "hard" not in memo:
+            memo["hard"] = self.hard_prompts(pre_capped(all_hard, cap, self.pre_cap), cap, step, times)
+        hard = memo["hard"]
+        if "reformulated" not in memo:
+            memo["reformulated"] = self._roll_out(hard.specs, step, round_, Phase.REFORMULATED_ROLLOUTS,
+                                                  self.rollout.max_reformulated_prompt_tokens, times)
+        reformulated, long_reform = memo["reformulated"]
         dropped = [f"{len(long)} of {len(long) + len(kept)} {what} prompts longer than rollout.{key}={limit}"
                    for long, kept, what, key, limit in (
                        (long_plain, plain, "plain", "max_prompt_tokens", self.rollout.max_prompt_tokens),
@@ -248,15 +272,16 @@ class UpdatePhase:
     weight version for the whole of them (overlap.py)."""
 
     def __init__(self, objective: Objective, trainer: Trainer, engine: StudentEngine, *, overlap: str, seed: int,
-                 colocated: bool = False, check_versions: bool = True):
+                 colocated: bool = False, check_versions: bool = True, max_staleness: int = 1):
         self.objective, self.trainer, self.engine = objective, trainer, engine
         self.overlap, self.seed, self.colocated, self.check_versions = overlap, seed, colocated, check_versions
+        self.max_staleness = max_staleness
 
     def __call__(self, r: Rollouts, source, times: dict[str, float]) -> dict[str, float]:
         source.ahead(r.step + 1)
         if self.colocated:
             self.engine.release_memory()
-        accepted = accepted_versions(self.overlap, r.step) if self.check_versions else None
+        accepted = accepted_versions(self.overlap, r.step, self.max_staleness) if self.check_versions else None
         with timed(times, "train"):
             stats = self.objective.update(self.trainer, r, accepted, random.Random(step_seed(self.seed, r.step,
                                                                                              Phase.MINIBATCHES)))

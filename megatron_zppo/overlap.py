@@ -29,8 +29,8 @@ from typing import Any
 
 from megatron_zppo.errors import RunError
 
-OVERLAPS = ("none", "one_step")
-DEFAULT_TIS_CAP = 2.0  # loss.tis_cap under one_step unless set (None there turns the correction off)
+OVERLAPS = ("none", "one_step", "async")  # async: stream.py
+DEFAULT_TIS_CAP = 2.0  # loss.tis_cap under one_step and async unless set (None there turns the correction off)
 _WORKING: set[int] = set()  # ids of the feeds whose background thread is inside the rollout phase now
 
 
@@ -47,11 +47,12 @@ def version_name(step: int) -> str:
     return f"step-{step}"
 
 
-def accepted_versions(overlap: str, step: int) -> str | tuple[str, ...]:
-    """The weight versions step `step`'s samples may carry: the trainer's own (none), or also the
-    one before (one_step; at most one version behind)."""
-    if overlap == "one_step":
-        return (version_name(step), version_name(step - 1))
+def accepted_versions(overlap: str, step: int, max_staleness: int = 1) -> str | tuple[str, ...]:
+    """The weight versions step `step`'s samples may carry (the oldest token's): the trainer's own
+    (none), also the one before (one_step), or up to run.max_staleness before (async)."""
+    behind = {"one_step": 1, "async": max_staleness}.get(overlap, 0)
+    if behind:
+        return tuple(version_name(step - d) for d in range(behind + 1))
     return version_name(step)
 
 
@@ -62,6 +63,21 @@ def versions_behind(rollouts, step: int) -> float:
     if not versions or not all(v.startswith("step-") and v[5:].isdigit() for v in versions):
         return float("nan")
     return float(max(step - int(v[5:]) for v in versions))
+
+
+def staleness_metrics(rollouts, step: int) -> dict[str, float]:
+    """run.overlap=async: the samples by how many versions their oldest token is behind the trainer
+    (`samples_behind_<d>`), the most versions one trajectory spans, and its tokens sampled by
+    older weights than its last ones (`tokens_continued`: carried across a weight sync)."""
+    samples = [s for g in rollouts.groups for s in g.samples]
+    out: dict[str, float] = {}
+    for s in samples:
+        if s.weight_version.startswith("step-") and s.weight_version[5:].isdigit():
+            key = f"samples_behind_{step - int(s.weight_version[5:])}"
+            out[key] = out.get(key, 0) + 1
+    out["versions_spanned_max"] = float(max((max(len(s.version_spans), 1) for s in samples), default=0))
+    out["tokens_continued"] = float(sum(n for s in samples for _, n in s.version_spans[:-1]))
+    return out
 
 
 class RolloutFeed:
@@ -142,6 +158,10 @@ class RolloutFeed:
     def load_state_dict(self, state: dict[str, Any] | None, step: int) -> None:
         """`state` of a checkpoint written at the start of `step` (None: written before overlaps
         existed, or by a run with none in flight)."""
+        if (state or {}).get("batches"):
+            self.log(f"resuming with run.overlap={self.overlap} from an async checkpoint: its "
+                     f"{len(state['batches'])} batches in flight are discarded and made again; the questions drawn "
+                     "for them are not drawn again")
         r = (state or {}).get("in_flight")
         if r is None:
             return

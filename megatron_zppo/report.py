@@ -16,7 +16,7 @@ from megatron_zppo.evaluate import evaluate
 from megatron_zppo.loop import RolloutPhase, Rollouts, rollout_metrics
 from megatron_zppo.core.audit import AUDIT_N, audit_counts, audit_rates
 from megatron_zppo.metrics import TRAIN_STATS, MetricsLogger, plot, read_metrics, summary_table
-from megatron_zppo.overlap import versions_behind
+from megatron_zppo.overlap import staleness_metrics, versions_behind
 
 TIMES = ("rollout", "reward", "teacher", "zppo", "train", "sync")
 
@@ -52,8 +52,11 @@ class Report:
         if hasattr(p.student, "fault_metrics"):  # a pool of servers: losses, returns, resubmitted requests
             m.update({f"student_{k}": v for k, v in p.student.fault_metrics().items()})
         m["rollout_versions_behind"] = versions_behind(r, r.step)
-        if "overlap_wait" in times:  # one_step: how long the trainer waited for the next rollouts
+        if "overlap_wait" in times:  # one_step: how long the trainer waited for the next rollouts; async: the pause
             m["t_overlap_wait"] = times["overlap_wait"]
+        if "stream_wait" in times:  # async: how long the step waited for its batch, and its tokens' versions
+            m["t_stream_wait"] = times["stream_wait"]
+            m.update(staleness_metrics(r, r.step))
         m["t_step"] = time.perf_counter() - t_start
         m["tokens_per_s"] = m["tokens_generated"] / max(m["t_rollout"], 1e-9)
         self.logger.log(m)

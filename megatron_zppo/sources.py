@@ -2,7 +2,8 @@
 job's loop has one line for it whatever the run does:
 
 - `Generated` (rank 0, which holds the engines): the rollout phase (loop.RolloutPhase), run when
-  asked (`run.overlap=none`) or one step ahead while the trainer trains (`one_step`, overlap.py);
+  asked (`run.overlap=none`), one step ahead while the trainer trains (`one_step`, overlap.py) or
+  continuously, up to run.max_staleness steps ahead (`async`, stream.py);
   the replay buffer learns from each step's plain groups as they are taken; the rollouts go to
   every other rank, and to disk for `run.mode=rollout_only` or `run.dump_rollouts`.
 - `Received` (every other rank): rank 0's rollouts.
@@ -20,8 +21,10 @@ from typing import Any, Protocol
 
 import torch
 
+from megatron_zppo.build import make_decoder
 from megatron_zppo.loop import RolloutPhase, Rollouts
 from megatron_zppo.overlap import RolloutFeed
+from megatron_zppo.stream import AsyncFeed
 
 
 class Source(Protocol):
@@ -46,8 +49,11 @@ def make_source(cfg, phase: RolloutPhase | None, run_dir: Path) -> Source:
     if phase is None:
         return Received()
     written = run_dir if cfg.run.mode == "rollout_only" or cfg.run.dump_rollouts else None
-    return Generated(phase, RolloutFeed(phase, cfg.run.overlap, cfg.run.overlap_timeout_s), cfg.buffer.enabled,
-                     written)
+    if cfg.run.overlap == "async":
+        feed = AsyncFeed(phase, cfg.run.max_staleness, cfg.run.overlap_timeout_s, make_decoder(cfg.student.hf_path))
+    else:
+        feed = RolloutFeed(phase, cfg.run.overlap, cfg.run.overlap_timeout_s)
+    return Generated(phase, feed, cfg.buffer.enabled, written)
 
 
 class Generated:

@@ -104,7 +104,10 @@ class Sample:
     logprobs: Sequence[float]
     sampled_by: str = STUDENT
     finish_reason: str = "stop"
-    weight_version: str = ""
+    weight_version: str = ""  # of its oldest token (the one the staleness bound applies to)
+    # run.overlap=async: (version, tokens) per run of tokens one weight version sampled, oldest first
+    # (a generation continued across weight syncs); () when one version sampled them all
+    version_spans: tuple[tuple[str, int], ...] = ()
     reward: float | None = None
     advantage: float = 0.0
     # One advantage per response token (on-policy distillation); None: `advantage` for every token.

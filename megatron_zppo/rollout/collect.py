@@ -45,6 +45,7 @@ def generate_groups(engine: RolloutEngine, encode: Callable[..., list[int]], spe
             raise RuntimeError(f"engine returned {len(gs)} of {n} rollouts for prompt {s.group_id!r}")
         samples = [Sample(s.question.id, s.group_id, s.kind, list(req.prompt_ids), g.response_ids, g.text,
                           g.logprobs, finish_reason=g.finish_reason, weight_version=g.weight_version,
+                          version_spans=g.version_spans,
                           answer_prefix=s.prefix_text, images=s.question.images,
                           videos=s.question.videos) for g in gs]
         groups.append(Group(s.group_id, s.question, s.kind, s.text, samples))

@@ -46,6 +46,8 @@ class GenerateRequest:
     images: tuple[str | bytes, ...] = ()
     request_id: str = ""
     videos: tuple[str | bytes, ...] = ()
+    # this request's own budget (a partial generation continued after a weight sync: rollout/partial.py)
+    max_new_tokens: int | None = None
 
 
 @dataclass
@@ -54,7 +56,9 @@ class Generation:
     logprobs: list[float]  # log-prob of each response token under the sampling policy
     text: str
     finish_reason: str  # "stop" | "length" | "abort"
-    weight_version: str = ""
+    weight_version: str = ""  # of its first token
+    # (version, tokens) per run of tokens sampled by one weight version, oldest first; () = all by weight_version
+    version_spans: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass

@@ -9,6 +9,7 @@ the trainer's.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 
@@ -55,6 +56,7 @@ class HFEngine:
         self.weight_version = "init"
         self.stats = EngineStats()
         self._calls = 0
+        self._lock = threading.Lock()
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"tokenizer in {model_dir} has no pad token; set one before serving it")
         self.image_processor = self.video_processor = None
@@ -65,7 +67,13 @@ class HFEngine:
             self.video_processor = load_video_processor(model_dir)  # None: the checkpoint ships none
 
     def generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
+        with self._lock:  # run.overlap=async calls from several threads; the model runs one batch at a time
+            return self._generate(requests, params)
+
+    def _generate(self, requests: Sequence[GenerateRequest], params: SamplingParams) -> list[list[Generation]]:
         for r in requests:
+            if r.max_new_tokens is not None:  # only an aborted generation is continued, and this engine never aborts
+                raise NotImplementedError(f"{self.name} engine: request {r.request_id!r} sets its own max_new_tokens")
             if r.images and self.image_processor is None:
                 raise ValueError(f"{self.name} engine: request {r.request_id!r} has images but this engine "
                                  "serves a text-only model")

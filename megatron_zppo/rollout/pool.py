@@ -43,6 +43,8 @@ from megatron_zppo.rollout.engine import (
     StudentEngine,
 )
 
+CALLERS = 8  # concurrent generate calls per server the pool passes on at once
+
 
 @dataclass(frozen=True)
 class FaultToleranceConfig:
@@ -114,7 +116,8 @@ class EnginePool:
         self._fatal: ServersLost | None = None  # found by the health monitor, raised on the caller's thread
         self._regroup = False  # a server lost or back since the last update: the sync's group must change
         self._updating = threading.Event()  # no health checks meanwhile: paused servers, versions in flux
-        self._threads = ThreadPoolExecutor(len(self.engines), thread_name_prefix=f"{name}-pool")
+        # several callers at once (run.overlap=async's batches in flight): one thread per server would queue them
+        self._threads = ThreadPoolExecutor(len(self.engines) * CALLERS, thread_name_prefix=f"{name}-pool")
         self._stop = threading.Event()
         if tolerance.min_servers:
             threading.Thread(target=self._monitor, daemon=True, name=f"{name}-health").start()
@@ -244,6 +247,12 @@ class EnginePool:
             return groups
 
         return self._spread(on, list(requests), [r.n for r in requests])
+
+    def abort(self, rid: str) -> None:
+        """Every live server aborts request `rid` (the pool does not remember which one took it); the
+        partial responses come back to the caller waiting on it (rollout/partial.py)."""
+        for engine in list(self.live):
+            engine.abort(rid)
 
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
               images: Sequence[tuple] | None = None) -> list[list[float]]:

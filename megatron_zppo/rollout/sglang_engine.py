@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import threading
 import time
 import uuid
@@ -45,7 +46,7 @@ class SGLangError(RunError, RuntimeError):
 
 
 class MalformedResponse(SGLangError):
-    pass
+    """An answer outside the protocol."""
 
 
 class GenerationAborted(MalformedResponse):
@@ -53,7 +54,7 @@ class GenerationAborted(MalformedResponse):
 
 
 class WeightSyncError(SGLangError):
-    pass
+    """A weight update failed; the server may hold a mix of weights."""
 
 
 _FINISH_TYPES = {"stop": "stop", "length": "length", "abort": "abort"}
@@ -99,8 +100,7 @@ def image_payload(images: Sequence[str | bytes], mime: str = "image") -> str | l
 
 
 def video_payload(videos: Sequence[str | bytes]) -> str | list[str]:
-    """`video_data` as SGLang's request takes it: the same forms as images (its loader decodes a
-    data URI's base64 payload). SGLang samples the frames itself, by its own fps rule."""
+    """`video_data`: the forms images take (SGLang samples the frames itself, by its own fps rule)."""
     return image_payload(videos, "video/mp4")
 
 
@@ -261,6 +261,7 @@ class SGLangEngine:
 
     async def _generate_one(self, req: GenerateRequest, params: SamplingParams) -> list[Generation]:
         rid = req.request_id or f"{self.name}-{uuid.uuid4().hex}"
+        params = params if req.max_new_tokens is None else dataclasses.replace(params, max_new_tokens=req.max_new_tokens)
         payload: dict[str, Any] = {"input_ids": [int(t) for t in req.prompt_ids], "rid": rid,
                                    "sampling_params": sampling_payload(params, req.n),
                                    "return_logprob": True, "logprob_start_len": -1}  # -1: output tokens only
@@ -319,9 +320,8 @@ class SGLangEngine:
 
     def health(self, timeout_s: float | None = None) -> bool:
         try:
-            resp = self._loop.run(self._client.get(
-                self.base_url + "/health_generate", headers=self._headers(False),
-                timeout=timeout_s or min(self.timeout_s, 30.0)))
+            resp = self._loop.run(self._client.get(self.base_url + "/health_generate", headers=self._headers(False),
+                                                   timeout=timeout_s or min(self.timeout_s, 30.0)))
         except httpx.HTTPError:
             return False
         return resp.status_code == 200

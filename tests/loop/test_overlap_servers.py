@@ -34,7 +34,9 @@ class RecordingTrainer:
     def update(self, minibatches, loss):
         samples = [s for mb in minibatches for s in mb]
         self.trained.append({"versions": sorted({s.weight_version for s in samples}),
-                             "rollouts": sorted([s.group_id, list(s.response_ids)] for s in samples)})  # as JSON keeps it
+                             "rollouts": sorted([s.group_id, list(s.response_ids)] for s in samples),  # as JSON keeps it
+                             "logprobs": sorted([s.group_id, list(s.logprobs)] for s in samples),
+                             "spans": sorted([s.group_id, [list(v) for v in s.version_spans]] for s in samples)})
         return {"loss": 0.0}
 
     def export_hf(self):
@@ -67,7 +69,7 @@ def model_dir(toy_world, tmp_path):
     return str(d)
 
 
-def _run(servers, model_dir, run_dir, overlap, steps=4, load="", students=(), trainer=None):
+def _run(servers, model_dir, run_dir, overlap, steps=4, load="", students=(), trainer=None, extra=()):
     """`students`: several student servers (a pool, fault tolerant) instead of the one in `servers`."""
     from pretrain_zppo import train
 
@@ -82,7 +84,7 @@ def _run(servers, model_dir, run_dir, overlap, steps=4, load="", students=(), tr
         f"teacher.hf_path={model_dir}", "teacher.engine=sglang", f"teacher.url={teacher.url}",
         "rollout.n_new=4", "rollout.group_size=2", "rollout.teacher_group_size=2", "rollout.max_new_tokens=6",
         "method.rho_aug=0.5", "buffer.rho_replay=0.5", "reward.grader=task", "reward.workers=1",
-        f"data.train=[{CHAIN}]", "data.eval={}"])
+        f"data.train=[{CHAIN}]", "data.eval={}", *extra])
     trainer, ctx, stop = trainer or RecordingTrainer(), build.make_rollout_phase(cfg), StopRequest(60.0, cfg.run.dir)
     try:
         assert train(cfg, trainer, ctx, stop, Path(run_dir)) == 0
@@ -98,9 +100,17 @@ BUFFER = ("buffer_size", "buffer_admitted", "buffer_graduated", "buffer_evicted"
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_one_step_trains_one_version_behind_on_the_rollouts_a_synchronous_run_gets(servers, model_dir, tmp_path):
+def test_one_step_and_async_train_on_the_rollouts_a_synchronous_run_gets(servers, model_dir, tmp_path):
     sync_trained, sync_buffer, sync_metrics = _run(servers, model_dir, tmp_path / "none", "none")
     trained, buffer, metrics = _run(servers, model_dir, tmp_path / "one_step", "one_step")
+    # run.overlap=async with max_staleness 0 is the synchronous loop: the same rollouts, versions and buffer.
+    k0_trained, k0_buffer, k0_metrics = _run(servers, model_dir, tmp_path / "async0", "async",
+                                             extra=["run.max_staleness=0"])
+    assert [{k: t[k] for k in ("versions", "rollouts", "logprobs")} for t in k0_trained] == \
+        [{k: t[k] for k in ("versions", "rollouts", "logprobs")} for t in sync_trained]
+    assert [{k: m[k] for k in BUFFER} for m in k0_metrics] == [{k: m[k] for k in BUFFER} for m in sync_metrics]
+    assert k0_buffer == sync_buffer
+    assert all({k for k in m if k.startswith("samples_behind_")} == {"samples_behind_0"} for m in k0_metrics)
     # The synchronous loop trains on its own weights; one_step on the weights one update behind,
     # every sample of a step on the same version (the next rollouts finish before the weight sync).
     assert [t["versions"] for t in sync_trained] == [["step-0"], ["step-1"], ["step-2"], ["step-3"]]
@@ -121,6 +131,63 @@ def test_a_resumed_one_step_run_trains_on_the_rollouts_in_flight_at_the_checkpoi
     _run(servers, model_dir, tmp_path / "split", "one_step", steps=2)
     resumed, *_ = _run(servers, model_dir, tmp_path / "split", "one_step", load="auto")
     assert resumed == straight  # step 2's rollouts, made by step-1 weights before the stop, trained on after it
+
+
+class TrainingWhileGenerating(RecordingTrainer):
+    """Trains once the student server has a generation running that has made tokens (or after 3 s:
+    in step 0 the batches ahead may all be done), so that the weight sync after it finds a partial
+    generation to keep (run.overlap=async; from step 1 on, the batch admitted at the step's start
+    is certainly generating)."""
+
+    def __init__(self, server):
+        super().__init__()
+        self.server = server
+
+    def update(self, minibatches, loss):
+        end = time.monotonic() + 3
+        while self.server.tokens_in_flight() == 0 and time.monotonic() < end:
+            time.sleep(0.01)
+        return super().update(minibatches, loss)
+
+
+ASYNC = ["run.max_staleness=2", "rollout.max_new_tokens=30"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_async_keeps_generations_across_weight_syncs_and_resumes_with_them_exactly(servers, model_dir, tmp_path):
+    """Generations 30 tokens long at 40 ms a token: every weight sync finds some in flight. They are
+    continued with the new weights, token for token what an uncut generation makes (the stand-in
+    continues an aborted generation's plan), and a run resumed from a checkpoint holding them
+    trains on exactly what the uninterrupted run trains on."""
+    student, teacher = servers
+    student.set_faults(token_delay_s=0.04, lengths={"median": 30, "sigma": 0.0, "cap": 30})
+    try:
+        straight, buffer, metrics = _run(servers, model_dir, tmp_path / "straight", "async", steps=6,
+                                         trainer=TrainingWhileGenerating(student), extra=ASYNC)
+        state = torch.load(tmp_path / "straight/checkpoints/step_000002/loop_state.pt", weights_only=False)
+        resumed, resumed_buffer, _ = _run(servers, model_dir, tmp_path / "resumed", "async", steps=6,
+                                          trainer=TrainingWhileGenerating(student), extra=ASYNC,
+                                          load=str(tmp_path / "straight/checkpoints/step_000002"))
+        aborts = student.update_aborts()
+    finally:
+        student.set_faults()
+    # The checkpoint after step 1 holds steps 2 and 3's batches, and generations part-way made.
+    assert [b.step for b in state["rollouts"]["batches"]] == [2, 3]
+    assert any(p.ids for p in state["rollouts"]["parked"].values())
+    # Every trained sample's oldest token is at most 2 versions behind its step; some span two versions,
+    # and none was lost: every response is the stand-in's uncut 30 tokens.
+    for step, t in enumerate(straight):
+        assert all(step - int(v[5:]) in (0, 1, 2) for v in t["versions"])
+        assert all(len(ids) == 30 for _, ids in t["rollouts"])
+    assert sum(m["tokens_continued"] for m in metrics) > 0 and max(m["versions_spanned_max"] for m in metrics) >= 2
+    assert all(len(spans) <= 3 for t in straight for _, spans in t["spans"])
+    assert all(m["partial_generations_lost"] == 0.0 for m in metrics) and set(aborts) == {False}  # said explicitly
+    # Resumed from step 2: the same tokens and log-probs, the same buffer (which weights sampled which
+    # token depends on timing, in both runs).
+    assert [{k: t[k] for k in ("rollouts", "logprobs")} for t in resumed] == \
+        [{k: t[k] for k in ("rollouts", "logprobs")} for t in straight]
+    assert resumed_buffer == buffer
 
 
 class RestartingTrainer(RecordingTrainer):

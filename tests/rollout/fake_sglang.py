@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing as mp
 import os
+import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -48,7 +51,9 @@ class _State:
         self.in_flight = 0
         self.busy_s, self.busy_since = 0.0, 0.0  # time with a generate request in flight (benchmarks)
         self.aborted: set[str] = set()
+        self.plans: dict[tuple, tuple] = {}  # prompt + partial response of an aborted generation -> its plan
         self.generating: set[str] = set()  # rids of the generations running now
+        self.progress: dict[str, int] = {}  # of those, the tokens each has made so far
         self.update_aborted: set[str] = set()  # of those, the ones an update aborted (once: a resubmission runs)
         self.update_aborts: list = []  # each weight-update request's abort_all_requests, as sent (None: unsaid)
         self.weight_version = "default"
@@ -122,7 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def h__fake_log(self, body):
         self._send(200, {"log": self.state.log, "last_generate": self.state.last_generate,
-                         "generating": sorted(self.state.generating), "update_aborts": self.state.update_aborts})
+                         "generating": sorted(self.state.generating), "update_aborts": self.state.update_aborts,
+                         "progress": dict(self.state.progress)})
 
     def h__fake_version(self, body):
         self._send(200, {"weight_version": self.state.weight_version})
@@ -212,34 +218,62 @@ class _Handler(BaseHTTPRequestHandler):
         max_new, n = sp.get("max_new_tokens", 128), sp.get("n", 1)
         if max_new == 0:
             return [self._score(prompt, body.get("logprob_start_len", -1), rid)]
-        return [self._one(prompt, s, max_new, sp.get("stop_token_ids") or [], f"{rid}_{s}" if n > 1 else rid)
-                for s in range(n)]
+        def one(s):
+            return self._one(prompt, s, max_new, sp.get("stop_token_ids") or [], f"{rid}_{s}" if n > 1 else rid, n)
+        if n > 1 and self.state.faults.get("token_delay_s"):  # a real server decodes a request's samples at once
+            with ThreadPoolExecutor(n) as pool:
+                return list(pool.map(one, range(n)))
+        return [one(s) for s in range(n)]
 
-    def _one(self, prompt, sample, max_new, stop_ids, rid):
+    def _plan(self, prompt, sample, n):
+        """(the prompt the tokens are a function of, the sample, the position to go on from, the
+        length planned). With `lengths` set, a request continuing a generation this server aborted
+        (prompt = its prompt + the tokens it had made; n = 1) goes on with that generation's plan, and
+        a request's samples are all alike (one aborted before its first token goes on as a new one):
+        an abort and a continuation then make exactly the tokens an uncut generation makes."""
+        st = self.state
+        lengths = st.faults.get("lengths")  # {"median", "sigma", "cap"}: log-normal, a function of the prompt
+        if lengths is None:
+            return prompt, sample, 0, DEFAULT_LEN
+        with st.lock:
+            plan = st.plans.get(tuple(prompt)) if n == 1 else None
+        if plan is not None:
+            return plan
+        rng = random.Random(hashlib.sha256(repr(prompt).encode()).digest())
+        drawn = round(math.exp(math.log(lengths["median"]) + lengths["sigma"] * rng.gauss(0, 1)))
+        return prompt, 0, 0, max(1, min(lengths["cap"], drawn))
+
+    def _one(self, prompt, sample, max_new, stop_ids, rid, n=1):
         st, ids, finish = self.state, [], None
         abort_at = 2 if st.fault_budget("abort_generations") else None  # as a pause in "abort" mode would
         hold = st.fault_budget("hold_until_update")  # still running when the next update request arrives
+        source, sample, start, length = self._plan(prompt, sample, n)
         with st.lock:
             st.generating.add(rid)
-        for pos in range(min(max_new, DEFAULT_LEN) + st.faults.get("overlong", 0)):
+        for pos in range(start, start + min(max_new, length - start) + st.faults.get("overlong", 0)):
             time.sleep(st.faults.get("token_delay_s", 0))
             if rid in st.update_aborted:
                 with st.lock:
                     st.update_aborted.discard(rid)
                 finish = {"type": "abort", "message": "Abort request"}
                 break
-            if pos == abort_at or any(rid.startswith(a) for a in st.aborted):
+            if pos - start == abort_at or any(rid.startswith(a) for a in st.aborted):
                 finish = {"type": "abort", "message": "Abort request"}
                 break
-            ids.append(fake_token(prompt, sample, pos))
+            ids.append(fake_token(source, sample, pos))
+            st.progress[rid] = len(ids)
             if ids[-1] in stop_ids:
                 finish = {"type": "stop", "matched": ids[-1]}
                 break
+        if finish is not None and finish["type"] == "abort" and ids and st.faults.get("lengths"):
+            with st.lock:
+                st.plans[tuple(prompt) + tuple(ids)] = (source, sample, start + len(ids), length)
         if finish is None:
             full = len(ids) >= max_new
             finish = {"type": "length", "length": len(ids)} if full else {"type": "stop", "matched": EOS}
         with st.lock:
             st.generating.discard(rid)
+            st.progress.pop(rid, None)
         lps = [[fake_logprob(len(prompt) + i, t), t, None] for i, t in enumerate(ids)]
         if st.faults.get("short_logprobs"):
             lps = lps[:-1]
@@ -435,6 +469,10 @@ class FakeSGLang:
     def generating(self) -> list[str]:
         """Request ids of the generations running now."""
         return self._control("/_fake/log")["generating"]
+
+    def tokens_in_flight(self) -> int:
+        """Tokens made so far by the generations running now."""
+        return sum(self._control("/_fake/log")["progress"].values())
 
     def update_aborts(self) -> list:
         """Each weight-update request's abort_all_requests as sent (None where it did not say)."""
