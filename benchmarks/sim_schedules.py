@@ -199,6 +199,64 @@ def asynchronous(c: Cluster, qs: list[Question], steps: int, k: int) -> Result:
                   reformulated[1] / max(reformulated[0], 1), considered)
 
 
+def batches(c: Cluster, qs: list[Question], steps: int, k: int) -> Result:
+    """run.overlap=async as built (stream.py): step j trains batch j (its B questions, in the order
+    they were admitted) once all its groups are done; batch j is admitted when the trainer reaches
+    version j - k; inside a batch the ZPPO stage runs as in the synchronous loop (the teacher once
+    the batch's last plain answer is done, then the reformulated groups). The lanes are shared by
+    the batches in flight, first come first served; a sync pauses them and answers in flight go on
+    after it. Nothing is ever staler than k, so nothing is dropped."""
+    queue: deque[tuple[int, int]] = deque()  # (batch, length) waiting for a lane
+    running: list[tuple[float, int, int]] = []  # heap of (finish time, batch, start version)
+    events: list[tuple[float, int, str]] = []  # heap of (time, batch or -1, kind)
+    left: dict[int, int] = {}  # samples of the batch's current stage not yet done
+    oldest: dict[int, int] = {}  # the batch's oldest start version
+    reforming: set[int] = set()  # batches past their plain stage
+    done: set[int] = set()
+    version = admitted = trained = busy_lanes = generated = trained_tokens = worst = 0
+    t, paused_until, lane_s, trainer_busy = 0.0, 0.0, 0.0, False
+
+    def batch(j: int) -> list[Question]:
+        return qs[j * c.questions:(j + 1) * c.questions]
+
+    while trained < steps:
+        while admitted <= version + k:
+            left[admitted], oldest[admitted] = sum(len(q.plain) for q in batch(admitted)), version
+            queue.extend((admitted, n) for q in batch(admitted) for n in q.plain)
+            admitted += 1
+        while t >= paused_until and busy_lanes < c.lanes and queue:
+            j, n = queue.popleft()
+            heapq.heappush(running, (t + n / c.tok_s, j, version))
+            busy_lanes, lane_s, generated = busy_lanes + 1, lane_s + n / c.tok_s, generated + n
+        if not trainer_busy and trained in done:
+            tokens = sum(q.tokens() for q in batch(trained))
+            worst, trained_tokens, trainer_busy = max(worst, version - oldest[trained]), trained_tokens + tokens, True
+            heapq.heappush(events, (t + tokens / c.train_tok_s, -1, "trained"))
+        t = min(running[0][0] if running else math.inf, events[0][0] if events else math.inf)
+        if running and running[0][0] == t:
+            _, j, _ = heapq.heappop(running)
+            busy_lanes, left[j] = busy_lanes - 1, left[j] - 1
+            hard = [q for q in batch(j) if q.teacher]
+            if left[j] == 0 and hard and j not in reforming:  # the teacher, then the reformulated groups
+                reforming.add(j)
+                heapq.heappush(events, (t + max(max(q.teacher) for q in hard) / c.teacher_tok_s, j, "teacher"))
+            elif left[j] == 0:
+                done.add(j)
+            continue
+        _, j, kind = heapq.heappop(events)
+        if kind == "teacher":
+            left[j] = sum(len(q.reformulated) for q in batch(j))
+            queue.extend((j, n) for q in batch(j) for n in q.reformulated)
+        elif kind == "trained":
+            running = [(f + c.sync_s, b, v) for f, b, v in running]
+            heapq.heapify(running)
+            paused_until = t + c.sync_s
+            heapq.heappush(events, (paused_until, -1, "synced"))
+        else:
+            version, trained, trainer_busy = version + 1, trained + 1, False
+    return Result(t, trained_tokens, generated, 1 - lane_s / (c.lanes * t), 0, worst)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=40)
@@ -211,6 +269,8 @@ def main(argv=None) -> None:
     runs = {"none": synchronous(c, qs, a.steps, False), "one_step": synchronous(c, qs, a.steps, True)}
     for k in (0, 1, 2):
         runs[f"async_k{k}"] = asynchronous(c, qs, a.steps, k)
+    for k in (0, 1, 2):
+        runs[f"batches_k{k}"] = batches(c, qs, a.steps, k)
     print(f"{c}\n{'schedule':10} {'s/step':>8} {'trained tok/s':>14} {'lane idle':>9} {'stale groups':>14} "
           f"{'max stale':>9} {'reformulated trained':>20}")
     for name, r in runs.items():
@@ -219,6 +279,8 @@ def main(argv=None) -> None:
               f"{r.max_staleness:9d} {r.reformulated_trained:20.2f}")
     print(f"async_k2_vs_none={runs['async_k2'].tokens_per_s / runs['none'].tokens_per_s:.2f}")
     print(f"async_k2_vs_one_step={runs['async_k2'].tokens_per_s / runs['one_step'].tokens_per_s:.2f}")
+    print(f"batches_k2_vs_none={runs['batches_k2'].tokens_per_s / runs['none'].tokens_per_s:.2f}")
+    print(f"batches_k2_vs_one_step={runs['batches_k2'].tokens_per_s / runs['one_step'].tokens_per_s:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,22 @@
 """Generations that survive a weight sync (run.overlap=async, stream.py).
 
 The stream's batches generate through `PausableStudent`, the student engine behind a gate. Before
-a weight sync, `pause` closes the gate and aborts every request of ours in flight; the server
-answers each with its partial response (SGLang's `finish_reason: abort`, asked for, so not a loss:
-sglang_engine.SGLangEngine.abort). After the sync, `resume` opens the gate and each unfinished
-generation is sent again as its prompt followed by the tokens generated so far, with what is left
-of its budget, so the new weights continue it. A generation so keeps every token, with the
+a weight sync, `pause` closes the gate and aborts the requests in flight (every request on the
+student's servers: they serve this run only); the server answers each with its partial response
+(SGLang's `finish_reason: abort`, asked for, so not a loss: sglang_engine.SGLangEngine.abort_all).
+After the sync, `resume` opens the gate and each unfinished generation is sent again as its prompt
+followed by the tokens generated so far, with what is left of its budget, so the new weights
+continue it. A generation so keeps every token, with the
 version that sampled it (`Generation.version_spans`) and that version's log-prob: the behaviour
 policy the trainer's importance weights divide by.
 
 Re-sending costs a prefill of prompt + partial response per generation in flight at a sync (the
-decode, which dominates, is never repeated). SGLang's `pause_generation` in `in_place` or `retract`
-mode would keep the requests on the server instead, but SGLang reports one weight version per
-response, not where it changed: the trainer could not know which tokens which weights sampled.
+decode, which dominates, is never repeated). SGLang's `pause_generation` in `in_place` mode would
+keep the requests on the server (SGLang 0.5.23 reports where the version changed in a response,
+`meta_info.weight_versions`), but a request kept there cannot go into the run's checkpoint, and a
+server that can only abort (a router, an older SGLang) would lose it.
 
-An engine without `abort` (the in-process engine) finishes the calls in flight before the sync:
+An engine without `abort_all` (the in-process engine) finishes the calls in flight before the sync:
 nothing is partial, and the sync waits for them.
 
 The partial generations are state (`parked`, by request id and sample): a checkpoint written while
@@ -81,7 +83,6 @@ class PausableStudent:
         self._open, self._closing = threading.Event(), False
         self._open.set()
         self._cond = threading.Condition()
-        self._rids: set[str] = set()  # ours, in flight
         self._calls = 0  # engine calls in flight
         self.waiting: set[int] = set()  # idents of the threads waiting for the gate
 
@@ -97,12 +98,12 @@ class PausableStudent:
                 self.parked.setdefault(k, Partial())  # a resumed run's partials are already there
         try:
             while calls := self._continuations(requests, params):
-                if not self._enter([req.request_id for req, _ in calls]):
+                if not self._enter():
                     continue
                 try:
                     gens = self.engine.generate([req for req, _ in calls], params)
                 finally:
-                    self._leave([req.request_id for req, _ in calls])
+                    self._leave()
                 for (req, targets), gs in zip(calls, gens, strict=True):
                     for key, g in zip(targets, gs, strict=True):
                         self.parked[key].extend(g)
@@ -113,8 +114,8 @@ class PausableStudent:
                     self.parked.pop(k, None)
 
     def _continuations(self, requests, params) -> list[tuple[GenerateRequest, list[tuple[str, int]]]]:
-        """What is left to generate, as requests (with fresh ids: SGLang aborts by id prefix) and the
-        generations each one continues. A request none of whose samples has started goes as it is."""
+        """What is left to generate, as requests (with fresh ids: a server may still hold the old one)
+        and the generations each one continues. A request none of whose samples has started goes as it is."""
         out = []
         for r in requests:
             parts = [self.parked[(r.request_id, s)] for s in range(r.n)]
@@ -136,11 +137,10 @@ class PausableStudent:
                             [(r.request_id, s)]))
         return out
 
-    def _enter(self, rids: list[str]) -> bool:
+    def _enter(self) -> bool:
         """Register a call, or wait for the gate (False: it was closed; look again)."""
         with self._cond:
             if self._open.is_set() and not self._closing:
-                self._rids.update(rids)
                 self._calls += 1
                 return True
             self.waiting.add(threading.get_ident())
@@ -154,28 +154,26 @@ class PausableStudent:
             raise StreamClosed
         return False
 
-    def _leave(self, rids: list[str]) -> None:
+    def _leave(self) -> None:
         with self._cond:
-            self._rids.difference_update(rids)
             self._calls -= 1
             self._cond.notify_all()
 
     def pause(self) -> None:
-        """Close the gate, abort our requests in flight, and wait until every call has returned with
-        its partials. A request the server had not yet taken when its abort came runs on: it is
-        aborted again every ABORT_AGAIN_S (an engine without abort: the calls finish)."""
+        """Close the gate, abort the requests in flight, and wait until every call has returned with
+        its partials. A request the server had not yet taken when the abort came runs on: the abort
+        is sent again every ABORT_AGAIN_S (an engine without abort: the calls finish)."""
         deadline = time.monotonic() + self.timeout_s
         with self._cond:
             self._open.clear()
-        abort = getattr(self.engine, "abort", None)
+        abort = getattr(self.engine, "abort_all", None)
         while True:
             with self._cond:
-                rids, calls = set(self._rids), self._calls
+                calls = self._calls
             if not calls:
                 return
             if abort is not None:
-                for rid in rids:
-                    abort(rid)
+                abort()
             with self._cond:
                 self._cond.wait_for(lambda: not self._calls, timeout=ABORT_AGAIN_S)
             if time.monotonic() > deadline:

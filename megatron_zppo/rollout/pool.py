@@ -248,11 +248,10 @@ class EnginePool:
 
         return self._spread(on, list(requests), [r.n for r in requests])
 
-    def abort(self, rid: str) -> None:
-        """Every live server aborts request `rid` (the pool does not remember which one took it); the
-        partial responses come back to the caller waiting on it (rollout/partial.py)."""
+    def abort_all(self) -> None:
+        """Every live server aborts its requests; the partial responses come back to their callers."""
         for engine in list(self.live):
-            engine.abort(rid)
+            engine.abort_all()
 
     def score(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
               images: Sequence[tuple] | None = None) -> list[list[float]]:

@@ -173,7 +173,7 @@ class SGLangEngine:
         self.weight_version = weight_version
         # partial_generations_lost: generations the server aborted, resubmitted from their prompt
         self.stats = EngineStats(extra={"http_retries": 0.0, "partial_generations_lost": 0.0})
-        self._aborted_here: set[str] = set()  # request ids this client aborted (abort): their partials are wanted
+        self._aborts = 0  # abort_all calls so far: a request that began before one wants its partial response
         self._api_key = api_key
         self._admin_key = admin_api_key or api_key
         self._broken_sync: str | None = None  # set while the server may hold mixed weights
@@ -260,7 +260,7 @@ class SGLangEngine:
         return [t.result() for t in tasks]
 
     async def _generate_one(self, req: GenerateRequest, params: SamplingParams) -> list[Generation]:
-        rid = req.request_id or f"{self.name}-{uuid.uuid4().hex}"
+        rid, aborts = req.request_id or f"{self.name}-{uuid.uuid4().hex}", self._aborts
         params = params if req.max_new_tokens is None else dataclasses.replace(params, max_new_tokens=req.max_new_tokens)
         payload: dict[str, Any] = {"input_ids": [int(t) for t in req.prompt_ids], "rid": rid,
                                    "sampling_params": sampling_payload(params, req.n),
@@ -278,7 +278,7 @@ class SGLangEngine:
             gens = [parse_generation(item, params.max_new_tokens, f"generation {i}", self.vocab_size)
                     for i, item in enumerate(items)]
             aborted = [i for i, g in enumerate(gens) if g.finish_reason == "abort"]
-            if aborted and rid not in self._aborted_here:
+            if aborted and aborts == self._aborts:
                 raise GenerationAborted(f"the server aborted generation(s) {aborted} of request {rid!r} after "
                                         f"{sum(len(gens[i].response_ids) for i in aborted)} token(s)")
             return gens
@@ -326,11 +326,12 @@ class SGLangEngine:
             return False
         return resp.status_code == 200
 
-    def abort(self, rid: str) -> None:
-        """SGLang aborts every request whose id starts with `rid`, so this covers all `n` samples;
-        their partial responses come back (finish_reason "abort"), as asked."""
-        self._aborted_here.add(rid)
-        self._loop.run(self._admin("/abort_request", {"rid": rid}))
+    def abort_all(self) -> None:
+        """Abort every request on the server (a student's serves this run only; SGLang 0.5.23 gives each
+        sample of an n > 1 request an id of its own, so an abort by id would miss them); the partial
+        responses come back (finish_reason "abort") as asked, not as a loss."""
+        self._aborts += 1
+        self._loop.run(self._admin("/abort_request", {"abort_all": True}))
 
     def flush_cache(self, *, attempts: int = 20) -> None:
         """The server answers 400 while requests are running; wait for them, then fail loudly."""
@@ -358,8 +359,7 @@ class SGLangEngine:
         self._loop.run(self._admin("/resume_memory_occupation", {"tags": list(tags)}))
 
     def server_weight_version(self) -> str:
-        resp = self._loop.run(self._request("GET", "/model_info", rid="model_info"))
-        return str(resp.json().get("weight_version", ""))
+        return str(self._loop.run(self._request("GET", "/model_info", rid="model_info")).json().get("weight_version", ""))
 
     def _check_usable(self) -> None:
         if self._broken_sync:

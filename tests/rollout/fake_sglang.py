@@ -293,7 +293,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- admin ----
     def h_abort_request(self, body):
-        self.state.aborted.add(body["rid"])
+        with self.state.lock:
+            if body.get("abort_all"):
+                self.state.aborted |= self.state.generating
+            else:
+                self.state.aborted.add(body["rid"])
         self._send(200, "")
 
     def h_flush_cache(self, body):

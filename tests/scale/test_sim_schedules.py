@@ -32,6 +32,12 @@ def test_equal_lengths_give_the_closed_forms_and_async_at_k0_is_the_synchronous_
     a0 = sim.asynchronous(c, qs, 4, k=0)
     assert a0.seconds == pytest.approx(none.seconds) and a0.trained_tokens == none.trained_tokens
     assert a0.dropped == 0 and a0.max_staleness == 0
+    b0 = sim.batches(c, qs, 4, k=0)  # as built: a batch per step, admitted in turn
+    assert b0.seconds == pytest.approx(none.seconds) and b0.trained_tokens == none.trained_tokens
+    # k = 1: the lanes decode batch j+1 while step j trains (8 of its 20 s) and stop for the sync (3 s), so
+    # 12 s of it are left when the step ends. The first step takes 20 + 8 + 3, every later one 12 + 8 + 3.
+    b1 = sim.batches(c, qs, 4, k=1)
+    assert b1.seconds == pytest.approx(31 + 3 * 23) and b1.max_staleness == 1
 
 
 def test_with_a_length_tail_async_trains_faster_and_never_on_anything_staler_than_k():
@@ -43,3 +49,6 @@ def test_with_a_length_tail_async_trains_faster_and_never_on_anything_staler_tha
         r = sim.asynchronous(c, qs, 30, k)
         assert r.max_staleness <= k and r.tokens_per_s > one.tokens_per_s
         assert r.trained_tokens <= r.generated_tokens
+        b = sim.batches(c, qs, 30, k)
+        assert b.max_staleness <= k and b.dropped == 0 and b.tokens_per_s > one.tokens_per_s
+        assert b.trained_tokens == none.trained_tokens  # the same questions, all of them trained
