@@ -128,6 +128,64 @@ def test_main_job_with_overlapped_rollouts_trains_one_version_behind(live_server
     assert all(m["sync_bytes"] > 0 and m["is_ratio_min"] <= m["is_ratio_max"] for m in metrics)
 
 
+def test_abort_all_hands_back_partial_generations_and_a_continuation_finishes_them(engine):
+    """What run.overlap=async does at every weight sync (rollout/partial.py), on the real server:
+    abort_all while a request of n = 2 runs; the answer is partial generations ending "abort" (not an
+    error, not a loss), and sending prompt + partial again with the rest of the budget finishes them."""
+    import threading
+    import time
+
+    from megatron_zppo.rollout.partial import PausableStudent
+
+    student = PausableStudent(engine, decode=lambda ids: " ".join(map(str, ids)), timeout_s=120)
+    params = SamplingParams(max_new_tokens=400, seed=4)
+    out = {}
+    request = GenerateRequest(PROMPTS[0], 2, request_id="a")
+    worker = threading.Thread(target=lambda: out.update(g=student.generate([request], params)))
+    worker.start()
+    time.sleep(0.1)
+    student.pause()  # abort_all, again every second until the call has returned
+    # Waiting at the gate: both generations as far as they got (finish None: aborted, to go on). The
+    # toy model may have ended both within 0.1 s (then there is nothing to continue, and no entry).
+    parked = [student.parked.get(("a", s)) for s in range(2)] if worker.is_alive() else []
+    assert all(len(p.logprobs) == len(p.ids) for p in parked)
+    student.resume()
+    worker.join(timeout=120)
+    [group] = out["g"]
+    assert engine.stats.extra["partial_generations_lost"] == 0
+    for p, g in zip(parked, group):
+        assert g.response_ids[:len(p.ids)] == p.ids and g.finish_reason in ("stop", "length")
+        assert len(g.response_ids) <= 400 and len(g.logprobs) == len(g.response_ids)
+    print(f"at the pause: {[len(p.ids) for p in parked]} tokens; finished: {[len(g.response_ids) for g in group]}")
+
+
+def test_main_job_with_async_rollouts_trains_within_the_staleness_bound(live_server, toy_model, tmp_path):
+    """run.overlap=async, max_staleness 2, the student on the real server: batches up to two steps
+    ahead, generations in flight at a sync aborted and continued; the trainer checks every sample."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    chain = "{kind: reasoning_gym, task: chain_sum, seed: 0, size: 20, task_config: {max_digits: 1, max_terms: 2}}"
+    args = ["--config", "examples/cpu_toy/zppo.yaml", f"run.dir={tmp_path}", "run.steps=4", "run.save_every=4",
+            "run.overlap=async", "run.max_staleness=2", f"student.hf_path={toy_model}", "student.engine=sglang",
+            f"student.url={live_server}", "student.weight_sync.backend=gloo", f"teacher.hf_path={toy_model}",
+            "rollout.n_new=4", "rollout.group_size=4", "rollout.max_new_tokens=64", "train.micro_batch_size=8",
+            f"data.train=[{chain}]", "data.eval={}"]
+    proc = subprocess.run([sys.executable, "pretrain_zppo.py", *args], cwd=root, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    behind = [m["rollout_versions_behind"] for m in metrics]
+    assert behind[0] == 0 and all(0 <= b <= 2 for b in behind)
+    assert metrics[0]["logprob_diff_mean"] < 1e-3  # batch 0: every token by the trainer's own weights
+    assert all(m["partial_generations_lost"] == 0 and m["sync_bytes"] > 0 for m in metrics)
+    print("versions behind", behind, "tokens continued", [m["tokens_continued"] for m in metrics])
+
+
 def test_the_paper_suite_evaluates_through_sglang_with_sglang_as_judge(live_server, toy_model, tmp_path):
     """tools/evaluate.py with the student and the judge both behind the real server, on two of the
     paper's language benchmarks (fixture releases): a choice+judge benchmark and MultiChallenge,
