@@ -2,6 +2,7 @@
 in-process engine through its image processor, and one ZPPO rollout step runs on image questions."""
 
 import io
+import threading
 
 import pytest
 from PIL import Image
@@ -48,7 +49,7 @@ def test_a_prompt_without_its_image_placeholder_is_refused(vl):
     with pytest.raises(ValueError, match="request 'q1': the prompt holds 0 image placeholder.*for 1 image"):
         engine.generate([GenerateRequest(encode("What colour?"), 1, (_png("red"),), "q1")], GREEDY)
     text_model = HFEngine.__new__(HFEngine)
-    text_model.image_processor, text_model.name = None, "student"
+    text_model.image_processor, text_model.name, text_model._lock = None, "student", threading.Lock()
     with pytest.raises(ValueError, match="serves a text-only model"):
         text_model.generate([GenerateRequest([1], 1, (_png("red"),), "q2")], GREEDY)
 
