@@ -156,12 +156,14 @@ ASYNC = ["run.max_staleness=2", "rollout.max_new_tokens=30"]
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_async_keeps_generations_across_weight_syncs_and_resumes_with_them_exactly(servers, model_dir, tmp_path):
-    """Generations 30 tokens long at 40 ms a token: every weight sync finds some in flight. They are
+    """Generations 30 tokens long at 50 ms a token: every weight sync finds some in flight. They are
     continued with the new weights, token for token what an uncut generation makes (the stand-in
     continues an aborted generation's plan), and a run resumed from a checkpoint holding them
     trains on exactly what the uninterrupted run trains on."""
     student, teacher = servers
-    student.set_faults(token_delay_s=0.04, lengths={"median": 30, "sigma": 0.0, "cap": 30})
+    # The stand-in's texts as the client decodes a continued generation's tokens: a text (graded, and
+    # written into the BCQ/NCQ prompts) then does not depend on where a sync cut the generation.
+    student.set_faults(token_delay_s=0.05, lengths={"median": 30, "sigma": 0.0, "cap": 30}, tokenizer=model_dir)
     try:
         straight, buffer, metrics = _run(servers, model_dir, tmp_path / "straight", "async", steps=6,
                                          trainer=TrainingWhileGenerating(student), extra=ASYNC)

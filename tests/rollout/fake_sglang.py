@@ -51,6 +51,7 @@ class _State:
         self.in_flight = 0
         self.busy_s, self.busy_since = 0.0, 0.0  # time with a generate request in flight (benchmarks)
         self.aborted: set[str] = set()
+        self.tokenizers: dict = {}  # the `tokenizer` fault's, loaded once
         self.plans: dict[tuple, tuple] = {}  # prompt + partial response of an aborted generation -> its plan
         self.generating: set[str] = set()  # rids of the generations running now
         self.progress: dict[str, int] = {}  # of those, the tokens each has made so far
@@ -280,7 +281,21 @@ class _Handler(BaseHTTPRequestHandler):
         meta = {"id": rid, "finish_reason": finish, "prompt_tokens": len(prompt), "completion_tokens": len(ids),
                 "cached_tokens": 0, "weight_version": st.weight_version, "output_token_logprobs": lps,
                 "input_token_logprobs": [], "e2e_latency": 0.001}
-        return {"text": " ".join(f"t{t}" for t in ids), "output_ids": ids, "meta_info": meta}
+        return {"text": self._text(ids), "output_ids": ids, "meta_info": meta}
+
+    def _text(self, ids):
+        """`t<id>` per token; with the fault `tokenizer` (a model directory) that tokenizer's decoding,
+        as a real server's detokenizer gives it (then a response's text is the same whether one
+        request made it or an aborted one and its continuation did, decoded again by the client)."""
+        path = self.state.faults.get("tokenizer")
+        if path is None:
+            return " ".join(f"t{t}" for t in ids)
+        with self.state.lock:
+            if path not in self.state.tokenizers:
+                from transformers import AutoTokenizer
+
+                self.state.tokenizers[path] = AutoTokenizer.from_pretrained(path)
+        return self.state.tokenizers[path].decode(ids, skip_special_tokens=True)
 
     def _score(self, ids, start, rid):
         start = max(start, 0)
