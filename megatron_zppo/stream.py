@@ -41,7 +41,7 @@ from megatron_zppo.core.records import Question
 from megatron_zppo.errors import RunError
 from megatron_zppo.loop import Round, RolloutPhase, Rollouts
 from megatron_zppo.overlap import _WORKING
-from megatron_zppo.rollout.partial import PausableStudent, StreamClosed
+from megatron_zppo.rollout.partial import PausableStudent
 
 
 @dataclass
@@ -115,8 +115,6 @@ class AsyncFeed:
             _WORKING.add(id(b))
             try:
                 r, err = self.phase.roll_round(b.step, 0, b.new, b.replay, b.times, b.memo), None
-            except StreamClosed:
-                return
             except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
                 r, err = None, e
             finally:

@@ -37,10 +37,6 @@ from megatron_zppo.rollout.engine import GenerateRequest, Generation, SamplingPa
 ABORT_AGAIN_S = 1.0  # a request still in flight this long after its abort is aborted again (see pause)
 
 
-class StreamClosed(Exception):
-    """The run is ending: a generation waiting for the gate gives up."""
-
-
 @dataclass
 class Partial:
     """One generation, as far as it got: its tokens, their log-probs and (version, tokens) runs."""
@@ -80,7 +76,7 @@ class PausableStudent:
     def __init__(self, engine, decode: Callable[[list[int]], str], timeout_s: float):
         self.engine, self.decode, self.timeout_s = engine, decode, timeout_s
         self.parked: dict[tuple[str, int], Partial] = {}  # (request id, sample) -> its generation so far
-        self._open, self._closing = threading.Event(), False
+        self._open = threading.Event()
         self._open.set()
         self._cond = threading.Condition()
         self._calls = 0  # engine calls in flight
@@ -140,7 +136,7 @@ class PausableStudent:
     def _enter(self) -> bool:
         """Register a call, or wait for the gate (False: it was closed; look again)."""
         with self._cond:
-            if self._open.is_set() and not self._closing:
+            if self._open.is_set():
                 self._calls += 1
                 return True
             self.waiting.add(threading.get_ident())
@@ -150,8 +146,6 @@ class PausableStudent:
         finally:
             with self._cond:
                 self.waiting.discard(threading.get_ident())
-        if self._closing:
-            raise StreamClosed
         return False
 
     def _leave(self) -> None:
@@ -181,9 +175,4 @@ class PausableStudent:
                                f"run.overlap_timeout_s={self.timeout_s:g} s after the pause for the weight sync")
 
     def resume(self) -> None:
-        self._open.set()
-
-    def close(self) -> None:
-        """The threads waiting for the gate stop (StreamClosed)."""
-        self._closing = True
         self._open.set()
